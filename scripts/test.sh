@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# keyrelay's single test command.
+#
+# Runs, in order and stopping at the first failure:
+#   cargo fmt --all -- --check
+#   cargo clippy --all-targets --locked -- -D warnings
+#   cargo test --all-targets --locked "$@"
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
+#
+# The Rust tests need a Postgres server. The URL of a superuser able to
+# CREATE DATABASE is exported as TEST_DATABASE_URL, found in this order:
+#   1. TEST_DATABASE_URL, if already set, is used as is.
+#   2. A local server on 127.0.0.1:5432 that accepts user `postgres` with
+#      trust auth (checked with pg_isready and psql).
+#   3. A throwaway cluster (initdb/pg_ctl from the highest
+#      /usr/lib/postgresql/*/bin; if none is found and we are root, Debian's
+#      `postgresql` package is installed with apt-get). It runs on a free
+#      port on 127.0.0.1 and is stopped and deleted when the script exits.
+# If no Postgres can be provided the script fails; tests are never skipped.
+#
+# Environment variables:
+#   TEST_DATABASE_URL                 use this Postgres server URL (step 1).
+#   KEYRELAY_TEST_FORCE_THROWAWAY_PG=1
+#                                     always use a throwaway cluster (step 3),
+#                                     even if step 1 or 2 would work.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+# Hide passwords in a URL or key=value connection string before printing it.
+redact_url() {
+  printf '%s\n' "$1" | sed -E \
+    -e 's#^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^/]*@#\1:***@#' \
+    -e 's#(password=)[^& ]*#\1***#g'
+}
+
+# Step 2: is there a trust-auth server on 127.0.0.1:5432 for user postgres?
+local_pg_usable() {
+  command -v pg_isready >/dev/null 2>&1 || return 1
+  command -v psql >/dev/null 2>&1 || return 1
+  pg_isready -q -h 127.0.0.1 -p 5432 -t 5 >/dev/null 2>&1 || return 1
+  local out
+  # No password from the environment or ~/.pgpass: the URL we export has none.
+  out="$(env -u PGPASSWORD PGPASSFILE=/nonexistent/keyrelay-no-pgpass PGCONNECT_TIMEOUT=5 \
+    psql -X -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atc 'select 1' \
+    2>/dev/null)" || return 1
+  [[ "$out" == 1 ]]
+}
+
+# Step 3 helpers.
+PG_TMPDIR=""
+PG_BIN=""
+PG_AS_POSTGRES=0
+
+# Run a command as the cluster owner (the postgres system user when root).
+as_pg_owner() {
+  if ((PG_AS_POSTGRES)); then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+cleanup_throwaway_pg() {
+  if [[ -n "$PG_TMPDIR" && -d "$PG_TMPDIR" ]]; then
+    if [[ -f "$PG_TMPDIR/data/postmaster.pid" ]]; then
+      (cd "$PG_TMPDIR" && as_pg_owner "$PG_BIN/pg_ctl" -D "$PG_TMPDIR/data" \
+        -m immediate stop >/dev/null 2>&1) || true
+    fi
+    rm -rf "$PG_TMPDIR" || true
+  fi
+}
+
+find_pg_bin() {
+  local dir best=""
+  while IFS= read -r dir; do
+    if [[ -x "$dir/initdb" && -x "$dir/pg_ctl" ]]; then
+      best="$dir"
+    fi
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V)
+  [[ -n "$best" ]] || return 1
+  printf '%s\n' "$best"
+}
+
+free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()'
+  else
+    echo $((20000 + RANDOM % 40000))
+  fi
+}
+
+start_throwaway_pg() {
+  if ! PG_BIN="$(find_pg_bin)"; then
+    if ((EUID != 0)); then
+      die "no initdb/pg_ctl under /usr/lib/postgresql/*/bin and not root, so" \
+        "cannot install Debian's postgresql package; install it or set TEST_DATABASE_URL"
+    fi
+    log "no Postgres server binaries found; installing Debian's postgresql package"
+    apt-get update >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql >&2 ||
+      die "apt-get install postgresql failed"
+    PG_BIN="$(find_pg_bin)" ||
+      die "postgresql installed, but no initdb/pg_ctl under /usr/lib/postgresql/*/bin"
+  fi
+
+  if ((EUID == 0)); then
+    # initdb refuses to run as root: run the cluster as the postgres user.
+    PG_AS_POSTGRES=1
+    if ! id -u postgres >/dev/null 2>&1; then
+      useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin postgres || die "could not create the postgres user"
+    fi
+    # Under /tmp so that the postgres user can reach it whatever TMPDIR is.
+    PG_TMPDIR="$(mktemp -d /tmp/keyrelay-test-pg.XXXXXX)"
+  else
+    PG_TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/keyrelay-test-pg.XXXXXX")"
+  fi
+  trap cleanup_throwaway_pg EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  local data="$PG_TMPDIR/data" sock="$PG_TMPDIR/sock" logf="$PG_TMPDIR/postgres.log"
+  mkdir "$sock"
+  if ((PG_AS_POSTGRES)); then
+    chown -R postgres: "$PG_TMPDIR"
+  fi
+
+  # Run from the temp dir: the postgres user may not be able to read our cwd.
+  if ! (cd "$PG_TMPDIR" && as_pg_owner "$PG_BIN/initdb" -D "$data" -A trust \
+    -U postgres -E UTF8 --no-locale >"$PG_TMPDIR/initdb.log" 2>&1); then
+    cat "$PG_TMPDIR/initdb.log" >&2 || true
+    die "initdb failed"
+  fi
+
+  local port attempt started=0
+  for attempt in 1 2 3 4 5; do
+    port="$(free_port)"
+    if (cd "$PG_TMPDIR" && as_pg_owner "$PG_BIN/pg_ctl" -D "$data" -l "$logf" -w \
+      -t 60 -o "-c listen_addresses=127.0.0.1 -p $port -k $sock -c fsync=off -c max_connections=300" \
+      start >/dev/null 2>&1); then
+      started=1
+      break
+    fi
+    log "throwaway Postgres failed to start on port $port (attempt $attempt)"
+    (cd "$PG_TMPDIR" && as_pg_owner "$PG_BIN/pg_ctl" -D "$data" -m immediate stop \
+      >/dev/null 2>&1) || true
+  done
+  if ((!started)); then
+    cat "$logf" >&2 2>/dev/null || true
+    die "could not start a throwaway Postgres cluster"
+  fi
+
+  TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  if [[ -x "$PG_BIN/psql" ]]; then
+    env -u PGPASSWORD PGPASSFILE=/nonexistent/keyrelay-no-pgpass PGCONNECT_TIMEOUT=10 \
+      "$PG_BIN/psql" -X -w "$TEST_DATABASE_URL" -Atc 'select 1' >/dev/null ||
+      die "throwaway Postgres started but does not answer queries"
+  fi
+  log "using throwaway Postgres ($PG_BIN) at $TEST_DATABASE_URL"
+}
+
+if [[ "${KEYRELAY_TEST_FORCE_THROWAWAY_PG:-}" == 1 ]]; then
+  log "KEYRELAY_TEST_FORCE_THROWAWAY_PG=1: forcing a throwaway Postgres cluster"
+  start_throwaway_pg
+elif [[ -n "${TEST_DATABASE_URL:-}" ]]; then
+  log "using Postgres from TEST_DATABASE_URL: $(redact_url "$TEST_DATABASE_URL")"
+elif local_pg_usable; then
+  TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  log "using local Postgres at $TEST_DATABASE_URL"
+else
+  start_throwaway_pg
+fi
+[[ -n "${TEST_DATABASE_URL:-}" ]] || die "no Postgres available; refusing to run the tests"
+export TEST_DATABASE_URL
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked "$@"

@@ -1,0 +1,144 @@
+//! Conversions between protobuf messages and domain values.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::{
+    domain::{Policy, PolicyOverrides, ValidationError},
+    proto::v1 as pb,
+    provider::{CurrentKeys, ProviderState},
+    relay::Snapshot,
+};
+
+pub(super) fn timestamp(at: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn duration(value: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn parse_duration(
+    field: &'static str,
+    value: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, ValidationError> {
+    value
+        .map(|d| {
+            Duration::try_from(d).map_err(|_| ValidationError::new(field, "must not be negative"))
+        })
+        .transpose()
+}
+
+/// The overrides of a registration request.
+pub(super) fn policy_overrides(
+    policy: Option<pb::ProviderPolicy>,
+) -> Result<PolicyOverrides, ValidationError> {
+    let policy = policy.unwrap_or_default();
+    Ok(PolicyOverrides {
+        min_ttl: parse_duration("policy.min_ttl", policy.min_ttl)?,
+        max_ttl: parse_duration("policy.max_ttl", policy.max_ttl)?,
+        default_ttl: parse_duration("policy.default_ttl", policy.default_ttl)?,
+        refresh_early: parse_duration("policy.refresh_early", policy.refresh_early)?,
+        max_stale: parse_duration("policy.max_stale", policy.max_stale)?,
+        max_response_bytes: policy.max_response_bytes,
+    })
+}
+
+fn overrides_message(overrides: &PolicyOverrides) -> pb::ProviderPolicy {
+    pb::ProviderPolicy {
+        min_ttl: overrides.min_ttl.map(duration),
+        max_ttl: overrides.max_ttl.map(duration),
+        default_ttl: overrides.default_ttl.map(duration),
+        refresh_early: overrides.refresh_early.map(duration),
+        max_stale: overrides.max_stale.map(duration),
+        max_response_bytes: overrides.max_response_bytes,
+    }
+}
+
+fn policy_message(policy: &Policy) -> pb::ProviderPolicy {
+    pb::ProviderPolicy {
+        min_ttl: Some(duration(policy.min_ttl)),
+        max_ttl: Some(duration(policy.max_ttl)),
+        default_ttl: Some(duration(policy.default_ttl)),
+        refresh_early: Some(duration(policy.refresh_early)),
+        max_stale: Some(duration(policy.max_stale)),
+        max_response_bytes: Some(policy.max_response_bytes),
+    }
+}
+
+fn state(state: ProviderState) -> pb::ProviderState {
+    match state {
+        ProviderState::Pending => pb::ProviderState::Pending,
+        ProviderState::Ready => pb::ProviderState::Ready,
+        ProviderState::Stale => pb::ProviderState::Stale,
+        ProviderState::Failing => pb::ProviderState::Failing,
+    }
+}
+
+/// A registration with its status.
+pub(super) fn provider(snapshot: &Snapshot) -> pb::Provider {
+    let record = &snapshot.record;
+    let registration = &record.registration;
+    let keys = record.keys.as_ref();
+    let status = pb::ProviderStatus {
+        state: state(record.state(snapshot.at)).into(),
+        version: keys.map_or(0, |k| k.version),
+        fetched_at: keys.map(|k| timestamp(k.fetched_at)),
+        fresh_until: keys.map(|k| timestamp(k.fresh_until)),
+        next_refresh_at: record.status.next_refresh_at.map(timestamp),
+        last_error: record.status.last_error.clone().unwrap_or_default(),
+        consecutive_failures: record.status.consecutive_failures,
+        etag: record.validators.etag.clone().unwrap_or_default(),
+        last_modified: record.validators.last_modified.clone().unwrap_or_default(),
+        last_attempt_at: record.status.last_attempt_at.map(timestamp),
+        key_count: keys.map_or(0, |k| {
+            u32::try_from(k.document.keys().len()).unwrap_or(u32::MAX)
+        }),
+        usable_until: keys.map(|k| timestamp(k.usable_until(&snapshot.policy))),
+    };
+    pb::Provider {
+        tenant: registration.key.tenant.as_str().to_owned(),
+        provider: registration.key.provider.as_str().to_owned(),
+        jwks_url: registration.url.to_string(),
+        policy: Some(overrides_message(&registration.overrides)),
+        effective_policy: Some(policy_message(&snapshot.policy)),
+        status: Some(status),
+        created_at: Some(timestamp(registration.created_at)),
+        updated_at: Some(timestamp(registration.updated_at)),
+    }
+}
+
+/// The key set of a snapshot known to hold keys.
+pub(super) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
+    let key = &snapshot.record.registration.key;
+    pb::KeySet {
+        tenant: key.tenant.as_str().to_owned(),
+        provider: key.provider.as_str().to_owned(),
+        version: keys.version,
+        jwks_json: keys.document.json().clone(),
+        keys: keys
+            .document
+            .keys()
+            .iter()
+            .map(|k| pb::Key {
+                kid: k.kid.clone().unwrap_or_default(),
+                kty: k.kty.clone(),
+                alg: k.alg.clone().unwrap_or_default(),
+                r#use: k.key_use.clone().unwrap_or_default(),
+                jwk_json: k.json.clone(),
+            })
+            .collect(),
+        fetched_at: Some(timestamp(keys.fetched_at)),
+        fresh_until: Some(timestamp(keys.fresh_until)),
+        stale: keys.is_stale(snapshot.at),
+        usable_until: Some(timestamp(keys.usable_until(&snapshot.policy))),
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line: `keyrelay serve` runs the server; the other subcommands are a client
+//! for people, talking gRPC to a running server.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::ServeConfig;
+
+/// keyrelay: fetch every identity provider's JWKS once, serve it to all verifiers.
+#[derive(Debug, Parser)]
+#[command(name = "keyrelay", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the keyrelay server.
+    Serve(Box<ServeConfig>),
+    /// Manage provider registrations on a running server.
+    Providers {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: ProvidersCommand,
+    },
+    /// Print the current key set of a provider.
+    Resolve {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+        /// A key id that must be in the set (triggers a refresh when it is not).
+        #[arg(long)]
+        kid: Option<String>,
+    },
+}
+
+/// How the client reaches the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOptions {
+    /// Server address.
+    #[arg(
+        long,
+        env = "KEYRELAY_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+    /// Admin token; defaults to the one kept in <data-dir>/admin-token.
+    #[arg(
+        long,
+        env = "KEYRELAY_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// The server's data directory, to read the generated admin token from.
+    #[arg(
+        long,
+        env = "KEYRELAY_DATA_DIR",
+        default_value = "keyrelay-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `keyrelay providers ...`
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Register a provider (or update its registration) and fetch its keys once.
+    Add {
+        /// Tenant identifier: 1-64 characters of [a-z0-9._-].
+        tenant: String,
+        /// Provider identifier: 1-64 characters of [a-z0-9._-].
+        provider: String,
+        /// HTTPS URL of the provider's JWKS.
+        jwks_url: String,
+        /// Policy overrides.
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    /// List registrations.
+    List {
+        /// Only this tenant's providers.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show one registration and its status.
+    Get {
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+    },
+    /// Remove a registration and its keys.
+    Rm {
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+    },
+    /// Fetch a provider's keys now and show the outcome.
+    Refresh {
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+    },
+}
+
+/// Per-provider policy overrides; unset means the server default.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Lower bound of the freshness lifetime.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub min_ttl: Option<Duration>,
+    /// Upper bound of the freshness lifetime.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_ttl: Option<Duration>,
+    /// Lifetime when the IdP sends no cache headers.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub default_ttl: Option<Duration>,
+    /// Refresh this long before the keys stop being fresh.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub refresh_early: Option<Duration>,
+    /// Serve the last good keys this long after they stop being fresh.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_stale: Option<Duration>,
+    /// Largest JWKS response body, in bytes.
+    #[arg(long)]
+    pub max_response_bytes: Option<u32>,
+}

@@ -1,0 +1,324 @@
+//! The command-line client: `keyrelay providers ...` and `keyrelay resolve`, printing text
+//! for people or JSON with `--json`.
+
+use std::io;
+
+use chrono::DateTime;
+use prost_types::{Duration as PbDuration, Timestamp};
+use serde_json::{Value, json};
+use tonic::{
+    Request, Status,
+    metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
+    service::Interceptor,
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    admin_token::AdminToken,
+    cli::{ClientOptions, PolicyArgs, ProvidersCommand},
+    proto::v1::{
+        self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+    },
+};
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address is malformed or unreachable.
+    #[error("cannot reach keyrelay at {server}: {source}")]
+    Connect {
+        /// The address.
+        server: String,
+        /// The transport failure.
+        source: tonic::transport::Error,
+    },
+    /// No admin token could be found.
+    #[error(
+        "no admin token: pass --admin-token, set KEYRELAY_ADMIN_TOKEN, or point --data-dir at the server's data directory ({path}: {source})"
+    )]
+    NoToken {
+        /// Where the token file was looked for.
+        path: String,
+        /// Why it could not be read.
+        source: io::Error,
+    },
+    /// The admin token has characters that cannot go in metadata.
+    #[error("the admin token is not valid metadata: {0}")]
+    BadToken(#[from] InvalidMetadataValue),
+    /// The server answered with an error.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Call(#[from] Status),
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+struct BearerToken(AsciiMetadataValue);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        server: options.server.clone(),
+        source,
+    };
+    Endpoint::from_shared(options.server.clone())
+        .map_err(connect_error)?
+        .connect()
+        .await
+        .map_err(connect_error)
+}
+
+fn admin_token(options: &ClientOptions) -> Result<AdminToken, ClientError> {
+    if let Some(token) = options.admin_token.as_deref().and_then(AdminToken::new) {
+        return Ok(token);
+    }
+    AdminToken::read_from(&options.data_dir).map_err(|source| ClientError::NoToken {
+        path: AdminToken::path_in(&options.data_dir).display().to_string(),
+        source,
+    })
+}
+
+/// Runs `keyrelay providers <action>`.
+pub async fn providers(
+    options: &ClientOptions,
+    action: ProvidersCommand,
+) -> Result<(), ClientError> {
+    let token = admin_token(options)?;
+    let bearer = BearerToken(format!("Bearer {}", token.expose()).parse()?);
+    let mut admin = AdminServiceClient::with_interceptor(connect(options).await?, bearer);
+    let provider = match action {
+        ProvidersCommand::Add {
+            tenant,
+            provider,
+            jwks_url,
+            policy,
+        } => {
+            let request = pb::RegisterProviderRequest {
+                tenant,
+                provider,
+                jwks_url,
+                policy: Some(policy_message(&policy)),
+            };
+            admin
+                .register_provider(request)
+                .await?
+                .into_inner()
+                .provider
+        }
+        ProvidersCommand::List { tenant } => {
+            return list(&mut admin, tenant.unwrap_or_default(), options.json).await;
+        }
+        ProvidersCommand::Get { tenant, provider } => {
+            let request = pb::GetProviderRequest { tenant, provider };
+            admin.get_provider(request).await?.into_inner().provider
+        }
+        ProvidersCommand::Rm { tenant, provider } => {
+            let request = pb::UnregisterProviderRequest {
+                tenant: tenant.clone(),
+                provider: provider.clone(),
+            };
+            admin.unregister_provider(request).await?;
+            print_line(
+                options.json,
+                json!({"removed": {"tenant": tenant, "provider": provider}}),
+                || format!("removed {tenant}/{provider}"),
+            );
+            return Ok(());
+        }
+        ProvidersCommand::Refresh { tenant, provider } => {
+            let request = pb::RefreshProviderRequest { tenant, provider };
+            admin.refresh_provider(request).await?.into_inner().provider
+        }
+    };
+    if let Some(provider) = provider {
+        print_line(options.json, provider_json(&provider), || {
+            provider_text(&provider)
+        });
+    }
+    Ok(())
+}
+
+async fn list(
+    admin: &mut AdminServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, BearerToken>,
+    >,
+    tenant: String,
+    as_json: bool,
+) -> Result<(), ClientError> {
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListProvidersRequest {
+            tenant: tenant.clone(),
+            page_size: 0,
+            page_token,
+        };
+        let page = admin.list_providers(request).await?.into_inner();
+        for provider in &page.providers {
+            print_line(as_json, provider_json(provider), || {
+                provider_summary(provider)
+            });
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Runs `keyrelay resolve`.
+pub async fn resolve(
+    options: &ClientOptions,
+    tenant: String,
+    provider: String,
+    kid: Option<String>,
+) -> Result<(), ClientError> {
+    let mut keys = KeyServiceClient::new(connect(options).await?);
+    let request = pb::ResolveRequest {
+        tenant,
+        provider,
+        kid,
+        if_newer_than_version: None,
+    };
+    let response = keys.resolve(request).await?.into_inner();
+    if let Some(pb::resolve_response::Result::KeySet(set)) = response.result {
+        print_line(options.json, key_set_json(&set), || key_set_text(&set));
+    }
+    Ok(())
+}
+
+fn print_line(as_json: bool, value: Value, text: impl FnOnce() -> String) {
+    if as_json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+fn policy_message(policy: &PolicyArgs) -> pb::ProviderPolicy {
+    let duration = |d: std::time::Duration| PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    };
+    pb::ProviderPolicy {
+        min_ttl: policy.min_ttl.map(duration),
+        max_ttl: policy.max_ttl.map(duration),
+        default_ttl: policy.default_ttl.map(duration),
+        refresh_early: policy.refresh_early.map(duration),
+        max_stale: policy.max_stale.map(duration),
+        max_response_bytes: policy.max_response_bytes,
+    }
+}
+
+fn time(at: Option<&Timestamp>) -> String {
+    at.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+}
+
+fn state_name(status: &pb::ProviderStatus) -> &'static str {
+    match status.state() {
+        pb::ProviderState::Unspecified => "UNSPECIFIED",
+        pb::ProviderState::Pending => "PENDING",
+        pb::ProviderState::Ready => "READY",
+        pb::ProviderState::Stale => "STALE",
+        pb::ProviderState::Failing => "FAILING",
+    }
+}
+
+fn provider_summary(provider: &pb::Provider) -> String {
+    let status = provider.status.clone().unwrap_or_default();
+    format!(
+        "{}/{}\t{}\tversion {}\t{} keys\t{}",
+        provider.tenant,
+        provider.provider,
+        state_name(&status),
+        status.version,
+        status.key_count,
+        provider.jwks_url
+    )
+}
+
+fn provider_text(provider: &pb::Provider) -> String {
+    let status = provider.status.clone().unwrap_or_default();
+    let mut text = format!(
+        "{}/{}: {} (version {}, {} keys)\n  url:          {}\n  fetched at:   {}\n  fresh until:  {}\n  usable until: {}\n  next refresh: {}",
+        provider.tenant,
+        provider.provider,
+        state_name(&status),
+        status.version,
+        status.key_count,
+        provider.jwks_url,
+        time(status.fetched_at.as_ref()),
+        time(status.fresh_until.as_ref()),
+        time(status.usable_until.as_ref()),
+        time(status.next_refresh_at.as_ref()),
+    );
+    if !status.last_error.is_empty() {
+        text.push_str(&format!(
+            "\n  last error:   {} ({} failures in a row)",
+            status.last_error, status.consecutive_failures
+        ));
+    }
+    text
+}
+
+fn provider_json(provider: &pb::Provider) -> Value {
+    let status = provider.status.clone().unwrap_or_default();
+    json!({
+        "tenant": provider.tenant,
+        "provider": provider.provider,
+        "jwks_url": provider.jwks_url,
+        "state": state_name(&status),
+        "version": status.version,
+        "key_count": status.key_count,
+        "fetched_at": time(status.fetched_at.as_ref()),
+        "fresh_until": time(status.fresh_until.as_ref()),
+        "usable_until": time(status.usable_until.as_ref()),
+        "next_refresh_at": time(status.next_refresh_at.as_ref()),
+        "last_attempt_at": time(status.last_attempt_at.as_ref()),
+        "last_error": status.last_error,
+        "consecutive_failures": status.consecutive_failures,
+        "etag": status.etag,
+        "last_modified": status.last_modified,
+        "created_at": time(provider.created_at.as_ref()),
+        "updated_at": time(provider.updated_at.as_ref()),
+    })
+}
+
+fn key_set_text(set: &pb::KeySet) -> String {
+    let mut text = format!(
+        "{}/{} version {}{} (fresh until {})",
+        set.tenant,
+        set.provider,
+        set.version,
+        if set.stale { ", STALE" } else { "" },
+        time(set.fresh_until.as_ref()),
+    );
+    for key in &set.keys {
+        text.push_str(&format!(
+            "\n  kid={} kty={} alg={} use={}",
+            key.kid, key.kty, key.alg, key.r#use
+        ));
+    }
+    text
+}
+
+fn key_set_json(set: &pb::KeySet) -> Value {
+    let jwks: Value = serde_json::from_slice(&set.jwks_json).unwrap_or(Value::Null);
+    json!({
+        "tenant": set.tenant,
+        "provider": set.provider,
+        "version": set.version,
+        "stale": set.stale,
+        "fetched_at": time(set.fetched_at.as_ref()),
+        "fresh_until": time(set.fresh_until.as_ref()),
+        "usable_until": time(set.usable_until.as_ref()),
+        "jwks": jwks,
+    })
+}

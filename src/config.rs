@@ -1,0 +1,165 @@
+//! `keyrelay serve` configuration: one typed struct, every knob a flag with a `KEYRELAY_*`
+//! environment equivalent and a default shown in `--help`, checked once at start.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Args, ValueEnum};
+
+use crate::{
+    domain::{EgressRules, Policy, ValidationError},
+    fetch::FetchSettings,
+    freshness::Backoff,
+};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of `keyrelay serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address of the gRPC listener.
+    #[arg(long, env = "KEYRELAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded database and the generated admin token.
+    #[arg(long, env = "KEYRELAY_DATA_DIR", default_value = "keyrelay-data")]
+    pub data_dir: PathBuf,
+
+    /// Store: postgres://... for Postgres; unset for the embedded SQLite file in the data
+    /// directory (single node).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Most connections to the database.
+    #[arg(long, env = "KEYRELAY_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// Admin token for AdminService calls. Unset: generated at first start and kept in
+    /// <data-dir>/admin-token (mode 0600).
+    #[arg(long, env = "KEYRELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Development only: accept plain-http JWKS URLs and loopback hosts.
+    #[arg(
+        long,
+        env = "KEYRELAY_DEV_ALLOW_HTTP_LOOPBACK",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        overrides_with = "dev_allow_http_loopback"
+    )]
+    pub dev_allow_http_loopback: bool,
+
+    /// Lower bound of the freshness lifetime taken from an IdP's cache headers.
+    #[arg(long, env = "KEYRELAY_MIN_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub min_ttl: Duration,
+
+    /// Upper bound of the freshness lifetime taken from an IdP's cache headers.
+    #[arg(long, env = "KEYRELAY_MAX_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Freshness lifetime when an IdP sends neither Cache-Control nor Expires.
+    #[arg(long, env = "KEYRELAY_DEFAULT_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Refresh this long before keys stop being fresh (plus a jitter of up to 10% of the
+    /// lifetime, at most 30s).
+    #[arg(long, env = "KEYRELAY_REFRESH_EARLY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub refresh_early: Duration,
+
+    /// Keep serving the last good keys this long after they stop being fresh.
+    #[arg(long, env = "KEYRELAY_MAX_STALE", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub max_stale: Duration,
+
+    /// Largest JWKS response body, in bytes; enforced while streaming.
+    #[arg(long, env = "KEYRELAY_MAX_RESPONSE_BYTES", default_value_t = 512 * 1024)]
+    pub max_response_bytes: u32,
+
+    /// Deadline for one whole fetch, body included.
+    #[arg(long, env = "KEYRELAY_FETCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+
+    /// Deadline for connecting to an IdP.
+    #[arg(long, env = "KEYRELAY_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Redirects followed per fetch; every hop is re-checked against the URL rules.
+    #[arg(long, env = "KEYRELAY_MAX_REDIRECTS", default_value_t = 3)]
+    pub max_redirects: usize,
+
+    /// Minimum time between two refreshes of one provider triggered by unknown kids.
+    #[arg(long, env = "KEYRELAY_UNKNOWN_KID_COOLDOWN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub unknown_kid_cooldown: Duration,
+
+    /// How long a Resolve with an unknown kid waits for the refresh it triggered.
+    #[arg(long, env = "KEYRELAY_UNKNOWN_KID_WAIT", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub unknown_kid_wait: Duration,
+
+    /// First retry delay bound after a failed fetch; doubles per failure, full jitter.
+    #[arg(long, env = "KEYRELAY_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub backoff_initial: Duration,
+
+    /// Largest retry delay after failed fetches.
+    #[arg(long, env = "KEYRELAY_BACKOFF_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+
+    /// Most scheduled fetches in flight at once.
+    #[arg(long, env = "KEYRELAY_MAX_CONCURRENT_FETCHES", default_value_t = 16)]
+    pub max_concurrent_fetches: usize,
+
+    /// How long shutdown waits for in-flight calls and refreshes.
+    #[arg(long, env = "KEYRELAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "KEYRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// The server-wide policy defaults, checked for coherence.
+    pub fn policy_defaults(&self) -> Result<Policy, ValidationError> {
+        let policy = Policy {
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+            default_ttl: self.default_ttl,
+            refresh_early: self.refresh_early,
+            max_stale: self.max_stale,
+            max_response_bytes: self.max_response_bytes,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Which URLs may be fetched.
+    pub fn egress(&self) -> EgressRules {
+        EgressRules {
+            allow_http_and_loopback: self.dev_allow_http_loopback,
+        }
+    }
+
+    /// Transport settings of the fetcher.
+    pub fn fetch_settings(&self) -> FetchSettings {
+        FetchSettings {
+            timeout: self.fetch_timeout,
+            connect_timeout: self.connect_timeout,
+            max_redirects: self.max_redirects,
+            egress: self.egress(),
+        }
+    }
+
+    /// Retry bounds after failed fetches.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.backoff_initial,
+            max: self.backoff_max,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Domain values built once at the edge and trusted everywhere inside: identifiers, JWKS URLs
+//! and refresh policies. Inner layers never re-check strings.
+
+mod ids;
+mod jwks_url;
+mod policy;
+
+pub use ids::{Kid, ProviderId, ProviderKey, TenantId};
+pub use jwks_url::{EgressRules, JwksUrl};
+#[cfg(test)]
+pub(crate) use policy::documented_defaults;
+pub use policy::{Policy, PolicyOverrides};
+
+/// A request value that cannot be accepted, naming the field so the caller knows what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ValidationError {
+    /// The request field at fault, as named in the API.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ValidationError {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The service's error type and its one mapping to gRPC status codes. Messages say what the
+//! caller can do about the failure.
+
+use tonic::{Code, Status};
+
+use crate::{
+    domain::{ProviderKey, ValidationError},
+    refresh::RefreshError,
+    store::StoreError,
+};
+
+/// Everything a keyrelay operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No such registration.
+    #[error("provider {0} is not registered")]
+    ProviderNotFound(ProviderKey),
+    /// The requested kid is not in the provider's keys, even after a refresh.
+    #[error("{0}")]
+    KidNotFound(String),
+    /// No usable keys: never fetched, or expired beyond max_stale.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A refresh could not complete.
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let code = match &err {
+            Error::Invalid(_) => Code::InvalidArgument,
+            Error::ProviderNotFound(_) | Error::KidNotFound(_) => Code::NotFound,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Store(StoreError::Database(_)) | Error::Refresh(RefreshError::Store(_)) => {
+                Code::Unavailable
+            }
+            Error::Refresh(RefreshError::Superseded) => Code::Aborted,
+            Error::Store(_) => Code::Internal,
+        };
+        if code == Code::Internal {
+            tracing::error!(error = %err, "internal error");
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_the_code_a_client_can_act_on() {
+        let key = ProviderKey::parse("t", "p").unwrap();
+        let cases = [
+            (
+                Error::Invalid(ValidationError::new("tenant", "bad")),
+                Code::InvalidArgument,
+            ),
+            (Error::ProviderNotFound(key), Code::NotFound),
+            (Error::KidNotFound("kid".into()), Code::NotFound),
+            (Error::Unavailable("down".into()), Code::Unavailable),
+            (
+                Error::Refresh(RefreshError::Store("down".into())),
+                Code::Unavailable,
+            ),
+            (Error::Refresh(RefreshError::Superseded), Code::Aborted),
+            (
+                Error::Store(StoreError::Corrupt {
+                    key: "t/p".into(),
+                    reason: "x".into(),
+                }),
+                Code::Internal,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn invalid_arguments_name_the_field() {
+        let status = Status::from(Error::Invalid(ValidationError::new(
+            "jwks_url",
+            "must use https",
+        )));
+        assert_eq!(status.message(), "invalid jwks_url: must use https");
+    }
+}

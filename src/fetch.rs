@@ -1,0 +1,419 @@
+//! Fetching one JWKS document over HTTP: conditional requests from the stored validators,
+//! a total deadline, the size cap enforced while the body streams in, redirects re-checked
+//! hop by hop, and the response's caching rules read with `http-cache-semantics`.
+
+use std::{error::Error as StdError, time::Duration, time::SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{
+    HeaderMap, HeaderValue, StatusCode,
+    header::{
+        ACCEPT, CACHE_CONTROL, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+        RETRY_AFTER,
+    },
+};
+use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
+
+use crate::{
+    domain::{EgressRules, JwksUrl},
+    freshness::Retry,
+};
+
+const ACCEPTED_TYPES: &str = "application/jwk-set+json, application/json;q=0.9, */*;q=0.1";
+
+/// Transport settings shared by every fetch.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// Deadline for the whole exchange, body included.
+    pub timeout: Duration,
+    /// Deadline for establishing the connection.
+    pub connect_timeout: Duration,
+    /// Redirects followed before giving up.
+    pub max_redirects: usize,
+    /// Which URLs may be fetched, redirect hops included.
+    pub egress: EgressRules,
+}
+
+/// What keyrelay remembers of the last good response, to revalidate it.
+#[derive(Debug, Clone, Default)]
+pub struct Validators {
+    /// The response's ETag, sent back as If-None-Match.
+    pub etag: Option<String>,
+    /// The response's Last-Modified, sent back as If-Modified-Since.
+    pub last_modified: Option<String>,
+    /// The response's caching rules, updated by a 304.
+    pub cache_policy: Option<CachePolicy>,
+}
+
+/// The caching facts of a successful exchange.
+#[derive(Debug, Clone)]
+pub struct CacheFacts {
+    /// Validators to send next time.
+    pub validators: Validators,
+    /// Remaining freshness by the response's headers; `None` when it sent neither
+    /// Cache-Control nor Expires.
+    pub lifetime: Option<Duration>,
+}
+
+/// A successful exchange.
+#[derive(Debug)]
+pub enum FetchOutcome {
+    /// 200: a (possibly unchanged) document.
+    Modified {
+        /// The body, at most the size cap.
+        body: Bytes,
+        /// Caching facts of the response.
+        cache: CacheFacts,
+    },
+    /// 304: the stored document is still current.
+    NotModified {
+        /// Caching facts merged from the stored response and the 304.
+        cache: CacheFacts,
+    },
+}
+
+/// Why a fetch failed. Messages are written for the provider status an operator reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// No connection could be made.
+    #[error("could not connect: {0}")]
+    Connect(String),
+    /// The exchange did not finish within the deadline.
+    #[error("no complete response within {0:?}")]
+    Timeout(Duration),
+    /// The body exceeded the size cap; it was not read past the cap.
+    #[error("response body exceeds the {limit}-byte limit; aborted")]
+    TooLarge {
+        /// The cap, in bytes.
+        limit: u32,
+    },
+    /// The IdP answered with an error status.
+    #[error("identity provider answered HTTP {code}")]
+    Status {
+        /// The status code.
+        code: u16,
+        /// The IdP's Retry-After, when given.
+        retry_after: Option<Duration>,
+    },
+    /// A redirect hop was refused or there were too many.
+    #[error("redirect refused: {0}")]
+    Redirect(String),
+    /// A 304 that does not match the stored response.
+    #[error("304 Not Modified does not match the stored response; will fetch it whole")]
+    UnmatchedNotModified,
+    /// Any other transport failure.
+    #[error("request failed: {0}")]
+    Transport(String),
+}
+
+impl FetchError {
+    /// How soon a retry makes sense.
+    pub fn retry(&self) -> Retry {
+        match self {
+            FetchError::Status { code, retry_after } => {
+                let transient = *code >= 500 || *code == 408 || *code == 429;
+                if transient {
+                    Retry::Soon {
+                        after: *retry_after,
+                    }
+                } else {
+                    Retry::Later
+                }
+            }
+            FetchError::TooLarge { .. } | FetchError::Redirect(_) => Retry::Later,
+            FetchError::Connect(_)
+            | FetchError::Timeout(_)
+            | FetchError::UnmatchedNotModified
+            | FetchError::Transport(_) => Retry::Soon { after: None },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RedirectRefused(String);
+
+/// An HTTP client for JWKS documents.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    /// Builds the client. Fails only if the TLS backend cannot be initialised.
+    pub fn new(settings: &FetchSettings) -> Result<Self, reqwest::Error> {
+        let egress = settings.egress;
+        let max_redirects = settings.max_redirects;
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > max_redirects {
+                return attempt.error(RedirectRefused(format!(
+                    "more than {max_redirects} redirects"
+                )));
+            }
+            match egress.check(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(reason) => {
+                    let refusal = RedirectRefused(format!("{}: {reason}", attempt.url()));
+                    attempt.error(refusal)
+                }
+            }
+        });
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .redirect(redirects)
+            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Fetches `url`, revalidating against `prior` when given, reading at most `max_bytes`.
+    pub async fn fetch(
+        &self,
+        url: &JwksUrl,
+        prior: &Validators,
+        max_bytes: u32,
+        now: SystemTime,
+    ) -> Result<FetchOutcome, FetchError> {
+        let exchange = self.exchange(url, conditional_headers(prior), prior, max_bytes, now);
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| FetchError::Timeout(self.timeout))?
+    }
+
+    async fn exchange(
+        &self,
+        url: &JwksUrl,
+        request_headers: HeaderMap,
+        prior: &Validators,
+        max_bytes: u32,
+        now: SystemTime,
+    ) -> Result<FetchOutcome, FetchError> {
+        let mut response = self
+            .client
+            .get(url.as_url().clone())
+            .headers(request_headers.clone())
+            .send()
+            .await
+            .map_err(classify)?;
+        let request = request_parts(url, request_headers)?;
+        let status = response.status();
+        let head = response_parts(status, response.headers().clone());
+        match status {
+            StatusCode::OK => {
+                let body = read_capped(&mut response, max_bytes).await?;
+                let policy = CachePolicy::new_options(&request, &head, now, cache_options());
+                Ok(FetchOutcome::Modified {
+                    body,
+                    cache: cache_facts(policy, &head.headers, now),
+                })
+            }
+            StatusCode::NOT_MODIFIED => {
+                let head = with_validators_we_sent(head, prior);
+                let stored = prior
+                    .cache_policy
+                    .as_ref()
+                    .ok_or(FetchError::UnmatchedNotModified)?;
+                match stored.after_response(&request, &head, now) {
+                    AfterResponse::NotModified(policy, merged) => Ok(FetchOutcome::NotModified {
+                        cache: cache_facts(policy, &merged.headers, now),
+                    }),
+                    AfterResponse::Modified(..) => Err(FetchError::UnmatchedNotModified),
+                }
+            }
+            other => Err(FetchError::Status {
+                code: other.as_u16(),
+                retry_after: retry_after(response.headers(), now),
+            }),
+        }
+    }
+}
+
+fn cache_options() -> CacheOptions {
+    CacheOptions {
+        shared: false,
+        ..CacheOptions::default()
+    }
+}
+
+fn conditional_headers(prior: &Validators) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static(ACCEPTED_TYPES));
+    let validators = [
+        (IF_NONE_MATCH, &prior.etag),
+        (IF_MODIFIED_SINCE, &prior.last_modified),
+    ];
+    for (name, value) in validators {
+        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
+fn request_parts(url: &JwksUrl, headers: HeaderMap) -> Result<http::request::Parts, FetchError> {
+    let uri = http::Uri::try_from(url.as_str())
+        .map_err(|err| FetchError::Transport(format!("URL is not a valid HTTP URI: {err}")))?;
+    let mut request = http::Request::get(uri)
+        .body(())
+        .map_err(|err| FetchError::Transport(err.to_string()))?;
+    *request.headers_mut() = headers;
+    Ok(request.into_parts().0)
+}
+
+fn response_parts(status: StatusCode, headers: HeaderMap) -> http::response::Parts {
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response.into_parts().0
+}
+
+/// A 304 answers our conditional request, so when it carries no validator of its own
+/// (RFC 9110 requires only the ETag, and only when there is one) it confirms the validators
+/// we sent. Without this, a Last-Modified-only resource would never revalidate.
+fn with_validators_we_sent(
+    mut head: http::response::Parts,
+    prior: &Validators,
+) -> http::response::Parts {
+    if head.headers.contains_key(ETAG) || head.headers.contains_key(LAST_MODIFIED) {
+        return head;
+    }
+    let sent = [(ETAG, &prior.etag), (LAST_MODIFIED, &prior.last_modified)];
+    for (name, value) in sent {
+        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            head.headers.insert(name, value);
+        }
+    }
+    head
+}
+
+fn cache_facts(policy: CachePolicy, headers: &HeaderMap, now: SystemTime) -> CacheFacts {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let has_freshness_headers =
+        headers.contains_key(CACHE_CONTROL) || headers.contains_key(EXPIRES);
+    CacheFacts {
+        lifetime: has_freshness_headers.then(|| policy.time_to_live(now)),
+        validators: Validators {
+            etag: text(ETAG),
+            last_modified: text(LAST_MODIFIED),
+            cache_policy: Some(policy),
+        },
+    }
+}
+
+async fn read_capped(
+    response: &mut reqwest::Response,
+    max_bytes: u32,
+) -> Result<Bytes, FetchError> {
+    let limit = max_bytes as usize;
+    if response
+        .content_length()
+        .is_some_and(|len| len > u64::from(max_bytes))
+    {
+        return Err(FetchError::TooLarge { limit: max_bytes });
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        if body.len() + chunk.len() > limit {
+            return Err(FetchError::TooLarge { limit: max_bytes });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+fn classify(err: reqwest::Error) -> FetchError {
+    if let Some(refused) = find_source::<RedirectRefused>(&err) {
+        return FetchError::Redirect(refused.0.clone());
+    }
+    let detail = error_chain(&err);
+    if err.is_connect() {
+        FetchError::Connect(detail)
+    } else {
+        FetchError::Transport(detail)
+    }
+}
+
+fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        headers.insert(RETRY_AFTER, HeaderValue::from_str(&later).unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(90)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn only_transient_statuses_retry_soon() {
+        let status = |code| FetchError::Status {
+            code,
+            retry_after: None,
+        };
+        for code in [500, 502, 503, 429, 408] {
+            assert_eq!(status(code).retry(), Retry::Soon { after: None }, "{code}");
+        }
+        for code in [400, 401, 403, 404, 410] {
+            assert_eq!(status(code).retry(), Retry::Later, "{code}");
+        }
+    }
+
+    #[test]
+    fn conditional_headers_carry_the_stored_validators() {
+        let prior = Validators {
+            etag: Some("\"v1\"".into()),
+            last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
+            cache_policy: None,
+        };
+        let headers = conditional_headers(&prior);
+        assert_eq!(headers[IF_NONE_MATCH], "\"v1\"");
+        assert_eq!(headers[IF_MODIFIED_SINCE], "Wed, 21 Oct 2015 07:28:00 GMT");
+        assert!(!conditional_headers(&Validators::default()).contains_key(IF_NONE_MATCH));
+    }
+}

@@ -1,0 +1,28 @@
+//! keyrelay: a central JWKS key-distribution service.
+//!
+//! Identity providers' key sets are fetched once for the whole fleet (HTTP-cache aware,
+//! conditional, size- and time-bounded), stored durably, held in memory and served to
+//! verifiers over gRPC. The binary (`main.rs`) only parses the command line; everything
+//! lives here so that tests drive the very same code.
+
+pub mod admin_token;
+pub mod api;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod fetch;
+pub mod freshness;
+pub mod jwks;
+pub mod outcome;
+pub mod proto;
+pub mod provider;
+pub mod refresh;
+pub mod relay;
+pub mod schedule;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,67 @@
+//! The `keyrelay` binary: parse the command line and hand over to the library.
+
+use std::{process::ExitCode, sync::Arc};
+
+use clap::Parser;
+use keyrelay::{
+    cli::{Cli, Command},
+    client,
+    clock::SystemClock,
+    startup::Application,
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Providers { client, action } => client::providers(&client, action)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Resolve {
+            client,
+            tenant,
+            provider,
+            kid,
+        } => client::resolve(&client, tenant, provider, kid)
+            .await
+            .map_err(anyhow::Error::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: keyrelay::config::ServeConfig) -> anyhow::Result<()> {
+    telemetry::init_logging(config.log_format);
+    let app = Application::build(config, Arc::new(SystemClock)).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run(shutdown).await?;
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,258 @@
+//! Building and running the server: open the store, load every key set into memory, bind
+//! the listener, then serve gRPC and run the scheduler until shutdown, draining in-flight
+//! calls and refreshes before closing the store.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    admin_token::AdminToken,
+    api::{AdminApi, AdminAuth, KeyApi},
+    cache::KeyCache,
+    clock::Clock,
+    config::ServeConfig,
+    domain::{EgressRules, ValidationError},
+    fetch::Fetcher,
+    proto::{
+        FILE_DESCRIPTOR_SET,
+        v1::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
+    },
+    refresh::{Refresher, RefresherParts},
+    relay::{Relay, RelayParts},
+    schedule::Scheduler,
+    store::{self, Store, StoreError},
+};
+
+/// Dead peers are detected by HTTP/2 pings this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...each answered within this long.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrent calls on one connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting is incoherent.
+    #[error("configuration: {0}")]
+    Config(#[from] ValidationError),
+    /// The store could not be opened or loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data directory or the admin token file could not be used.
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        /// The token file.
+        path: String,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The bind failure.
+        source: std::io::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A server ready to run: store loaded, listener bound.
+pub struct Application {
+    incoming: TcpIncoming,
+    local_addr: SocketAddr,
+    relay: Arc<Relay>,
+    store: Arc<dyn Store>,
+    refresher: Arc<Refresher>,
+    scheduler: Scheduler,
+    tasks: TaskTracker,
+    admin_token: AdminToken,
+    egress: EgressRules,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Opens the store, loads every provider into memory and binds the listener.
+    pub async fn build(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        install_crypto_provider();
+        let defaults = config.policy_defaults()?;
+        let admin_token = admin_token(&config)?;
+        let store = store::open(
+            config.database_url.as_deref(),
+            &config.data_dir,
+            config.db_max_connections,
+        )
+        .await?;
+        let records = store.load_all().await?;
+        let (mut scheduler, scheduler_handle) =
+            Scheduler::new(Arc::clone(&clock), config.max_concurrent_fetches);
+        let now = clock.now();
+        for record in &records {
+            let due = record.status.next_refresh_at.unwrap_or(now);
+            scheduler.insert(record.registration.key.clone(), due);
+        }
+        tracing::info!(providers = records.len(), "key sets loaded from the store");
+        let cache = Arc::new(KeyCache::with_records(records));
+        let tasks = TaskTracker::new();
+        let refresher = Refresher::new(RefresherParts {
+            store: Arc::clone(&store),
+            cache: Arc::clone(&cache),
+            fetcher: Fetcher::new(&config.fetch_settings())?,
+            clock: Arc::clone(&clock),
+            defaults,
+            backoff: config.backoff(),
+            unknown_kid_cooldown: config.unknown_kid_cooldown,
+            scheduler: scheduler_handle.clone(),
+            tasks: tasks.clone(),
+        });
+        let relay = Arc::new(Relay::new(RelayParts {
+            store: Arc::clone(&store),
+            cache,
+            refresher: Arc::clone(&refresher),
+            scheduler: scheduler_handle,
+            clock,
+            defaults,
+            unknown_kid_wait: config.unknown_kid_wait,
+        }));
+        let bind_error = |source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let incoming = TcpIncoming::bind(config.listen)
+            .map_err(bind_error)?
+            .with_nodelay(Some(true));
+        let local_addr = incoming.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            incoming,
+            local_addr,
+            relay,
+            store,
+            refresher,
+            scheduler,
+            tasks,
+            admin_token,
+            egress: config.egress(),
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let scheduler = tokio::spawn(
+            self.scheduler
+                .run(Arc::clone(&self.refresher), shutdown.child_token()),
+        );
+        for service in ["", "keyrelay.v1.KeyService", "keyrelay.v1.AdminService"] {
+            health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        tracing::info!(addr = %self.local_addr, "keyrelay serving");
+        let stop_signal = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!("shutting down: draining in-flight calls");
+                health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+            }
+        };
+        let server = Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(KeyServiceServer::new(KeyApi::new(Arc::clone(&self.relay))))
+            .add_service(AdminServiceServer::with_interceptor(
+                AdminApi::new(Arc::clone(&self.relay), self.egress),
+                AdminAuth::new(self.admin_token),
+            ))
+            .serve_with_incoming_shutdown(self.incoming, stop_signal);
+        let served = drain_within(server, &shutdown, self.shutdown_grace).await;
+        if scheduler.await.is_err() {
+            tracing::error!("scheduler task panicked");
+        }
+        self.tasks.close();
+        if tokio::time::timeout(self.shutdown_grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "refreshes still running after the shutdown grace period; abandoning them"
+            );
+        }
+        self.store.close().await;
+        tracing::info!("keyrelay stopped");
+        served
+    }
+}
+
+/// Runs `server` until it finishes; once `shutdown` fires, gives it `grace` to drain.
+async fn drain_within(
+    server: impl Future<Output = Result<(), tonic::transport::Error>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<(), StartupError> {
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(StartupError::from),
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.map_err(StartupError::from),
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "calls still in flight after the shutdown grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// rustls finds both ring and aws-lc-rs users in some builds; keyrelay uses ring everywhere.
+fn install_crypto_provider() {
+    // An error means a provider is already installed (another server in the same process).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn admin_token(config: &ServeConfig) -> Result<AdminToken, StartupError> {
+    if let Some(token) = config.admin_token.as_deref().and_then(AdminToken::new) {
+        return Ok(token);
+    }
+    let path = AdminToken::path_in(&config.data_dir);
+    let (token, generated) = AdminToken::load_or_generate(&config.data_dir).map_err(|source| {
+        StartupError::AdminToken {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
+    if generated {
+        tracing::info!(path = %path.display(), "generated an admin token; the CLI reads it from there");
+    } else {
+        tracing::info!(path = %path.display(), "using the admin token kept in the data directory");
+    }
+    Ok(token)
+}

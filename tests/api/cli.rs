@@ -1,0 +1,131 @@
+//! The `keyrelay` binary end to end: a person starts the server on the embedded store, adds a
+//! provider with the CLI (admin token read from the data directory), lists and resolves it.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    process::{Child, Command, Output, Stdio},
+};
+
+use keyrelay::clock::ManualClock;
+
+use crate::mock_idp::MockIdp;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cli(server: &str, data_dir: &str, args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .args(["--server", server, "--data-dir", data_dir])
+        .env_remove("KEYRELAY_ADMIN_TOKEN")
+        .output()
+        .expect("run keyrelay")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+// Multi-threaded: the CLI runs as blocking child processes while the mock IdP must answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
+    let idp = MockIdp::start(ManualClock::new(chrono::Utc::now())).await;
+    idp.serve_kids(&["k1"], Some("max-age=600"));
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BINARY)
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data,
+            "--dev-allow-http-loopback",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("KEYRELAY_ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start keyrelay serve");
+    let stderr = child.stderr.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let ready = tokio::task::spawn_blocking(move || {
+        let seen = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|line| line.contains("keyrelay serving"));
+        // Keep draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        seen
+    });
+    assert!(
+        ready.await.unwrap().is_some(),
+        "server did not report serving"
+    );
+
+    let endpoint = format!("http://{listen}");
+    let added = stdout(&cli(
+        &endpoint,
+        data,
+        &["providers", "add", "acme", "okta", &idp.jwks_url()],
+    ));
+    assert!(
+        added.contains("acme/okta: READY (version 1, 1 keys)"),
+        "{added}"
+    );
+
+    let listed = stdout(&cli(&endpoint, data, &["providers", "list", "--json"]));
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).expect("one JSON line");
+    assert_eq!(
+        (listed["tenant"].as_str(), listed["state"].as_str()),
+        (Some("acme"), Some("READY"))
+    );
+
+    let resolved = stdout(&cli(
+        &endpoint,
+        data,
+        &["resolve", "acme", "okta", "--json"],
+    ));
+    let resolved: serde_json::Value = serde_json::from_str(resolved.trim()).unwrap();
+    assert_eq!(resolved["version"], 1);
+    assert_eq!(resolved["jwks"]["keys"][0]["kid"], "k1");
+
+    let missing = cli(&endpoint, data, &["providers", "get", "acme", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not registered"));
+
+    let wrong_dir = tempfile::tempdir().unwrap();
+    let no_token = cli(
+        &endpoint,
+        wrong_dir.path().to_str().unwrap(),
+        &["providers", "list"],
+    );
+    assert!(!no_token.status.success());
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("no admin token"));
+    drop(server);
+}

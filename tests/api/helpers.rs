@@ -1,0 +1,397 @@
+//! Spawning the real server on a random port against a fresh store, and gRPC clients for it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use chrono::{SubsecRound, Utc};
+use clap::Parser;
+use keyrelay::{
+    clock::ManualClock,
+    config::ServeConfig,
+    proto::v1::{
+        self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+    },
+    startup::Application,
+};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Parser)]
+struct TestCli {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+/// A Postgres database created for one test and dropped when the test ends, pass or fail.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("TEST_DATABASE_URL").expect(
+            "TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which provides Postgres",
+        );
+        let name = format!("keyrelay_test_{:016x}", rand::random::<u64>());
+        let mut conn = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| panic!("cannot reach Postgres at TEST_DATABASE_URL: {err}"));
+        conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs outside async context guarantees: use a private runtime on its own thread.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url).await.ok()?;
+                conn.execute(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .ok()
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// Where a server keeps its state: survives `TestApp::stop` so the next server can restart on it.
+pub struct Storage {
+    pub backend: Backend,
+    pub data_dir: Arc<TempDir>,
+    pub database: Option<Arc<TestDatabase>>,
+}
+
+impl Storage {
+    pub async fn new(backend: Backend) -> Self {
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Arc::new(TestDatabase::create().await)),
+        };
+        Self {
+            backend,
+            data_dir: Arc::new(tempfile::tempdir().expect("temp data dir")),
+            database,
+        }
+    }
+
+    fn share(&self) -> Self {
+        Self {
+            backend: self.backend,
+            data_dir: Arc::clone(&self.data_dir),
+            database: self.database.clone(),
+        }
+    }
+}
+
+/// A running server and what a test needs to talk to it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub clock: ManualClock,
+    pub storage: Storage,
+    extra_args: Vec<String>,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+/// A server on `backend` with test defaults (loopback allowed, short fetch deadline).
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
+}
+
+/// A server on `backend` with extra `keyrelay serve` flags.
+pub async fn spawn_app_with(backend: Backend, extra_args: &[&str]) -> TestApp {
+    let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
+    let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+    start(Storage::new(backend).await, clock, extra_args).await
+}
+
+async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) -> TestApp {
+    let data_dir = storage
+        .data_dir
+        .path()
+        .to_str()
+        .expect("utf-8 temp dir")
+        .to_owned();
+    let mut args: Vec<String> = [
+        "keyrelay",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data_dir,
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--dev-allow-http-loopback",
+        "--fetch-timeout",
+        "1s",
+        "--shutdown-grace",
+        "2s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(database) = &storage.database {
+        args.extend(["--database-url".to_owned(), database.url.clone()]);
+    }
+    args.extend(extra_args.iter().cloned());
+    let config = TestCli::try_parse_from(&args)
+        .expect("test flags parse")
+        .serve;
+    assert_eq!(
+        config.database_url.as_deref(),
+        storage.database.as_ref().map(|db| db.url.as_str()),
+        "DATABASE_URL in the environment would redirect this test's store; unset it"
+    );
+    let app = Application::build(config, Arc::new(clock.clone()))
+        .await
+        .expect("server builds");
+    let addr = app.local_addr();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { app.run(shutdown).await.expect("server runs") }
+    });
+    TestApp {
+        addr,
+        clock,
+        storage,
+        extra_args,
+        shutdown,
+        server,
+    }
+}
+
+#[derive(Clone)]
+pub struct Bearer(Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii token"),
+            );
+        }
+        Ok(request)
+    }
+}
+
+pub type AdminClient = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl TestApp {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to keyrelay")
+    }
+
+    pub async fn keys(&self) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminClient {
+        self.admin_with_token(Some(ADMIN_TOKEN)).await
+    }
+
+    pub async fn admin_with_token(&self, token: Option<&str>) -> AdminClient {
+        AdminServiceClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_owned)))
+    }
+
+    /// Registers `tenant/provider` at `url` with no policy overrides.
+    pub async fn register(&self, tenant: &str, provider: &str, url: &str) -> pb::Provider {
+        self.register_with(tenant, provider, url, None).await
+    }
+
+    pub async fn register_with(
+        &self,
+        tenant: &str,
+        provider: &str,
+        url: &str,
+        policy: Option<pb::ProviderPolicy>,
+    ) -> pb::Provider {
+        let request = pb::RegisterProviderRequest {
+            tenant: tenant.into(),
+            provider: provider.into(),
+            jwks_url: url.into(),
+            policy,
+        };
+        let response = self
+            .admin()
+            .await
+            .register_provider(request)
+            .await
+            .expect("register");
+        response
+            .into_inner()
+            .provider
+            .expect("provider in response")
+    }
+
+    pub async fn get(&self, tenant: &str, provider: &str) -> pb::Provider {
+        let request = pb::GetProviderRequest {
+            tenant: tenant.into(),
+            provider: provider.into(),
+        };
+        self.admin()
+            .await
+            .get_provider(request)
+            .await
+            .expect("get")
+            .into_inner()
+            .provider
+            .expect("provider")
+    }
+
+    pub async fn refresh(&self, tenant: &str, provider: &str) -> pb::Provider {
+        let request = pb::RefreshProviderRequest {
+            tenant: tenant.into(),
+            provider: provider.into(),
+        };
+        self.admin()
+            .await
+            .refresh_provider(request)
+            .await
+            .expect("refresh")
+            .into_inner()
+            .provider
+            .expect("provider")
+    }
+
+    pub async fn resolve(
+        &self,
+        tenant: &str,
+        provider: &str,
+        kid: Option<&str>,
+    ) -> Result<pb::KeySet, Status> {
+        let request = pb::ResolveRequest {
+            tenant: tenant.into(),
+            provider: provider.into(),
+            kid: kid.map(str::to_owned),
+            if_newer_than_version: None,
+        };
+        let response = self.keys().await.resolve(request).await?.into_inner();
+        match response.result {
+            Some(pb::resolve_response::Result::KeySet(set)) => Ok(set),
+            other => panic!("expected a key set, got {other:?}"),
+        }
+    }
+
+    /// Moves the server's clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> (Storage, ManualClock, Vec<String>) {
+        self.shutdown.cancel();
+        self.server.await.expect("server task");
+        (self.storage, self.clock, self.extra_args)
+    }
+
+    /// Stops this server and starts a new one on the same store and clock.
+    pub async fn restart(self) -> TestApp {
+        let (storage, clock, extra_args) = self.stop().await;
+        restart_from(storage, clock, extra_args).await
+    }
+}
+
+/// Starts a server on what a stopped one left behind.
+pub async fn restart_from(
+    storage: Storage,
+    clock: ManualClock,
+    extra_args: Vec<String>,
+) -> TestApp {
+    start(storage.share(), clock, extra_args).await
+}
+
+/// Status of a provider, present in every Provider keyrelay returns.
+pub fn status(provider: &pb::Provider) -> &pb::ProviderStatus {
+    provider.status.as_ref().expect("status")
+}
+
+/// Seconds between two timestamps.
+pub fn seconds_between(from: &prost_types::Timestamp, to: &prost_types::Timestamp) -> f64 {
+    (to.seconds - from.seconds) as f64 + f64::from(to.nanos - from.nanos) / 1e9
+}
+
+/// Kids of a key set, in order.
+pub fn kids(set: &pb::KeySet) -> Vec<&str> {
+    set.keys.iter().map(|k| k.kid.as_str()).collect()
+}
+
+/// A policy message with only these durations set.
+pub fn policy(
+    min_ttl: Option<u64>,
+    max_ttl: Option<u64>,
+    max_stale: Option<u64>,
+) -> pb::ProviderPolicy {
+    let seconds = |s: u64| prost_types::Duration {
+        seconds: s as i64,
+        nanos: 0,
+    };
+    pb::ProviderPolicy {
+        min_ttl: min_ttl.map(seconds),
+        max_ttl: max_ttl.map(seconds),
+        max_stale: max_stale.map(seconds),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` until it yields a value, for effects that have no event to wait on (a
+/// background refresh committing). Gives up after 10 s.
+pub async fn wait_until<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real server on a random port, real gRPC, a real mock IdP over
+//! HTTP, and real SQLite and Postgres stores. One test binary for all of them.
+
+mod admin;
+mod cli;
+mod failures;
+mod helpers;
+mod mock_idp;
+mod resolve;
+mod restart;
+mod revalidation;
+mod server;
+mod store;
