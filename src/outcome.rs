@@ -164,3 +164,169 @@ fn fail<R: Rng>(
     };
     (record, Change::Failed(reason))
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use chrono::Duration;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    use super::*;
+    use crate::{
+        domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey, documented_defaults},
+        provider::Registration,
+    };
+
+    const BACKOFF: Backoff = Backoff {
+        initial: std::time::Duration::from_secs(1),
+        max: std::time::Duration::from_secs(300),
+    };
+
+    fn registered() -> ProviderRecord {
+        let now = Utc::now();
+        ProviderRecord::new(Registration {
+            key: ProviderKey::parse("acme", "okta").unwrap(),
+            url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default()).unwrap(),
+            overrides: PolicyOverrides::default(),
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    fn body(kids: &[&str]) -> Bytes {
+        let keys: Vec<_> = kids
+            .iter()
+            .map(|kid| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}))
+            .collect();
+        Bytes::from(serde_json::json!({ "keys": keys }).to_string())
+    }
+
+    fn cache(etag: &str) -> CacheFacts {
+        CacheFacts {
+            validators: Validators {
+                etag: Some(etag.into()),
+                ..Validators::default()
+            },
+            lifetime: Some(std::time::Duration::from_secs(600)),
+        }
+    }
+
+    fn step(
+        current: &ProviderRecord,
+        result: Result<FetchOutcome, FetchError>,
+    ) -> (ProviderRecord, Change) {
+        let policy = documented_defaults();
+        let context = Context {
+            now: Utc::now(),
+            policy: &policy,
+            backoff: &BACKOFF,
+            rng: &mut StdRng::seed_from_u64(5),
+        };
+        apply(current, result, context)
+    }
+
+    fn modified(kids: &[&str], etag: &str) -> Result<FetchOutcome, FetchError> {
+        Ok(FetchOutcome::Modified {
+            body: body(kids),
+            cache: cache(etag),
+        })
+    }
+
+    #[test]
+    fn versions_start_at_one_and_grow_only_when_keys_change() {
+        let (first, change) = step(&registered(), modified(&["a"], "\"1\""));
+        assert_eq!(change, Change::NewVersion(1));
+        let (same, change) = step(&first, modified(&["a"], "\"2\""));
+        assert_eq!(change, Change::Unchanged);
+        assert_eq!(same.keys.as_ref().map(|k| k.version), Some(1));
+        assert_eq!(
+            same.validators.etag.as_deref(),
+            Some("\"2\""),
+            "validators follow the response"
+        );
+        let (rotated, change) = step(&same, modified(&["a", "b"], "\"3\""));
+        assert_eq!(change, Change::NewVersion(2));
+        assert!(rotated.keys.unwrap().document.contains_kid("b"));
+    }
+
+    #[test]
+    fn a_304_keeps_the_version_and_extends_freshness() {
+        let (first, _) = step(&registered(), modified(&["a"], "\"1\""));
+        let earlier = first.keys.as_ref().unwrap().fresh_until;
+        let later = ProviderRecord {
+            keys: first.keys.clone().map(|k| CurrentKeys {
+                fresh_until: earlier - Duration::seconds(500),
+                ..k
+            }),
+            ..first.clone()
+        };
+        let (revalidated, change) = step(
+            &later,
+            Ok(FetchOutcome::NotModified {
+                cache: cache("\"1\""),
+            }),
+        );
+        assert_eq!(change, Change::Unchanged);
+        let keys = revalidated.keys.unwrap();
+        assert_eq!(keys.version, 1);
+        let extended_by = keys.fresh_until - (earlier - Duration::seconds(500));
+        assert!(
+            extended_by >= Duration::seconds(499),
+            "extended by {extended_by}"
+        );
+    }
+
+    #[test]
+    fn failures_keep_the_last_good_keys_and_count_up() {
+        let (good, _) = step(&registered(), modified(&["a"], "\"1\""));
+        let outage = || {
+            Err(FetchError::Status {
+                code: 503,
+                retry_after: None,
+            })
+        };
+        let (once, change) = step(&good, outage());
+        assert!(matches!(change, Change::Failed(reason) if reason.contains("503")));
+        let (twice, _) = step(&once, outage());
+        assert_eq!(twice.status.consecutive_failures, 2);
+        assert_eq!(twice.keys, good.keys);
+        assert_eq!(twice.validators.etag.as_deref(), Some("\"1\""));
+        let (recovered, _) = step(&twice, modified(&["a"], "\"1\""));
+        assert_eq!(
+            (
+                recovered.status.consecutive_failures,
+                recovered.status.last_error
+            ),
+            (0, None)
+        );
+    }
+
+    #[test]
+    fn a_rejected_document_is_a_failure_that_keeps_the_keys() {
+        let (good, _) = step(&registered(), modified(&["a"], "\"1\""));
+        let (rejected, change) = step(&good, modified(&[], "\"2\""));
+        assert!(matches!(change, Change::Failed(reason) if reason.contains("no usable keys")));
+        assert_eq!(rejected.keys, good.keys);
+        assert_eq!(
+            rejected.validators.etag.as_deref(),
+            Some("\"1\""),
+            "rejected validators are not adopted"
+        );
+    }
+
+    #[test]
+    fn an_unmatched_or_unexpected_304_forgets_the_validators() {
+        let (good, _) = step(&registered(), modified(&["a"], "\"1\""));
+        let (unmatched, _) = step(&good, Err(FetchError::UnmatchedNotModified));
+        assert_eq!(unmatched.validators.etag, None);
+        let (unexpected, change) = step(
+            &registered(),
+            Ok(FetchOutcome::NotModified {
+                cache: cache("\"1\""),
+            }),
+        );
+        assert!(matches!(change, Change::Failed(_)));
+        assert_eq!(unexpected.validators.etag, None);
+    }
+}
