@@ -1,5 +1,8 @@
 //! Compiles proto/ with the pure-Rust protox compiler (no protoc on the build machine) and
-//! generates the tonic services and prost messages from the resulting descriptor set.
+//! generates the code in two passes:
+//! - messages and clients of `keyrelay.v1`, the types everyone uses;
+//! - the servers, generated apart so that the WatchKeys stream can send `WatchKeysResponse`
+//!   events encoded once and shared by every subscriber (`crate::watch::EncodedEvent`).
 
 use std::{env, fs, path::PathBuf};
 
@@ -19,8 +22,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("keyrelay_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+
     tonic_prost_build::configure()
         .bytes(".keyrelay.v1")
-        .compile_fds(descriptors)?;
+        .build_server(false)
+        .compile_fds(descriptors.clone())?;
+
+    let servers_dir = out_dir.join("servers");
+    fs::create_dir_all(&servers_dir)?;
+    let mut services_only = descriptors;
+    for file in &mut services_only.file {
+        file.message_type.clear();
+        file.enum_type.clear();
+    }
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(servers_dir)
+        .extern_path(".keyrelay.v1", "crate::proto::v1")
+        .extern_path(
+            ".keyrelay.v1.WatchKeysResponse",
+            "crate::watch::EncodedEvent",
+        )
+        .compile_fds(services_only)?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The in-memory view every read is served from: one immutable record per provider, swapped
-//! whole on change. Loaded from the store at start and updated after every durable write.
+//! whole on change, loaded from the store at start and updated after every durable write.
+//! Every change is announced on a broadcast of provider keys, so that Resolve and WatchKeys
+//! read the same state and watchers learn of it at once.
 
 use std::{
     collections::BTreeMap,
@@ -7,15 +9,25 @@ use std::{
     sync::{Arc, PoisonError, RwLock},
 };
 
+use tokio::sync::broadcast;
+
 use crate::{
     domain::{ProviderKey, TenantId},
     provider::ProviderRecord,
 };
 
-/// Current records by (tenant, provider).
-#[derive(Debug, Default)]
+/// Changes a watcher may fall behind by before it must resynchronise from the cache.
+const CHANGE_BUFFER: usize = 4096;
+
+/// A provider whose record, or whose staleness, changed. Only the key travels: readers look
+/// the current record up, so a watcher that falls behind skips straight to the latest state.
+pub type ChangeNotice = Arc<ProviderKey>;
+
+/// Current records by (tenant, provider), and the feed of their changes.
+#[derive(Debug)]
 pub struct KeyCache {
     providers: RwLock<BTreeMap<ProviderKey, Arc<ProviderRecord>>>,
+    changes: broadcast::Sender<ChangeNotice>,
 }
 
 impl KeyCache {
@@ -27,7 +39,23 @@ impl KeyCache {
             .collect();
         Self {
             providers: RwLock::new(providers),
+            changes: broadcast::Sender::new(CHANGE_BUFFER),
         }
+    }
+
+    /// Notices of every later change. Subscribe before reading the state you start from.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeNotice> {
+        self.changes.subscribe()
+    }
+
+    /// Announces a change that is not a new record, such as keys turning stale with time.
+    pub fn touch(&self, key: &ProviderKey) {
+        self.announce(key);
+    }
+
+    fn announce(&self, key: &ProviderKey) {
+        // An error only means nobody is watching.
+        let _ = self.changes.send(Arc::new(key.clone()));
     }
 
     /// The current record of a provider.
@@ -40,24 +68,33 @@ impl KeyCache {
         let record = Arc::new(record);
         self.write()
             .insert(record.registration.key.clone(), Arc::clone(&record));
+        self.announce(&record.registration.key);
         record
     }
 
     /// Stores a refresh result, unless the provider was meanwhile removed or re-registered
     /// (a different revision): a late refresh must not resurrect or overwrite anything.
     pub fn update_if_current(&self, record: ProviderRecord) -> Option<Arc<ProviderRecord>> {
-        let mut providers = self.write();
-        let slot = providers.get_mut(&record.registration.key)?;
-        if slot.registration.revision != record.registration.revision {
-            return None;
-        }
-        *slot = Arc::new(record);
-        Some(Arc::clone(slot))
+        let updated = {
+            let mut providers = self.write();
+            let slot = providers.get_mut(&record.registration.key)?;
+            if slot.registration.revision != record.registration.revision {
+                return None;
+            }
+            *slot = Arc::new(record);
+            Arc::clone(slot)
+        };
+        self.announce(&updated.registration.key);
+        Some(updated)
     }
 
     /// Removes a provider.
     pub fn remove(&self, key: &ProviderKey) -> Option<Arc<ProviderRecord>> {
-        self.write().remove(key)
+        let removed = self.write().remove(key);
+        if removed.is_some() {
+            self.announce(key);
+        }
+        removed
     }
 
     /// Up to `limit` records after `after`, in key order, optionally of one tenant only.

@@ -5,7 +5,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -42,6 +45,13 @@ pub type FlightResult = Result<Arc<ProviderRecord>, RefreshError>;
 
 type Flight = watch::Receiver<Option<FlightResult>>;
 
+/// A flight in progress and its start order.
+#[derive(Clone)]
+struct Started {
+    sequence: u64,
+    flight: Flight,
+}
+
 /// What the refresher needs from the rest of the service.
 pub struct RefresherParts {
     /// Durable storage.
@@ -67,7 +77,8 @@ pub struct RefresherParts {
 /// Runs refreshes, one flight per provider at a time.
 pub struct Refresher {
     parts: RefresherParts,
-    flights: Mutex<HashMap<ProviderKey, Flight>>,
+    flights: Mutex<HashMap<ProviderKey, Started>>,
+    next_sequence: AtomicU64,
     unknown_kid_refreshes: Mutex<HashMap<ProviderKey, DateTime<Utc>>>,
 }
 
@@ -77,14 +88,28 @@ impl Refresher {
         Arc::new(Self {
             parts,
             flights: Mutex::default(),
+            next_sequence: AtomicU64::new(0),
             unknown_kid_refreshes: Mutex::default(),
         })
     }
 
-    /// Refreshes `key` now, joining the flight in progress if there is one.
+    /// Refreshes `key`, joining the flight in progress if there is one.
     pub async fn refresh(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
-        let flight = self.join_or_start(key);
-        wait_for(flight).await
+        wait_for(self.join_or_start(key).flight).await
+    }
+
+    /// Refreshes `key` with a fetch that starts after this call: a flight already in progress
+    /// may have fetched before whatever the caller knows changed, so it is waited out, not
+    /// joined. Callers arriving together still share one fetch.
+    pub async fn refresh_now(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
+        let arrival = self.next_sequence.load(Ordering::SeqCst);
+        loop {
+            let started = self.join_or_start(key);
+            let result = wait_for(started.flight).await;
+            if started.sequence >= arrival {
+                return result;
+            }
+        }
     }
 
     /// Refreshes `key` because a verifier asked for a kid it does not have, unless such a
@@ -107,8 +132,8 @@ impl Refresher {
     }
 
     fn join_or_start_unless_cooling_down(self: &Arc<Self>, key: &ProviderKey) -> Option<Flight> {
-        if let Some(flight) = lock(&self.flights).get(key) {
-            return Some(flight.clone());
+        if let Some(started) = lock(&self.flights).get(key) {
+            return Some(started.flight.clone());
         }
         let now = self.parts.clock.now();
         {
@@ -121,16 +146,20 @@ impl Refresher {
             }
             started.insert(key.clone(), now);
         }
-        Some(self.join_or_start(key))
+        Some(self.join_or_start(key).flight)
     }
 
-    fn join_or_start(self: &Arc<Self>, key: &ProviderKey) -> Flight {
+    fn join_or_start(self: &Arc<Self>, key: &ProviderKey) -> Started {
         let mut flights = lock(&self.flights);
-        if let Some(flight) = flights.get(key) {
-            return flight.clone();
+        if let Some(started) = flights.get(key) {
+            return started.clone();
         }
         let (done, flight) = watch::channel(None);
-        flights.insert(key.clone(), flight.clone());
+        let started = Started {
+            sequence: self.next_sequence.fetch_add(1, Ordering::SeqCst),
+            flight,
+        };
+        flights.insert(key.clone(), started.clone());
         let this = Arc::clone(self);
         let key = key.clone();
         self.parts.tasks.spawn(async move {
@@ -138,7 +167,7 @@ impl Refresher {
             lock(&this.flights).remove(&key);
             done.send_replace(Some(result));
         });
-        flight
+        started
     }
 
     async fn fly(&self, key: &ProviderKey) -> FlightResult {

@@ -176,11 +176,12 @@ impl Relay {
         Ok(Resolved::KeySet(snapshot))
     }
 
-    /// Refreshes for the current registration revision: a flight that started before a
-    /// re-registration ends superseded, so it is followed by one more.
+    /// Refreshes with a fetch that starts now, for the current registration revision (a
+    /// flight that started before a re-registration ends superseded: it is followed by one
+    /// more).
     async fn refresh_current(&self, key: &ProviderKey) -> FlightResult {
-        match self.parts.refresher.refresh(key).await {
-            Err(RefreshError::Superseded) => self.parts.refresher.refresh(key).await,
+        match self.parts.refresher.refresh_now(key).await {
+            Err(RefreshError::Superseded) => self.parts.refresher.refresh_now(key).await,
             other => other,
         }
     }

@@ -2,16 +2,13 @@
 //! refresh (not a sleeping task per provider), starting due refreshes with bounded
 //! concurrency. Told about new times through a bounded channel by each finished refresh.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{clock::Clock, domain::ProviderKey, refresh::Refresher};
+use crate::{clock::Clock, domain::ProviderKey, due_queue::DueQueue, refresh::Refresher};
 
 /// Commands waiting for the scheduler beyond this many make senders wait.
 const QUEUE_CAPACITY: usize = 1024;
@@ -49,8 +46,7 @@ impl SchedulerHandle {
 /// The queue of due times and the task that works through it.
 pub struct Scheduler {
     commands: mpsc::Receiver<Command>,
-    due: BTreeSet<(DateTime<Utc>, ProviderKey)>,
-    due_at: HashMap<ProviderKey, DateTime<Utc>>,
+    queue: DueQueue,
     clock: Arc<dyn Clock>,
     max_concurrent: usize,
 }
@@ -61,8 +57,7 @@ impl Scheduler {
         let (sender, commands) = mpsc::channel(QUEUE_CAPACITY);
         let scheduler = Self {
             commands,
-            due: BTreeSet::new(),
-            due_at: HashMap::new(),
+            queue: DueQueue::default(),
             clock,
             max_concurrent: max_concurrent.max(1),
         };
@@ -71,26 +66,7 @@ impl Scheduler {
 
     /// Queues `key` for `at` before the scheduler runs (loading from the store).
     pub fn insert(&mut self, key: ProviderKey, at: DateTime<Utc>) {
-        if let Some(previous) = self.due_at.insert(key.clone(), at) {
-            self.due.remove(&(previous, key.clone()));
-        }
-        self.due.insert((at, key));
-    }
-
-    fn remove(&mut self, key: &ProviderKey) {
-        if let Some(at) = self.due_at.remove(key) {
-            self.due.remove(&(at, key.clone()));
-        }
-    }
-
-    fn pop_due(&mut self, now: DateTime<Utc>) -> Option<ProviderKey> {
-        let (at, _) = self.due.first()?;
-        if *at > now {
-            return None;
-        }
-        let (_, key) = self.due.pop_first()?;
-        self.due_at.remove(&key);
-        Some(key)
+        self.queue.insert(key, at);
     }
 
     /// Runs until `shutdown`, starting each refresh when it is due. In-flight refreshes are
@@ -98,13 +74,13 @@ impl Scheduler {
     pub async fn run(mut self, refresher: Arc<Refresher>, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
         loop {
-            let next_due = self.due.first().map(|(at, _)| *at);
+            let next_due = self.queue.next_due();
             let has_room = running.len() < self.max_concurrent;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 command = self.commands.recv() => match command {
-                    Some(Command::RefreshAt(key, at)) => self.insert(key, at),
-                    Some(Command::Forget(key)) => self.remove(&key),
+                    Some(Command::RefreshAt(key, at)) => self.queue.insert(key, at),
+                    Some(Command::Forget(key)) => self.queue.remove(&key),
                     None => break,
                 },
                 Some(_) = running.join_next(), if !running.is_empty() => {}
@@ -119,7 +95,9 @@ impl Scheduler {
     fn start_due(&mut self, refresher: &Arc<Refresher>, running: &mut JoinSet<()>) {
         let now = self.clock.now();
         while running.len() < self.max_concurrent {
-            let Some(key) = self.pop_due(now) else { break };
+            let Some(key) = self.queue.pop_due(now) else {
+                break;
+            };
             let refresher = Arc::clone(refresher);
             running.spawn(async move {
                 // Failures are recorded in the provider status and rescheduled by the flight.
@@ -129,45 +107,10 @@ impl Scheduler {
     }
 }
 
-async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
-    if let Some(at) = at {
-        clock.sleep_until(at).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-
-    fn key(name: &str) -> ProviderKey {
-        ProviderKey::parse("t", name).unwrap()
-    }
-
-    #[test]
-    fn the_queue_pops_in_time_order_and_only_when_due() {
-        let clock = ManualClock::new(Utc::now());
-        let now = clock.now();
-        let (mut scheduler, _handle) = Scheduler::new(Arc::new(clock), 4);
-        scheduler.insert(key("late"), now + chrono::Duration::seconds(20));
-        scheduler.insert(key("early"), now + chrono::Duration::seconds(10));
-        assert_eq!(scheduler.pop_due(now), None);
-        let later = now + chrono::Duration::seconds(30);
-        assert_eq!(scheduler.pop_due(later), Some(key("early")));
-        assert_eq!(scheduler.pop_due(later), Some(key("late")));
-        assert_eq!(scheduler.pop_due(later), None);
-    }
-
-    #[test]
-    fn rescheduling_moves_a_provider_instead_of_duplicating_it() {
-        let clock = ManualClock::new(Utc::now());
-        let now = clock.now();
-        let (mut scheduler, _handle) = Scheduler::new(Arc::new(clock), 4);
-        scheduler.insert(key("a"), now);
-        scheduler.insert(key("a"), now + chrono::Duration::seconds(60));
-        assert_eq!(scheduler.pop_due(now), None);
-        assert_eq!(scheduler.due.len(), 1);
-        scheduler.remove(&key("a"));
-        assert!(scheduler.due.is_empty() && scheduler.due_at.is_empty());
+/// Sleeps until `at`, or forever when nothing is due.
+pub(crate) async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
+    match at {
+        Some(at) => clock.sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

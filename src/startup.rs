@@ -14,16 +14,18 @@ use crate::{
     cache::KeyCache,
     clock::Clock,
     config::ServeConfig,
-    domain::{EgressRules, ValidationError},
+    domain::{EgressRules, Policy, ValidationError},
     fetch::Fetcher,
     proto::{
         FILE_DESCRIPTOR_SET,
-        v1::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
+        server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
     },
     refresh::{Refresher, RefresherParts},
     relay::{Relay, RelayParts},
     schedule::Scheduler,
+    staleness::StalenessTimer,
     store::{self, Store, StoreError},
+    watch::WatchHub,
 };
 
 /// Dead peers are detected by HTTP/2 pings this often...
@@ -74,6 +76,9 @@ pub struct Application {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
     relay: Arc<Relay>,
+    cache: Arc<KeyCache>,
+    clock: Arc<dyn Clock>,
+    defaults: Policy,
     store: Arc<dyn Store>,
     refresher: Arc<Refresher>,
     scheduler: Scheduler,
@@ -119,10 +124,10 @@ impl Application {
         });
         let relay = Arc::new(Relay::new(RelayParts {
             store: Arc::clone(&store),
-            cache,
+            cache: Arc::clone(&cache),
             refresher: Arc::clone(&refresher),
             scheduler: scheduler_handle,
-            clock,
+            clock: Arc::clone(&clock),
             defaults,
             unknown_kid_wait: config.unknown_kid_wait,
         }));
@@ -138,6 +143,9 @@ impl Application {
             incoming,
             local_addr,
             relay,
+            cache,
+            clock,
+            defaults,
             store,
             refresher,
             scheduler,
@@ -164,6 +172,14 @@ impl Application {
             self.scheduler
                 .run(Arc::clone(&self.refresher), shutdown.child_token()),
         );
+        let staleness = StalenessTimer::new(Arc::clone(&self.cache), Arc::clone(&self.clock));
+        let staleness = tokio::spawn(staleness.run(shutdown.child_token()));
+        let watch = WatchHub::new(
+            self.cache,
+            self.clock,
+            self.defaults,
+            shutdown.child_token(),
+        );
         for service in ["", "keyrelay.v1.KeyService", "keyrelay.v1.AdminService"] {
             health
                 .set_service_status(service, ServingStatus::Serving)
@@ -187,15 +203,20 @@ impl Application {
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(KeyServiceServer::new(KeyApi::new(Arc::clone(&self.relay))))
+            .add_service(KeyServiceServer::new(KeyApi::new(
+                Arc::clone(&self.relay),
+                watch,
+            )))
             .add_service(AdminServiceServer::with_interceptor(
                 AdminApi::new(Arc::clone(&self.relay), self.egress),
                 AdminAuth::new(self.admin_token),
             ))
             .serve_with_incoming_shutdown(self.incoming, stop_signal);
         let served = drain_within(server, &shutdown, self.shutdown_grace).await;
-        if scheduler.await.is_err() {
-            tracing::error!("scheduler task panicked");
+        for (name, task) in [("scheduler", scheduler), ("staleness timer", staleness)] {
+            if task.await.is_err() {
+                tracing::error!(task = name, "background task panicked");
+            }
         }
         self.tasks.close();
         if tokio::time::timeout(self.shutdown_grace, self.tasks.wait())

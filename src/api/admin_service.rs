@@ -5,11 +5,11 @@ use std::sync::Arc;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use crate::{
+    convert,
     domain::{EgressRules, JwksUrl, ProviderKey, TenantId, ValidationError},
     error::Error,
-    proto::v1::{self as pb, admin_service_server::AdminService},
+    proto::{server::admin_service_server::AdminService, v1 as pb},
     relay::Relay,
     store::NewRegistration,
 };

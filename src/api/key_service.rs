@@ -1,31 +1,33 @@
-//! `keyrelay.v1.KeyService`: Resolve from memory; WatchKeys is declared but not served yet.
+//! `keyrelay.v1.KeyService`: Resolve from memory, WatchKeys streams from the same state.
 
 use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use crate::{
+    convert,
     domain::{Kid, ProviderKey},
     error::Error,
-    proto::v1::{self as pb, key_service_server::KeyService},
+    proto::{server::key_service_server::KeyService, v1 as pb},
     relay::{Relay, Resolved},
+    watch::{EncodedEvent, WatchHub, WatchRequest},
 };
 
 /// The KeyService handlers.
 pub struct KeyApi {
     relay: Arc<Relay>,
+    watch: Arc<WatchHub>,
 }
 
 impl KeyApi {
-    /// Handlers over `relay`.
-    pub fn new(relay: Arc<Relay>) -> Self {
-        Self { relay }
+    /// Handlers over `relay` and `watch`, which share one cache.
+    pub fn new(relay: Arc<Relay>, watch: Arc<WatchHub>) -> Self {
+        Self { relay, watch }
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchKeysResponse, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl KeyService for KeyApi {
@@ -64,10 +66,11 @@ impl KeyService for KeyApi {
 
     async fn watch_keys(
         &self,
-        _request: Request<pb::WatchKeysRequest>,
+        request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchKeys is not implemented yet; poll Resolve with if_newer_than_version",
-        ))
+        let request =
+            WatchRequest::parse(request.get_ref(), self.watch.cache()).map_err(Error::from)?;
+        let stream = self.watch.subscribe(request).into_stream();
+        Ok(Response::new(Box::pin(stream)))
     }
 }

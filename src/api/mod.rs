@@ -3,7 +3,6 @@
 
 mod admin_service;
 mod auth;
-mod convert;
 mod key_service;
 
 pub use admin_service::AdminApi;

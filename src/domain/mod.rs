@@ -11,21 +11,31 @@ pub use jwks_url::{EgressRules, JwksUrl};
 pub(crate) use policy::documented_defaults;
 pub use policy::{Policy, PolicyOverrides};
 
+use std::borrow::Cow;
+
 /// A request value that cannot be accepted, naming the field so the caller knows what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason}")]
 pub struct ValidationError {
-    /// The request field at fault, as named in the API.
-    pub field: &'static str,
+    /// The request field at fault, as named in the API (`selectors[2].tenant`, say).
+    pub field: Cow<'static, str>,
     /// What is wrong with it.
     pub reason: String,
 }
 
 impl ValidationError {
-    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// The same error for a field nested under `parent` (`selectors[2]`, say).
+    pub(crate) fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field).into(),
+            reason: self.reason,
         }
     }
 }

@@ -141,6 +141,11 @@ pub async fn spawn_app_with(backend: Backend, extra_args: &[&str]) -> TestApp {
 }
 
 async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) -> TestApp {
+    // Server logs in test output, filtered by RUST_LOG (silent by default).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let data_dir = storage
         .data_dir
         .path()
@@ -393,5 +398,85 @@ where
             "condition not reached within 10 s"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A selector for `WatchKeys`: a tenant, or one provider of it.
+pub fn selector(tenant: &str, provider: &str) -> pb::WatchSelector {
+    pb::WatchSelector {
+        tenant: tenant.into(),
+        provider: provider.into(),
+    }
+}
+
+/// A version the client holds.
+pub fn known(tenant: &str, provider: &str, version: u64) -> pb::KnownVersion {
+    pb::KnownVersion {
+        tenant: tenant.into(),
+        provider: provider.into(),
+        version,
+    }
+}
+
+/// An open WatchKeys stream.
+pub struct Watch(tonic::Streaming<pb::WatchKeysResponse>);
+
+impl Watch {
+    /// The next event; fails the test if none comes within 10 s.
+    pub async fn next(&mut self) -> pb::watch_keys_response::Event {
+        self.next_result()
+            .await
+            .expect("stream error")
+            .expect("an event")
+    }
+
+    /// The next item, including the status the stream ends with.
+    pub async fn next_result(&mut self) -> Result<Option<pb::watch_keys_response::Event>, Status> {
+        let message = tokio::time::timeout(Duration::from_secs(10), self.0.message())
+            .await
+            .expect("no WatchKeys event within 10 s")?;
+        Ok(message.map(|m| m.event.expect("event set")))
+    }
+
+    /// The next event, which must be a key set.
+    pub async fn next_key_set(&mut self) -> pb::KeySet {
+        match self.next().await {
+            pb::watch_keys_response::Event::KeySet(set) => set,
+            other => panic!("expected a key set, got {other:?}"),
+        }
+    }
+
+    /// The next event, which must be `synced`.
+    pub async fn expect_synced(&mut self) {
+        match self.next().await {
+            pb::watch_keys_response::Event::Synced(_) => {}
+            other => panic!("expected synced, got {other:?}"),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn watch(
+        &self,
+        selectors: Vec<pb::WatchSelector>,
+        known_versions: Vec<pb::KnownVersion>,
+    ) -> Watch {
+        self.try_watch(selectors, known_versions)
+            .await
+            .expect("WatchKeys starts")
+    }
+
+    pub async fn try_watch(
+        &self,
+        selectors: Vec<pb::WatchSelector>,
+        known_versions: Vec<pb::KnownVersion>,
+    ) -> Result<Watch, Status> {
+        let request = pb::WatchKeysRequest {
+            selectors,
+            known_versions,
+        };
+        Ok(Watch(
+            self.keys().await.watch_keys(request).await?.into_inner(),
+        ))
     }
 }

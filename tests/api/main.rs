@@ -11,3 +11,4 @@ mod restart;
 mod revalidation;
 mod server;
 mod store;
+mod watch;

@@ -1,8 +1,5 @@
-//! The server around the services: health, reflection, the declared streaming RPC, and
-//! graceful shutdown.
+//! The server around the services: health, reflection and graceful shutdown.
 
-use keyrelay::proto::v1 as pb;
-use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -61,18 +58,6 @@ async fn reflection_lists_the_keyrelay_services() {
             "{expected} missing from {names:?}"
         );
     }
-}
-
-#[tokio::test]
-async fn watch_keys_is_declared_but_unimplemented() {
-    let app = spawn_app(Backend::Sqlite).await;
-    let err = app
-        .keys()
-        .await
-        .watch_keys(pb::WatchKeysRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
 }
 
 #[tokio::test]

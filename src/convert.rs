@@ -1,4 +1,5 @@
-//! Conversions between protobuf messages and domain values.
+//! Conversions between protobuf messages and domain values, shared by the gRPC handlers
+//! and the WatchKeys stream.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::{
     relay::Snapshot,
 };
 
-pub(super) fn timestamp(at: DateTime<Utc>) -> Timestamp {
+pub(crate) fn timestamp(at: DateTime<Utc>) -> Timestamp {
     Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
@@ -38,7 +39,7 @@ fn parse_duration(
 }
 
 /// The overrides of a registration request.
-pub(super) fn policy_overrides(
+pub(crate) fn policy_overrides(
     policy: Option<pb::ProviderPolicy>,
 ) -> Result<PolicyOverrides, ValidationError> {
     let policy = policy.unwrap_or_default();
@@ -84,7 +85,7 @@ fn state(state: ProviderState) -> pb::ProviderState {
 }
 
 /// A registration with its status.
-pub(super) fn provider(snapshot: &Snapshot) -> pb::Provider {
+pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
     let record = &snapshot.record;
     let registration = &record.registration;
     let keys = record.keys.as_ref();
@@ -117,7 +118,7 @@ pub(super) fn provider(snapshot: &Snapshot) -> pb::Provider {
 }
 
 /// The key set of a snapshot known to hold keys.
-pub(super) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
+pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
     let key = &snapshot.record.registration.key;
     pb::KeySet {
         tenant: key.tenant.as_str().to_owned(),
@@ -140,5 +141,6 @@ pub(super) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
         fresh_until: Some(timestamp(keys.fresh_until)),
         stale: keys.is_stale(snapshot.at),
         usable_until: Some(timestamp(keys.usable_until(&snapshot.policy))),
+        state: state(snapshot.record.state(snapshot.at)).into(),
     }
 }
