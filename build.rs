@@ -2,7 +2,8 @@
 //! generates the code in two passes:
 //! - messages and clients of `keyrelay.v1`, the types everyone uses;
 //! - the servers, generated apart so that the WatchKeys stream can send `WatchKeysResponse`
-//!   events encoded once and shared by every subscriber (`crate::watch::EncodedEvent`).
+//!   events encoded once and shared by every subscriber (`crate::watch::EncodedEvent`),
+//!   through a codec with small per-stream buffers (`crate::proto::LeanCodec`).
 
 use std::{env, fs, path::PathBuf};
 
@@ -38,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .out_dir(servers_dir)
+        .codec_path("crate::proto::LeanCodec")
         .extern_path(".keyrelay.v1", "crate::proto::v1")
         .extern_path(
             ".keyrelay.v1.WatchKeysResponse",

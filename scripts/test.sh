@@ -4,7 +4,8 @@
 # Runs, in order and stopping at the first failure:
 #   cargo fmt --all -- --check
 #   cargo clippy --all-targets --locked -- -D warnings
-#   cargo test --all-targets --locked "$@"
+#   cargo test --locked "$@"   (lib, binary and integration tests; benches are
+#                              type-checked by clippy and run with `cargo bench`)
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 #
 # The Rust tests need a Postgres server. The URL of a superuser able to
@@ -188,4 +189,4 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked "$@"
+cargo test --locked "$@"

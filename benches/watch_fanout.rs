@@ -1,0 +1,259 @@
+//! WatchKeys fan-out benchmark (run with `cargo bench --bench watch_fanout`).
+//!
+//! Starts the real `keyrelay serve` as a child process and a JWKS server in this process,
+//! opens STREAMS WatchKeys streams over CONNECTIONS HTTP/2 connections (this process is the
+//! load generator), then rotates the key ROTATIONS times: each time it changes the JWKS,
+//! calls RefreshProvider and measures, per stream, the time from the call to the arrival of
+//! the new version. Also reports the server's resident memory per idle stream.
+//!
+//! Environment: STREAMS (10000), CONNECTIONS (16; at most 1024 streams per connection),
+//! ROTATIONS (5).
+
+use std::{
+    net::TcpListener as StdListener,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, routing::get};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use keyrelay::proto::v1::{
+    self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+    watch_keys_response::Event,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, transport::Channel};
+
+const TOKEN: &str = "bench-token";
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+/// Two 2048-bit RSA public keys (random moduli: nothing is verified with them), about 1 KB.
+/// CPU time (user + system) a process has used, from /proc/<pid>/stat.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<u64> = after_name
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // Clock ticks are 1/100 s on Linux.
+    Duration::from_millis((fields[0] + fields[1]) * 10)
+}
+
+fn jwks(kid: &str) -> String {
+    let modulus = |seed: u8| URL_SAFE_NO_PAD.encode([seed; 256]);
+    serde_json::json!({"keys": [
+        {"kty": "RSA", "kid": "stable", "alg": "RS256", "use": "sig", "e": "AQAB", "n": modulus(7)},
+        {"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "e": "AQAB", "n": modulus(9)},
+    ]})
+    .to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main]
+async fn main() {
+    let streams = env_or("STREAMS", 10_000);
+    let connections = env_or("CONNECTIONS", 16);
+    let rotations = env_or("ROTATIONS", 5);
+
+    let document = Arc::new(Mutex::new(jwks("rotating-1")));
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_url = format!("http://{}/jwks", idp.local_addr().unwrap());
+    let served = Arc::clone(&document);
+    let app = Router::new().route(
+        "/jwks",
+        get(move || async move { served.lock().unwrap().clone() }),
+    );
+    tokio::spawn(async move { axum::serve(idp, app).await });
+
+    let port = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data_dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token",
+            TOKEN,
+        ])
+        .args([
+            "--dev-allow-http-loopback",
+            "--data-dir",
+            data_dir.path().to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start keyrelay");
+    let server = Server(child);
+    let pid = server.0.id();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let channel = loop {
+        match Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => break channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut admin = AdminServiceClient::with_interceptor(channel, |mut request: Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        Ok(request)
+    });
+    admin
+        .register_provider(pb::RegisterProviderRequest {
+            tenant: "bench".into(),
+            provider: "idp".into(),
+            jwks_url: idp_url,
+            policy: None,
+        })
+        .await
+        .expect("register");
+
+    let rss_before = rss_kib(pid);
+    let (events, mut received) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let (ready, mut all_ready) = mpsc::unbounded_channel::<()>();
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        channels.push(
+            Channel::from_shared(endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    let opened = Instant::now();
+    for index in 0..streams {
+        let mut client = KeyServiceClient::new(channels[index % connections].clone());
+        let events = events.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let request = pb::WatchKeysRequest {
+                selectors: vec![pb::WatchSelector {
+                    tenant: "bench".into(),
+                    provider: "idp".into(),
+                }],
+                known_versions: vec![pb::KnownVersion {
+                    tenant: "bench".into(),
+                    provider: "idp".into(),
+                    version: 1,
+                }],
+            };
+            let mut stream = client
+                .watch_keys(request)
+                .await
+                .expect("watch")
+                .into_inner();
+            while let Ok(Some(message)) = stream.message().await {
+                match message.event {
+                    Some(Event::Synced(_)) => drop(ready.send(())),
+                    Some(Event::KeySet(set)) => drop(events.send((set.version, Instant::now()))),
+                    _ => {}
+                }
+            }
+        });
+    }
+    for _ in 0..streams {
+        all_ready.recv().await.expect("stream synced");
+    }
+    let open_time = opened.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_idle = rss_kib(pid);
+
+    let mut latencies = Vec::new();
+    let (server_cpu, load_cpu) = (cpu_time(&pid.to_string()), cpu_time("self"));
+    let rotating = Instant::now();
+    for rotation in 1..=rotations {
+        let version = 1 + rotation as u64;
+        *document.lock().unwrap() = jwks(&format!("rotating-{version}"));
+        let started = Instant::now();
+        let provider = admin
+            .refresh_provider(pb::RefreshProviderRequest {
+                tenant: "bench".into(),
+                provider: "idp".into(),
+            })
+            .await
+            .expect("refresh")
+            .into_inner()
+            .provider
+            .unwrap();
+        assert_eq!(
+            provider.status.unwrap().version,
+            version,
+            "refresh made a new version"
+        );
+        let mut arrived = 0;
+        while arrived < streams {
+            let (got, at) = received.recv().await.expect("event");
+            assert_eq!(got, version, "only the new version arrives");
+            latencies.push(at - started);
+            arrived += 1;
+        }
+    }
+    let rotating = rotating.elapsed();
+    let server_cpu = cpu_time(&pid.to_string()) - server_cpu;
+    let load_cpu = cpu_time("self") - load_cpu;
+    latencies.sort();
+    let per_stream = (rss_idle.saturating_sub(rss_before)) as f64 * 1024.0 / streams as f64;
+    println!(
+        "WatchKeys fan-out: {streams} streams over {connections} connections, {rotations} rotations"
+    );
+    println!("  streams opened and synced in {:.2?}", open_time);
+    println!(
+        "  rotation -> all streams: p50 {:.1?}  p99 {:.1?}  max {:.1?}  ({} deliveries)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+    println!(
+        "  during the rotations ({:.2?} wall): server CPU {:.2?}, load generator CPU {:.2?}",
+        rotating, server_cpu, load_cpu
+    );
+    println!(
+        "  server RSS: {} KiB before streams, {} KiB with {streams} idle streams: {:.0} bytes per idle stream",
+        rss_before, rss_idle, per_stream
+    );
+    drop(server);
+}
