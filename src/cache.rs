@@ -4,7 +4,7 @@
 //! read the same state and watchers learn of it at once.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ops::Bound,
     sync::{Arc, PoisonError, RwLock},
 };
@@ -26,8 +26,16 @@ pub type ChangeNotice = Arc<ProviderKey>;
 /// Current records by (tenant, provider), and the feed of their changes.
 #[derive(Debug)]
 pub struct KeyCache {
-    providers: RwLock<BTreeMap<ProviderKey, Arc<ProviderRecord>>>,
+    state: RwLock<State>,
     changes: broadcast::Sender<ChangeNotice>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    providers: BTreeMap<ProviderKey, Arc<ProviderRecord>>,
+    /// Change sequence of each removal, so that an older state arriving late cannot bring a
+    /// removed provider back. One small entry per provider ever removed by this process.
+    removed: HashMap<ProviderKey, u64>,
 }
 
 impl KeyCache {
@@ -38,7 +46,10 @@ impl KeyCache {
             .map(|record| (record.registration.key.clone(), Arc::new(record)))
             .collect();
         Self {
-            providers: RwLock::new(providers),
+            state: RwLock::new(State {
+                providers,
+                removed: HashMap::new(),
+            }),
             changes: broadcast::Sender::new(CHANGE_BUFFER),
         }
     }
@@ -60,41 +71,76 @@ impl KeyCache {
 
     /// The current record of a provider.
     pub fn get(&self, key: &ProviderKey) -> Option<Arc<ProviderRecord>> {
-        self.read().get(key).cloned()
+        self.read().providers.get(key).cloned()
     }
 
-    /// Stores a record as written by a registration.
-    pub fn put(&self, record: ProviderRecord) -> Arc<ProviderRecord> {
-        let record = Arc::new(record);
-        self.write()
-            .insert(record.registration.key.clone(), Arc::clone(&record));
-        self.announce(&record.registration.key);
-        record
-    }
-
-    /// Stores a refresh result, unless the provider was meanwhile removed or re-registered
-    /// (a different revision): a late refresh must not resurrect or overwrite anything.
-    pub fn update_if_current(&self, record: ProviderRecord) -> Option<Arc<ProviderRecord>> {
-        let updated = {
-            let mut providers = self.write();
-            let slot = providers.get_mut(&record.registration.key)?;
-            if slot.registration.revision != record.registration.revision {
-                return None;
+    /// Applies a stored state of a provider unless a newer one (by change sequence) is already
+    /// held or the provider was removed later: local writes and the change feed may deliver
+    /// states in any order. Returns the record now held for the provider, if any.
+    pub fn apply(&self, record: ProviderRecord) -> Option<Arc<ProviderRecord>> {
+        let key = record.registration.key.clone();
+        let applied = {
+            let mut state = self.write();
+            let removed_later = state
+                .removed
+                .get(&key)
+                .is_some_and(|seq| *seq >= record.change_seq);
+            let current = state.providers.get(&key);
+            if removed_later || current.is_some_and(|c| c.change_seq >= record.change_seq) {
+                return current.cloned();
             }
-            *slot = Arc::new(record);
-            Arc::clone(slot)
+            state.removed.remove(&key);
+            let record = Arc::new(record);
+            state.providers.insert(key.clone(), Arc::clone(&record));
+            record
         };
-        self.announce(&updated.registration.key);
-        Some(updated)
+        self.announce(&key);
+        Some(applied)
     }
 
-    /// Removes a provider.
-    pub fn remove(&self, key: &ProviderKey) -> Option<Arc<ProviderRecord>> {
-        let removed = self.write().remove(key);
-        if removed.is_some() {
-            self.announce(key);
+    /// Applies the removal of a provider at change sequence `seq`, unless a newer state is held.
+    pub fn apply_removal(&self, key: &ProviderKey, seq: u64) {
+        {
+            let mut state = self.write();
+            if state.providers.get(key).is_some_and(|c| c.change_seq > seq) {
+                return;
+            }
+            let latest = state.removed.get(key).map_or(seq, |known| seq.max(*known));
+            state.removed.insert(key.clone(), latest);
+            if state.providers.remove(key).is_none() {
+                return;
+            }
         }
-        removed
+        self.announce(key);
+    }
+
+    /// The change sequence of the state held for `key` (0 when none).
+    pub fn change_seq(&self, key: &ProviderKey) -> u64 {
+        self.get(key).map_or(0, |record| record.change_seq)
+    }
+
+    /// Waits until the state held for `key` is newer than `seq` or the provider is gone, for
+    /// at most `wait`. Returns whether it happened.
+    pub async fn wait_for_newer(
+        &self,
+        key: &ProviderKey,
+        seq: u64,
+        wait: std::time::Duration,
+    ) -> bool {
+        let mut notices = self.subscribe();
+        let newer = |cache: &Self| cache.get(key).is_none_or(|record| record.change_seq > seq);
+        let waiting = async {
+            loop {
+                if newer(self) {
+                    return;
+                }
+                match notices.recv().await {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::time::timeout(wait, waiting).await.is_ok()
     }
 
     /// Up to `limit` records after `after`, in key order, optionally of one tenant only.
@@ -104,9 +150,10 @@ impl KeyCache {
         after: Option<&ProviderKey>,
         limit: usize,
     ) -> Vec<Arc<ProviderRecord>> {
-        let providers = self.read();
+        let state = self.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        providers
+        state
+            .providers
             .range((start, Bound::Unbounded))
             .map(|(_, record)| record)
             .skip_while(|record| tenant.is_some_and(|t| &record.registration.key.tenant < t))
@@ -118,18 +165,83 @@ impl KeyCache {
 
     /// Every record, in key order.
     pub fn all(&self) -> Vec<Arc<ProviderRecord>> {
-        self.read().values().cloned().collect()
+        self.read().providers.values().cloned().collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ProviderKey, Arc<ProviderRecord>>> {
-        self.providers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ProviderKey, Arc<ProviderRecord>>> {
-        self.providers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(provider: &str, change_seq: u64) -> ProviderRecord {
+        crate::provider::sample(provider, change_seq)
+    }
+
+    fn key(provider: &str) -> ProviderKey {
+        ProviderKey::parse("acme", provider).unwrap()
+    }
+
+    #[test]
+    fn older_states_never_replace_newer_ones() {
+        let cache = KeyCache::with_records([]);
+        let mut notices = cache.subscribe();
+        cache.apply(record("a", 5));
+        cache.apply(record("a", 3));
+        assert_eq!(cache.change_seq(&key("a")), 5);
+        cache.apply(record("a", 8));
+        assert_eq!(cache.change_seq(&key("a")), 8);
+        let announced = std::iter::from_fn(|| notices.try_recv().ok()).count();
+        assert_eq!(announced, 2, "only applied states are announced");
+    }
+
+    #[test]
+    fn a_removal_wins_over_older_states_and_loses_to_newer_ones() {
+        let cache = KeyCache::with_records([record("a", 5)]);
+        cache.apply_removal(&key("a"), 4);
+        assert!(
+            cache.get(&key("a")).is_some(),
+            "the held state is newer than the removal"
+        );
+        cache.apply_removal(&key("a"), 6);
+        assert!(cache.get(&key("a")).is_none());
+        cache.apply(record("a", 5));
+        assert!(
+            cache.get(&key("a")).is_none(),
+            "a late older state does not resurrect it"
+        );
+        cache.apply(record("a", 7));
+        assert_eq!(
+            cache.change_seq(&key("a")),
+            7,
+            "a re-registration after the removal does"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_newer_state_ends_when_it_arrives_or_times_out() {
+        let cache = Arc::new(KeyCache::with_records([record("a", 1)]));
+        let waiter = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .wait_for_newer(&key("a"), 1, std::time::Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        cache.apply(record("a", 2));
+        assert!(waiter.await.unwrap());
+        let timed_out = cache
+            .wait_for_newer(&key("a"), 2, std::time::Duration::from_millis(10))
+            .await;
+        assert!(!timed_out);
     }
 }

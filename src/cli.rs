@@ -30,6 +30,22 @@ pub enum Command {
         #[command(subcommand)]
         action: ProvidersCommand,
     },
+    /// Apply database migrations and exit (`serve` applies them too, unless
+    /// --skip-migrations).
+    Migrate {
+        /// Store: postgres://... for Postgres; unset for the embedded SQLite file.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Directory of the embedded database.
+        #[arg(long, env = "KEYRELAY_DATA_DIR", default_value = "keyrelay-data")]
+        data_dir: PathBuf,
+    },
+    /// Show which replica leads and which replicas are alive.
+    Cluster {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+    },
     /// Print the current key set of a provider.
     Resolve {
         /// Connection settings.

@@ -172,6 +172,21 @@ async fn list(
     }
 }
 
+/// Runs `keyrelay cluster`.
+pub async fn cluster(options: &ClientOptions) -> Result<(), ClientError> {
+    let token = admin_token(options)?;
+    let bearer = BearerToken(format!("Bearer {}", token.expose()).parse()?);
+    let mut admin = AdminServiceClient::with_interceptor(connect(options).await?, bearer);
+    let status = admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await?
+        .into_inner();
+    print_line(options.json, cluster_json(&status), || {
+        cluster_text(&status)
+    });
+    Ok(())
+}
+
 /// Runs `keyrelay resolve`.
 pub async fn resolve(
     options: &ClientOptions,
@@ -320,5 +335,55 @@ fn key_set_json(set: &pb::KeySet) -> Value {
         "fresh_until": time(set.fresh_until.as_ref()),
         "usable_until": time(set.usable_until.as_ref()),
         "jwks": jwks,
+    })
+}
+
+fn cluster_text(status: &pb::GetClusterStatusResponse) -> String {
+    let lease = match &status.lease {
+        Some(lease) if lease.active => format!(
+            "leader {} (term {}, lease until {})",
+            lease.holder,
+            lease.term,
+            time(lease.expires_at.as_ref())
+        ),
+        Some(lease) => format!(
+            "no active leader (last: {} term {})",
+            lease.holder, lease.term
+        ),
+        None => "no leader yet".to_owned(),
+    };
+    let mut text = format!(
+        "{} store, answered by {}: {lease}",
+        status.store, status.replica_id
+    );
+    for replica in &status.replicas {
+        text.push_str(&format!(
+            "\n  {}{}\t{}\theartbeat {}",
+            replica.id,
+            if replica.leader { " (leader)" } else { "" },
+            replica.address,
+            time(replica.heartbeat_at.as_ref())
+        ));
+    }
+    text
+}
+
+fn cluster_json(status: &pb::GetClusterStatusResponse) -> Value {
+    json!({
+        "replica_id": status.replica_id,
+        "store": status.store,
+        "lease": status.lease.as_ref().map(|lease| json!({
+            "holder": lease.holder,
+            "term": lease.term,
+            "expires_at": time(lease.expires_at.as_ref()),
+            "active": lease.active,
+        })),
+        "replicas": status.replicas.iter().map(|replica| json!({
+            "id": replica.id,
+            "address": replica.address,
+            "leader": replica.leader,
+            "started_at": time(replica.started_at.as_ref()),
+            "heartbeat_at": time(replica.heartbeat_at.as_ref()),
+        })).collect::<Vec<_>>(),
     })
 }

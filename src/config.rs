@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::{
+    cluster::LeaseSettings,
     domain::{EgressRules, Policy, ValidationError},
     fetch::FetchSettings,
     freshness::Backoff,
@@ -39,6 +40,28 @@ pub struct ServeConfig {
     /// Most connections to the database.
     #[arg(long, env = "KEYRELAY_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
+
+    /// Do not apply database migrations at start (run `keyrelay migrate` instead).
+    #[arg(long, env = "KEYRELAY_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+
+    /// This replica's id in the fleet. Default: host name, process id and a random suffix.
+    #[arg(long, env = "KEYRELAY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Address other people reach this replica at, shown in the cluster status. Default: the
+    /// listen address.
+    #[arg(long, env = "KEYRELAY_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// Postgres fleets: how long the refresh leader's lease lasts without renewal. A leader
+    /// that cannot renew stands down after four fifths of it.
+    #[arg(long, env = "KEYRELAY_LEASE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// Postgres fleets: how often the leader renews its lease and every replica heartbeats.
+    #[arg(long, env = "KEYRELAY_LEASE_RENEW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_renew: Duration,
 
     /// Admin token for AdminService calls. Unset: generated at first start and kept in
     /// <data-dir>/admin-token (mode 0600).
@@ -153,6 +176,23 @@ impl ServeConfig {
             max_redirects: self.max_redirects,
             egress: self.egress(),
         }
+    }
+
+    /// Lease timing, checked: renewals must fit at least twice in the standing-down window.
+    pub fn lease_settings(&self) -> Result<LeaseSettings, ValidationError> {
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(ValidationError::new("lease-ttl", "must be at least 1s"));
+        }
+        if self.lease_renew.is_zero() || self.lease_renew * 5 > self.lease_ttl * 2 {
+            return Err(ValidationError::new(
+                "lease-renew",
+                "must be above zero and at most two fifths of lease-ttl",
+            ));
+        }
+        Ok(LeaseSettings {
+            ttl: self.lease_ttl,
+            renew_every: self.lease_renew,
+        })
     }
 
     /// Retry bounds after failed fetches.

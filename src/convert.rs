@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::{
+    cluster::ClusterStatus,
     domain::{Policy, PolicyOverrides, ValidationError},
     proto::v1 as pb,
     provider::{CurrentKeys, ProviderState},
@@ -142,5 +143,34 @@ pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
         stale: keys.is_stale(snapshot.at),
         usable_until: Some(timestamp(keys.usable_until(&snapshot.policy))),
         state: state(snapshot.record.state(snapshot.at)).into(),
+    }
+}
+
+/// The fleet as reported by GetClusterStatus; `now` decides whether the lease is active.
+pub(crate) fn cluster_status(
+    status: &ClusterStatus,
+    now: DateTime<Utc>,
+) -> pb::GetClusterStatusResponse {
+    let active = status.lease.as_ref().filter(|lease| lease.expires_at > now);
+    pb::GetClusterStatusResponse {
+        replica_id: status.replica_id.clone(),
+        store: status.store.to_owned(),
+        lease: status.lease.as_ref().map(|lease| pb::Lease {
+            holder: lease.holder.clone(),
+            term: u64::try_from(lease.term).unwrap_or_default(),
+            expires_at: Some(timestamp(lease.expires_at)),
+            active: lease.expires_at > now,
+        }),
+        replicas: status
+            .replicas
+            .iter()
+            .map(|replica| pb::Replica {
+                id: replica.id.clone(),
+                address: replica.address.clone(),
+                started_at: Some(timestamp(replica.started_at)),
+                heartbeat_at: Some(timestamp(replica.heartbeat_at)),
+                leader: active.is_some_and(|lease| lease.holder == replica.id),
+            })
+            .collect(),
     }
 }

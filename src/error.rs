@@ -38,9 +38,10 @@ impl From<Error> for Status {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::ProviderNotFound(_) | Error::KidNotFound(_) => Code::NotFound,
             Error::Unavailable(_) => Code::Unavailable,
-            Error::Store(StoreError::Database(_)) | Error::Refresh(RefreshError::Store(_)) => {
-                Code::Unavailable
-            }
+            Error::Store(StoreError::Database(_) | StoreError::Timeout(_))
+            | Error::Refresh(
+                RefreshError::Store(_) | RefreshError::LeaderTimeout(_) | RefreshError::NotLeader,
+            ) => Code::Unavailable,
             Error::Refresh(RefreshError::Superseded) => Code::Aborted,
             Error::Store(_) => Code::Internal,
         };

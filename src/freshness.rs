@@ -167,6 +167,25 @@ mod tests {
     }
 
     #[test]
+    fn ten_thousand_providers_fetched_together_do_not_refresh_in_the_same_second() {
+        let now = Utc::now();
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut per_second = std::collections::BTreeMap::<i64, usize>::new();
+        for _ in 0..10_000 {
+            let f = after_success(now, Duration::from_secs(300), &policy(), &mut rng);
+            *per_second.entry(f.next_refresh_at.timestamp()).or_default() += 1;
+        }
+        // 300 s lifetime: jitter of up to 30 s spreads them over about 31 seconds.
+        assert!(
+            per_second.len() >= 30,
+            "only {} distinct seconds",
+            per_second.len()
+        );
+        let busiest = per_second.values().max().copied().unwrap_or_default();
+        assert!(busiest < 500, "{busiest} refreshes in one second");
+    }
+
+    #[test]
     fn a_tiny_lifetime_still_waits_half_of_it() {
         let now = Utc::now();
         let f = after_success(

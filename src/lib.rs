@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod domain;

@@ -20,6 +20,11 @@ async fn main() -> ExitCode {
         Command::Providers { client, action } => client::providers(&client, action)
             .await
             .map_err(anyhow::Error::from),
+        Command::Migrate {
+            database_url,
+            data_dir,
+        } => migrate(database_url.as_deref(), &data_dir).await,
+        Command::Cluster { client } => client::cluster(&client).await.map_err(anyhow::Error::from),
         Command::Resolve {
             client,
             tenant,
@@ -44,6 +49,13 @@ async fn serve(config: keyrelay::config::ServeConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await?;
+    Ok(())
+}
+
+async fn migrate(database_url: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let opened = keyrelay::store::open(database_url, data_dir, 1, false).await?;
+    opened.store.close().await;
+    println!("migrations applied");
     Ok(())
 }
 

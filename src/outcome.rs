@@ -119,6 +119,7 @@ fn succeed<R: Rng>(
     let lifetime = freshness::lifetime(cache.lifetime, ctx.policy);
     let fresh = freshness::after_success(ctx.now, lifetime, ctx.policy, ctx.rng);
     let record = ProviderRecord {
+        change_seq: current.change_seq,
         registration: current.registration.clone(),
         keys: Some(CurrentKeys {
             version,
@@ -152,6 +153,7 @@ fn fail<R: Rng>(
         current.validators.clone()
     };
     let record = ProviderRecord {
+        change_seq: current.change_seq,
         registration: current.registration.clone(),
         keys: current.keys.clone(),
         validators,
@@ -172,10 +174,7 @@ mod tests {
     use rand::{SeedableRng, rngs::StdRng};
 
     use super::*;
-    use crate::{
-        domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey, documented_defaults},
-        provider::Registration,
-    };
+    use crate::domain::documented_defaults;
 
     const BACKOFF: Backoff = Backoff {
         initial: std::time::Duration::from_secs(1),
@@ -183,15 +182,7 @@ mod tests {
     };
 
     fn registered() -> ProviderRecord {
-        let now = Utc::now();
-        ProviderRecord::new(Registration {
-            key: ProviderKey::parse("acme", "okta").unwrap(),
-            url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default()).unwrap(),
-            overrides: PolicyOverrides::default(),
-            revision: 1,
-            created_at: now,
-            updated_at: now,
-        })
+        crate::provider::sample("okta", 1)
     }
 
     fn body(kids: &[&str]) -> Bytes {

@@ -58,6 +58,9 @@ pub struct RefreshStatus {
 /// Everything keyrelay holds about one provider.
 #[derive(Debug, Clone)]
 pub struct ProviderRecord {
+    /// The store's change sequence of this state: across replicas, of two states of one
+    /// provider the one with the higher sequence is the newer. 0 before it is stored.
+    pub change_seq: u64,
     /// The registration.
     pub registration: Registration,
     /// The last good key set, if any fetch ever succeeded.
@@ -85,6 +88,7 @@ impl ProviderRecord {
     /// A freshly registered provider with nothing fetched yet.
     pub fn new(registration: Registration) -> Self {
         Self {
+            change_seq: 0,
             registration,
             keys: None,
             validators: Validators::default(),
@@ -118,4 +122,22 @@ impl CurrentKeys {
     pub fn usable_until(&self, policy: &Policy) -> DateTime<Utc> {
         self.fresh_until + policy.max_stale
     }
+}
+
+/// A freshly registered `acme/<provider>` record at change sequence `change_seq`, for tests.
+#[cfg(test)]
+pub(crate) fn sample(provider: &str, change_seq: u64) -> ProviderRecord {
+    use crate::domain::EgressRules;
+    let now = Utc::now();
+    let mut record = ProviderRecord::new(Registration {
+        key: ProviderKey::parse("acme", provider).expect("valid test provider"),
+        url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
+            .expect("valid test URL"),
+        overrides: PolicyOverrides::default(),
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+    });
+    record.change_seq = change_seq;
+    record
 }

@@ -1,7 +1,9 @@
 //! Refreshing one provider: at most one fetch in flight per provider, shared by everyone who
-//! asks (the scheduler, an admin, every Resolve that met an unknown kid). A flight fetches,
-//! writes the result durably, then updates the cache and tells the scheduler when to come
-//! back. Flights run as tracked tasks, so a caller that gives up never cancels a write.
+//! asks (the scheduler, an admin, every Resolve that met an unknown kid). Only the leader
+//! fetches: a flight fetches, writes the result durably under the leader's fence, then
+//! updates the cache, which tells watchers and the scheduler. A follower forwards the request
+//! to the leader and waits for the result to arrive through the change feed. Flights run as
+//! tracked tasks, so a caller that gives up never cancels a write.
 
 use std::{
     collections::HashMap,
@@ -19,25 +21,33 @@ use tokio_util::task::TaskTracker;
 use crate::{
     cache::KeyCache,
     clock::Clock,
+    cluster::{Cluster, RefreshKind, RefreshRequest, Role},
     domain::{Policy, ProviderKey},
     fetch::Fetcher,
     freshness::Backoff,
     outcome::{self, Change, Context},
     provider::ProviderRecord,
-    schedule::SchedulerHandle,
-    store::Store,
+    store::{Fence, Store},
 };
 
 /// Why a refresh produced no record. Fetch failures are not errors here: they are recorded
 /// in the provider's status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
-    /// The provider was unregistered or re-registered while the fetch ran.
-    #[error("provider was unregistered or re-registered during the refresh")]
+    /// The provider was unregistered or re-registered while the fetch ran, or this replica
+    /// lost the lease before writing.
+    #[error("provider was unregistered or re-registered during the refresh, or leadership moved")]
     Superseded,
     /// The result could not be stored; the last good state is unchanged.
     #[error("could not store the refresh result: {0}")]
     Store(String),
+    /// This replica does not lead, and the leader did not answer in time.
+    #[error("the refresh leader did not report a result within {0:?}")]
+    LeaderTimeout(Duration),
+    /// This replica does not lead the refresh work (a scheduled refresh after losing the
+    /// lease).
+    #[error("this replica does not lead the refresh work")]
+    NotLeader,
 }
 
 /// The shared result of one flight.
@@ -68,8 +78,10 @@ pub struct RefresherParts {
     pub backoff: Backoff,
     /// Minimum time between two refreshes triggered by unknown kids, per provider.
     pub unknown_kid_cooldown: Duration,
-    /// Where to report the next refresh time.
-    pub scheduler: SchedulerHandle,
+    /// Who leads, and how to reach the leader.
+    pub cluster: Arc<Cluster>,
+    /// How long a follower waits for the leader's result.
+    pub leader_wait: Duration,
     /// Tracks flights so shutdown can wait for them.
     pub tasks: TaskTracker,
 }
@@ -93,15 +105,22 @@ impl Refresher {
         })
     }
 
-    /// Refreshes `key`, joining the flight in progress if there is one.
+    /// Refreshes `key` on this replica (which must lead), joining the flight in progress.
     pub async fn refresh(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
+        if !self.parts.cluster.leadership().is_leader() {
+            return Err(RefreshError::NotLeader);
+        }
         wait_for(self.join_or_start(key).flight).await
     }
 
     /// Refreshes `key` with a fetch that starts after this call: a flight already in progress
     /// may have fetched before whatever the caller knows changed, so it is waited out, not
-    /// joined. Callers arriving together still share one fetch.
+    /// joined. Callers arriving together still share one fetch. On a follower, the leader
+    /// is asked and the result awaited.
     pub async fn refresh_now(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
+        if !self.parts.cluster.leadership().is_leader() {
+            return self.ask_leader(key, RefreshKind::Now).await;
+        }
         let arrival = self.next_sequence.load(Ordering::SeqCst);
         loop {
             let started = self.join_or_start(key);
@@ -113,13 +132,38 @@ impl Refresher {
     }
 
     /// Refreshes `key` because a verifier asked for a kid it does not have, unless such a
-    /// refresh started less than the cooldown ago (then `None`). Joins a flight in progress.
+    /// refresh started less than the cooldown ago on this replica (then `None`). Joins a
+    /// flight in progress; on a follower, asks the leader (whose cooldown applies too).
     pub async fn refresh_for_unknown_kid(
         self: &Arc<Self>,
         key: &ProviderKey,
     ) -> Option<FlightResult> {
+        if !self.parts.cluster.leadership().is_leader() {
+            self.claim_unknown_kid_slot(key)?;
+            return Some(self.ask_leader(key, RefreshKind::UnknownKid).await);
+        }
         let flight = self.join_or_start_unless_cooling_down(key)?;
         Some(wait_for(flight).await)
+    }
+
+    /// Serves a follower's request in the background and answers it with the change
+    /// sequence of the resulting state (the current one if the cooldown declined it).
+    pub fn serve(self: &Arc<Self>, request: RefreshRequest) {
+        let this = Arc::clone(self);
+        self.parts.tasks.spawn(async move {
+            let key = &request.key;
+            let result = match request.kind {
+                RefreshKind::Now => Some(this.refresh_now(key).await),
+                RefreshKind::UnknownKid => this.refresh_for_unknown_kid(key).await,
+            };
+            let change_seq = match result {
+                Some(Ok(record)) => record.change_seq,
+                _ => this.parts.cache.change_seq(key),
+            };
+            if let Err(err) = this.parts.cluster.answer(request.id, change_seq).await {
+                tracing::warn!(provider = %key, error = %err, "could not answer a refresh request");
+            }
+        });
     }
 
     /// How long until an unknown kid may trigger another refresh of `key`.
@@ -131,21 +175,51 @@ impl Refresher {
             .unwrap_or_default()
     }
 
+    /// Asks the leader, waits for its answer, then for the state it names to arrive through
+    /// the change feed, all within `leader_wait`.
+    async fn ask_leader(&self, key: &ProviderKey, kind: RefreshKind) -> FlightResult {
+        let cache = &self.parts.cache;
+        let wait = self.parts.leader_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        let answer = self
+            .parts
+            .cluster
+            .request_refresh(key, kind)
+            .await
+            .map_err(|err| RefreshError::Store(err.to_string()))?;
+        let change_seq = tokio::time::timeout_at(deadline, answer)
+            .await
+            .map_err(|_| RefreshError::LeaderTimeout(wait))?
+            .map_err(|_| RefreshError::LeaderTimeout(wait))?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !cache
+            .wait_for_newer(key, change_seq.saturating_sub(1), left)
+            .await
+        {
+            return Err(RefreshError::LeaderTimeout(wait));
+        }
+        cache.get(key).ok_or(RefreshError::Superseded)
+    }
+
+    /// Records an unknown-kid refresh of `key` now, unless one happened within the cooldown.
+    fn claim_unknown_kid_slot(&self, key: &ProviderKey) -> Option<()> {
+        let now = self.parts.clock.now();
+        let mut started = lock(&self.unknown_kid_refreshes);
+        let cooling = started
+            .get(key)
+            .is_some_and(|at| now < *at + self.parts.unknown_kid_cooldown);
+        if cooling {
+            return None;
+        }
+        started.insert(key.clone(), now);
+        Some(())
+    }
+
     fn join_or_start_unless_cooling_down(self: &Arc<Self>, key: &ProviderKey) -> Option<Flight> {
         if let Some(started) = lock(&self.flights).get(key) {
             return Some(started.flight.clone());
         }
-        let now = self.parts.clock.now();
-        {
-            let mut started = lock(&self.unknown_kid_refreshes);
-            let cooling = started
-                .get(key)
-                .is_some_and(|at| now < *at + self.parts.unknown_kid_cooldown);
-            if cooling {
-                return None;
-            }
-            started.insert(key.clone(), now);
-        }
+        self.claim_unknown_kid_slot(key)?;
         Some(self.join_or_start(key).flight)
     }
 
@@ -172,6 +246,9 @@ impl Refresher {
 
     async fn fly(&self, key: &ProviderKey) -> FlightResult {
         let parts = &self.parts;
+        let Role::Leader(fence) = parts.cluster.leadership().role() else {
+            return Err(RefreshError::NotLeader);
+        };
         let current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
         let policy = current.policy(&parts.defaults);
         let started = parts.clock.now();
@@ -194,37 +271,30 @@ impl Refresher {
             };
             outcome::apply(&current, result, context)
         };
-        self.commit(key, next, change).await
+        self.commit(key, next, change, fence.as_ref()).await
     }
 
     async fn commit(
         &self,
         key: &ProviderKey,
-        next: ProviderRecord,
+        mut next: ProviderRecord,
         change: Change,
+        fence: Option<&Fence>,
     ) -> FlightResult {
         let parts = &self.parts;
-        match parts.store.save_refresh(&next).await {
-            Ok(true) => {}
-            Ok(false) => return Err(RefreshError::Superseded),
+        match parts.store.save_refresh(&next, fence).await {
+            Ok(Some(change_seq)) => next.change_seq = change_seq,
+            Ok(None) => {
+                tracing::info!(provider = %key, "refresh result not written: registration changed or lease lost");
+                return Err(RefreshError::Superseded);
+            }
             Err(err) => {
                 tracing::error!(provider = %key, error = %err, "could not store refresh result");
-                let retry_at = next
-                    .status
-                    .next_refresh_at
-                    .unwrap_or_else(|| parts.clock.now());
-                parts.scheduler.refresh_at(key.clone(), retry_at).await;
                 return Err(RefreshError::Store(err.to_string()));
             }
         }
-        let record = parts
-            .cache
-            .update_if_current(next)
-            .ok_or(RefreshError::Superseded)?;
+        let record = parts.cache.apply(next).ok_or(RefreshError::Superseded)?;
         log_change(key, &change, &record);
-        if let Some(at) = record.status.next_refresh_at {
-            parts.scheduler.refresh_at(key.clone(), at).await;
-        }
         Ok(record)
     }
 }

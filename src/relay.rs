@@ -12,7 +12,6 @@ use crate::{
     error::Error,
     provider::ProviderRecord,
     refresh::{FlightResult, RefreshError, Refresher},
-    schedule::SchedulerHandle,
     store::{NewRegistration, Store},
 };
 
@@ -66,14 +65,14 @@ pub struct RelayParts {
     pub cache: Arc<KeyCache>,
     /// Runs refreshes.
     pub refresher: Arc<Refresher>,
-    /// The refresh schedule.
-    pub scheduler: SchedulerHandle,
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Server-wide policy defaults.
     pub defaults: Policy,
     /// How long a Resolve waits for the refresh its unknown kid triggered.
     pub unknown_kid_wait: Duration,
+    /// How long the scheduler leaves a new registration to its own first fetch.
+    pub first_fetch_grace: Duration,
 }
 
 /// The keyrelay service core.
@@ -95,13 +94,14 @@ impl Relay {
             .with_overrides(&registration.overrides)?;
         let revision = rand::random::<i64>().wrapping_abs();
         let now = self.parts.clock.now();
+        let fetch_by = now + self.parts.first_fetch_grace;
         let registered = self
             .parts
             .store
-            .register(&registration, revision, now)
+            .register(&registration, revision, now, fetch_by)
             .await?;
         let key = registration.key;
-        self.parts.cache.put(registered.record);
+        self.parts.cache.apply(registered.record);
         tracing::info!(provider = %key, url = %registration.url, created = registered.created, "provider registered");
         if let Err(err) = self.refresh_current(&key).await {
             tracing::warn!(provider = %key, error = %err, "first fetch after registration did not complete");
@@ -111,11 +111,10 @@ impl Relay {
 
     /// Removes a registration and its keys.
     pub async fn unregister(&self, key: &ProviderKey) -> Result<(), Error> {
-        if !self.parts.store.unregister(key).await? {
+        let Some(change_seq) = self.parts.store.unregister(key).await? else {
             return Err(Error::ProviderNotFound(key.clone()));
-        }
-        self.parts.cache.remove(key);
-        self.parts.scheduler.forget(key.clone()).await;
+        };
+        self.parts.cache.apply_removal(key, change_seq);
         tracing::info!(provider = %key, "provider unregistered");
         Ok(())
     }

@@ -1,107 +1,124 @@
 //! The refresh scheduler: one task holding a time-ordered queue of every provider's next
-//! refresh (not a sleeping task per provider), starting due refreshes with bounded
-//! concurrency. Told about new times through a bounded channel by each finished refresh.
+//! refresh (not a sleeping task per provider). The queue follows the cache's change feed, so
+//! every replica keeps it current; only the leader starts refreshes when they fall due, with
+//! bounded concurrency.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{sync::broadcast::error::RecvError, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{clock::Clock, domain::ProviderKey, due_queue::DueQueue, refresh::Refresher};
+use crate::{
+    cache::KeyCache,
+    clock::Clock,
+    cluster::Leadership,
+    domain::ProviderKey,
+    due_queue::DueQueue,
+    refresh::{FlightResult, RefreshError, Refresher},
+};
 
-/// Commands waiting for the scheduler beyond this many make senders wait.
-const QUEUE_CAPACITY: usize = 1024;
-
-#[derive(Debug)]
-enum Command {
-    RefreshAt(ProviderKey, DateTime<Utc>),
-    Forget(ProviderKey),
-}
-
-/// Tells the scheduler about changes; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct SchedulerHandle {
-    commands: mpsc::Sender<Command>,
-}
-
-impl SchedulerHandle {
-    /// Schedules (or moves) the next refresh of `key` to `at`.
-    pub async fn refresh_at(&self, key: ProviderKey, at: DateTime<Utc>) {
-        self.send(Command::RefreshAt(key, at)).await;
-    }
-
-    /// Drops `key` from the schedule.
-    pub async fn forget(&self, key: ProviderKey) {
-        self.send(Command::Forget(key)).await;
-    }
-
-    async fn send(&self, command: Command) {
-        if self.commands.send(command).await.is_err() {
-            tracing::debug!("scheduler has stopped; schedule change dropped during shutdown");
-        }
-    }
-}
+/// When a refresh result could not be stored, retry the provider after this long.
+const STORE_RETRY: Duration = Duration::from_secs(5);
 
 /// The queue of due times and the task that works through it.
 pub struct Scheduler {
-    commands: mpsc::Receiver<Command>,
     queue: DueQueue,
+    cache: Arc<KeyCache>,
     clock: Arc<dyn Clock>,
+    refresher: Arc<Refresher>,
+    leadership: Leadership,
     max_concurrent: usize,
 }
 
 impl Scheduler {
-    /// A scheduler with an empty queue and the handle to feed it.
-    pub fn new(clock: Arc<dyn Clock>, max_concurrent: usize) -> (Self, SchedulerHandle) {
-        let (sender, commands) = mpsc::channel(QUEUE_CAPACITY);
-        let scheduler = Self {
-            commands,
+    /// A scheduler over every provider in `cache`.
+    pub fn new(
+        cache: Arc<KeyCache>,
+        clock: Arc<dyn Clock>,
+        refresher: Arc<Refresher>,
+        leadership: Leadership,
+        max_concurrent: usize,
+    ) -> Self {
+        Self {
             queue: DueQueue::default(),
+            cache,
             clock,
+            refresher,
+            leadership,
             max_concurrent: max_concurrent.max(1),
-        };
-        (scheduler, SchedulerHandle { commands: sender })
+        }
     }
 
-    /// Queues `key` for `at` before the scheduler runs (loading from the store).
-    pub fn insert(&mut self, key: ProviderKey, at: DateTime<Utc>) {
-        self.queue.insert(key, at);
-    }
-
-    /// Runs until `shutdown`, starting each refresh when it is due. In-flight refreshes are
-    /// left to the refresher's task tracker.
-    pub async fn run(mut self, refresher: Arc<Refresher>, shutdown: CancellationToken) {
+    /// Runs until `shutdown`, starting each refresh when it is due while this replica leads.
+    /// In-flight refreshes are left to the refresher's task tracker.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut notices = self.cache.subscribe();
+        self.track_all();
         let mut running = JoinSet::new();
+        let mut leadership = self.leadership.clone();
         loop {
             let next_due = self.queue.next_due();
-            let has_room = running.len() < self.max_concurrent;
+            let may_start = running.len() < self.max_concurrent && self.leadership.is_leader();
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                command = self.commands.recv() => match command {
-                    Some(Command::RefreshAt(key, at)) => self.queue.insert(key, at),
-                    Some(Command::Forget(key)) => self.queue.remove(&key),
-                    None => break,
+                notice = notices.recv() => match notice {
+                    Ok(key) => self.track(&key),
+                    Err(RecvError::Lagged(_)) => self.track_all(),
+                    Err(RecvError::Closed) => break,
                 },
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                () = sleep_until(&*self.clock, next_due), if has_room && next_due.is_some() => {
-                    self.start_due(&refresher, &mut running);
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((key, result)) = done {
+                        self.after(key, &result);
+                    }
+                }
+                () = leadership.changed() => {}
+                () = sleep_until(&*self.clock, next_due), if may_start => {
+                    self.start_due(&mut running);
                 }
             }
         }
         running.detach_all();
     }
 
-    fn start_due(&mut self, refresher: &Arc<Refresher>, running: &mut JoinSet<()>) {
+    fn track_all(&mut self) {
+        for record in self.cache.all() {
+            self.track(&record.registration.key);
+        }
+    }
+
+    /// Queues the provider for its next refresh as recorded, or drops it if it is gone.
+    fn track(&mut self, key: &ProviderKey) {
+        match self.cache.get(key) {
+            Some(record) => {
+                let due = record
+                    .status
+                    .next_refresh_at
+                    .unwrap_or_else(|| self.clock.now());
+                self.queue.insert(key.clone(), due);
+            }
+            None => self.queue.remove(key),
+        }
+    }
+
+    /// A stored result reschedules itself through the cache; an unstored one is retried.
+    fn after(&mut self, key: ProviderKey, result: &FlightResult) {
+        if let Err(RefreshError::Store(_)) = result {
+            let retry = self.clock.now() + STORE_RETRY;
+            self.queue.insert(key, retry);
+        }
+    }
+
+    fn start_due(&mut self, running: &mut JoinSet<(ProviderKey, FlightResult)>) {
         let now = self.clock.now();
         while running.len() < self.max_concurrent {
             let Some(key) = self.queue.pop_due(now) else {
                 break;
             };
-            let refresher = Arc::clone(refresher);
+            let refresher = Arc::clone(&self.refresher);
             running.spawn(async move {
-                // Failures are recorded in the provider status and rescheduled by the flight.
-                let _ = refresher.refresh(&key).await;
+                let result = refresher.refresh(&key).await;
+                (key, result)
             });
         }
     }

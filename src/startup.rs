@@ -1,9 +1,12 @@
 //! Building and running the server: open the store, load every key set into memory, bind
-//! the listener, then serve gRPC and run the scheduler until shutdown, draining in-flight
-//! calls and refreshes before closing the store.
+//! the listener, then serve gRPC and run the background tasks (lease keeper and change feed
+//! on Postgres, scheduler, staleness timer) until shutdown, draining in-flight calls and
+//! refreshes and releasing the lease before closing the store.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use sqlx::postgres::PgListener;
+use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
@@ -13,6 +16,7 @@ use crate::{
     api::{AdminApi, AdminAuth, KeyApi},
     cache::KeyCache,
     clock::Clock,
+    cluster::{self, ChangeFeed, Cluster, LeaseKeeper},
     config::ServeConfig,
     domain::{EgressRules, Policy, ValidationError},
     fetch::Fetcher,
@@ -34,6 +38,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Concurrent calls on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// A follower waits this much longer than one fetch for the leader's result.
+const LEADER_WAIT_MARGIN: Duration = Duration::from_secs(2);
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,13 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// Background work that runs on Postgres only.
+struct FleetTasks {
+    keeper: LeaseKeeper,
+    feed: ChangeFeed,
+    listener: PgListener,
+}
+
 /// A server ready to run: store loaded, listener bound.
 pub struct Application {
     incoming: TcpIncoming,
@@ -80,8 +93,9 @@ pub struct Application {
     clock: Arc<dyn Clock>,
     defaults: Policy,
     store: Arc<dyn Store>,
-    refresher: Arc<Refresher>,
+    cluster: Arc<Cluster>,
     scheduler: Scheduler,
+    fleet: Option<FleetTasks>,
     tasks: TaskTracker,
     admin_token: AdminToken,
     egress: EgressRules,
@@ -93,44 +107,8 @@ impl Application {
     pub async fn build(config: ServeConfig, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         install_crypto_provider();
         let defaults = config.policy_defaults()?;
+        let lease = config.lease_settings()?;
         let admin_token = admin_token(&config)?;
-        let store = store::open(
-            config.database_url.as_deref(),
-            &config.data_dir,
-            config.db_max_connections,
-        )
-        .await?;
-        let records = store.load_all().await?;
-        let (mut scheduler, scheduler_handle) =
-            Scheduler::new(Arc::clone(&clock), config.max_concurrent_fetches);
-        let now = clock.now();
-        for record in &records {
-            let due = record.status.next_refresh_at.unwrap_or(now);
-            scheduler.insert(record.registration.key.clone(), due);
-        }
-        tracing::info!(providers = records.len(), "key sets loaded from the store");
-        let cache = Arc::new(KeyCache::with_records(records));
-        let tasks = TaskTracker::new();
-        let refresher = Refresher::new(RefresherParts {
-            store: Arc::clone(&store),
-            cache: Arc::clone(&cache),
-            fetcher: Fetcher::new(&config.fetch_settings())?,
-            clock: Arc::clone(&clock),
-            defaults,
-            backoff: config.backoff(),
-            unknown_kid_cooldown: config.unknown_kid_cooldown,
-            scheduler: scheduler_handle.clone(),
-            tasks: tasks.clone(),
-        });
-        let relay = Arc::new(Relay::new(RelayParts {
-            store: Arc::clone(&store),
-            cache: Arc::clone(&cache),
-            refresher: Arc::clone(&refresher),
-            scheduler: scheduler_handle,
-            clock: Arc::clone(&clock),
-            defaults,
-            unknown_kid_wait: config.unknown_kid_wait,
-        }));
         let bind_error = |source| StartupError::Bind {
             addr: config.listen,
             source,
@@ -139,6 +117,103 @@ impl Application {
             .map_err(bind_error)?
             .with_nodelay(Some(true));
         let local_addr = incoming.local_addr().map_err(bind_error)?;
+        let opened = store::open(
+            config.database_url.as_deref(),
+            &config.data_dir,
+            config.db_max_connections,
+            config.skip_migrations,
+        )
+        .await?;
+        let store = opened.store;
+        let records = store.load_all().await?;
+        tracing::info!(providers = records.len(), "key sets loaded from the store");
+        let cache = Arc::new(KeyCache::with_records(records));
+        let replica_id = config
+            .replica_id
+            .clone()
+            .unwrap_or_else(cluster::default_replica_id);
+        let address = config
+            .advertise_address
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let started_at = clock.now();
+        let (cluster, fleet_parts) = match opened.postgres {
+            Some(pool) => {
+                let (keeper, leadership, nudge) = LeaseKeeper::new(
+                    pool.clone(),
+                    replica_id.clone(),
+                    address.clone(),
+                    started_at,
+                    lease,
+                );
+                let cluster = Cluster::postgres(
+                    pool.clone(),
+                    replica_id,
+                    address,
+                    started_at,
+                    leadership,
+                    &lease,
+                );
+                (Arc::new(cluster), Some((pool, keeper, nudge)))
+            }
+            None => (
+                Arc::new(Cluster::single_node(replica_id, address, started_at)),
+                None,
+            ),
+        };
+        let tasks = TaskTracker::new();
+        let leader_wait = config.fetch_timeout + LEADER_WAIT_MARGIN;
+        let refresher = Refresher::new(RefresherParts {
+            store: Arc::clone(&store),
+            cache: Arc::clone(&cache),
+            fetcher: Fetcher::new(&config.fetch_settings())?,
+            clock: Arc::clone(&clock),
+            defaults,
+            backoff: config.backoff(),
+            unknown_kid_cooldown: config.unknown_kid_cooldown,
+            cluster: Arc::clone(&cluster),
+            leader_wait,
+            tasks: tasks.clone(),
+        });
+        let leadership = cluster.leadership().clone();
+        let fleet = match fleet_parts {
+            Some((pool, mut keeper, nudge)) => {
+                let feed = ChangeFeed::new(
+                    pool,
+                    Arc::clone(&store),
+                    Arc::clone(&cache),
+                    Arc::clone(&refresher),
+                    Arc::clone(&cluster),
+                    nudge,
+                );
+                // Follow the feed and take part in the lease before serving, so the first
+                // calls neither miss a change nor wait for a leader that could be this one.
+                let listener = feed.connect().await?;
+                keeper.compete().await;
+                Some(FleetTasks {
+                    keeper,
+                    feed,
+                    listener,
+                })
+            }
+            None => None,
+        };
+        let scheduler = Scheduler::new(
+            Arc::clone(&cache),
+            Arc::clone(&clock),
+            Arc::clone(&refresher),
+            leadership,
+            config.max_concurrent_fetches,
+        );
+        let relay = Arc::new(Relay::new(RelayParts {
+            store: Arc::clone(&store),
+            cache: Arc::clone(&cache),
+            refresher,
+            clock: Arc::clone(&clock),
+            defaults,
+            unknown_kid_wait: config.unknown_kid_wait,
+            first_fetch_grace: leader_wait,
+        }));
         Ok(Self {
             incoming,
             local_addr,
@@ -147,8 +222,9 @@ impl Application {
             clock,
             defaults,
             store,
-            refresher,
+            cluster,
             scheduler,
+            fleet,
             tasks,
             admin_token,
             egress: config.egress(),
@@ -168,12 +244,24 @@ impl Application {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let scheduler = tokio::spawn(
-            self.scheduler
-                .run(Arc::clone(&self.refresher), shutdown.child_token()),
-        );
+        let mut background: Vec<(&str, JoinHandle<()>)> = Vec::new();
+        if let Some(fleet) = self.fleet {
+            background.push((
+                "lease keeper",
+                tokio::spawn(fleet.keeper.run(shutdown.child_token())),
+            ));
+            let feed = fleet.feed.run(fleet.listener, shutdown.child_token());
+            background.push(("change feed", tokio::spawn(feed)));
+        }
+        background.push((
+            "scheduler",
+            tokio::spawn(self.scheduler.run(shutdown.child_token())),
+        ));
         let staleness = StalenessTimer::new(Arc::clone(&self.cache), Arc::clone(&self.clock));
-        let staleness = tokio::spawn(staleness.run(shutdown.child_token()));
+        background.push((
+            "staleness timer",
+            tokio::spawn(staleness.run(shutdown.child_token())),
+        ));
         let watch = WatchHub::new(
             self.cache,
             self.clock,
@@ -208,12 +296,16 @@ impl Application {
                 watch,
             )))
             .add_service(AdminServiceServer::with_interceptor(
-                AdminApi::new(Arc::clone(&self.relay), self.egress),
+                AdminApi::new(
+                    Arc::clone(&self.relay),
+                    Arc::clone(&self.cluster),
+                    self.egress,
+                ),
                 AdminAuth::new(self.admin_token),
             ))
             .serve_with_incoming_shutdown(self.incoming, stop_signal);
         let served = drain_within(server, &shutdown, self.shutdown_grace).await;
-        for (name, task) in [("scheduler", scheduler), ("staleness timer", staleness)] {
+        for (name, task) in background {
             if task.await.is_err() {
                 tracing::error!(task = name, "background task panicked");
             }

@@ -6,6 +6,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    cluster::Cluster,
     convert,
     domain::{EgressRules, JwksUrl, ProviderKey, TenantId, ValidationError},
     error::Error,
@@ -20,13 +21,18 @@ const MAX_PAGE_SIZE: usize = 1000;
 /// The AdminService handlers.
 pub struct AdminApi {
     relay: Arc<Relay>,
+    cluster: Arc<Cluster>,
     egress: EgressRules,
 }
 
 impl AdminApi {
-    /// Handlers over `relay`, accepting JWKS URLs that pass `egress`.
-    pub fn new(relay: Arc<Relay>, egress: EgressRules) -> Self {
-        Self { relay, egress }
+    /// Handlers over `relay` and `cluster`, accepting JWKS URLs that pass `egress`.
+    pub fn new(relay: Arc<Relay>, cluster: Arc<Cluster>, egress: EgressRules) -> Self {
+        Self {
+            relay,
+            cluster,
+            egress,
+        }
     }
 }
 
@@ -131,6 +137,17 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::RefreshProviderResponse {
             provider: Some(convert::provider(&snapshot)),
         }))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _request: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+        let status = self.cluster.status().await.map_err(Error::from)?;
+        Ok(Response::new(convert::cluster_status(
+            &status,
+            chrono::Utc::now(),
+        )))
     }
 }
 

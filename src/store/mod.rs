@@ -1,26 +1,31 @@
-//! Durable storage of registrations and last good key sets. One `Store` trait, one SQL
-//! implementation shared by the two backends: Postgres for production and fleets, an
-//! embedded SQLite file for a single node. Reads on the request path never come here; the
-//! cache is loaded from the store at start and kept in step by every write.
+//! Durable storage of registrations and last good key sets, behind one `Store` trait with two
+//! implementations: Postgres for production and fleets (writes fenced by the leader's lease
+//! and announced with NOTIFY), and an embedded SQLite file for a single node. Reads on the
+//! request path never come here; the cache is loaded from the store at start and kept in
+//! step by every write.
 
+mod postgres;
 mod row;
-mod sql;
+mod sqlite;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
+    PgPool,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+use std::sync::Arc;
 
 use crate::{
     domain::{JwksUrl, PolicyOverrides, ProviderKey},
     provider::ProviderRecord,
 };
 
-use sql::SqlStore;
+pub use postgres::{CHANGES_CHANNEL, Change, PostgresStore};
+pub use sqlite::SqliteStore;
 
 /// File name of the embedded database inside the data directory.
 pub const SQLITE_FILE: &str = "keyrelay.db";
@@ -34,6 +39,9 @@ pub enum StoreError {
     /// The database could not be reached or rejected a statement.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database did not answer in time.
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -80,56 +88,97 @@ pub struct Registered {
     pub created: bool,
 }
 
+/// The lease a leader's writes are fenced by: they apply only while this holder still holds
+/// this term of the shard's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The scheduling shard.
+    pub shard: String,
+    /// This replica's id.
+    pub holder: String,
+    /// The lease term this replica won.
+    pub term: i64,
+}
+
 /// Durable storage of provider records.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Every stored record, in (tenant, provider) order.
     async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError>;
 
+    /// One stored record.
+    async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError>;
+
     /// Creates or updates a registration under a new `revision`. An update keeps the key set;
-    /// when the URL changes it drops the validators so the next fetch is unconditional.
+    /// when the URL changes it drops the validators so the next fetch is unconditional. The
+    /// next refresh is set to `fetch_by`: the registering replica fetches at once, and the
+    /// scheduler steps in only if that fetch never reports.
     async fn register(
         &self,
         registration: &NewRegistration,
         revision: i64,
         now: DateTime<Utc>,
+        fetch_by: DateTime<Utc>,
     ) -> Result<Registered, StoreError>;
 
-    /// Removes a registration and its keys; `false` when there was none.
-    async fn unregister(&self, key: &ProviderKey) -> Result<bool, StoreError>;
+    /// Removes a registration and its keys. Returns the change sequence of the removal, or
+    /// `None` when there was no such registration.
+    async fn unregister(&self, key: &ProviderKey) -> Result<Option<u64>, StoreError>;
 
     /// Writes the key set, validators and status of `record`, only if its registration
-    /// revision is still the stored one; `false` when the registration changed or vanished.
-    async fn save_refresh(&self, record: &ProviderRecord) -> Result<bool, StoreError>;
+    /// revision is still the stored one and, with a `fence`, only while that lease term is
+    /// held. Returns the new change sequence, or `None` when the write did not apply.
+    async fn save_refresh(
+        &self,
+        record: &ProviderRecord,
+        fence: Option<&Fence>,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// Closes the connections.
     async fn close(&self);
 }
 
+/// An opened store, and the Postgres pool behind it when there is one (fleet coordination
+/// runs on it).
+pub struct Opened {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The pool, on Postgres.
+    pub postgres: Option<PgPool>,
+}
+
 /// Opens the store named by `database_url` (Postgres), or the embedded SQLite file in
-/// `data_dir` when it is `None`, and brings its schema up to date.
+/// `data_dir` when it is `None`, and unless `skip_migrations`, brings its schema up to date
+/// (on Postgres under sqlx's advisory lock, so replicas starting together do not race).
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
     max_connections: u32,
-) -> Result<Arc<dyn Store>, StoreError> {
+    skip_migrations: bool,
+) -> Result<Opened, StoreError> {
     match database_url {
         None => {
             std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
                 path: data_dir.display().to_string(),
                 source,
             })?;
-            open_sqlite(SqliteConnectOptions::new().filename(data_dir.join(SQLITE_FILE))).await
+            let options = SqliteConnectOptions::new().filename(data_dir.join(SQLITE_FILE));
+            open_sqlite(options, skip_migrations).await
         }
-        Some(url) if url.starts_with("sqlite:") => open_sqlite(url.parse()?).await,
+        Some(url) if url.starts_with("sqlite:") => open_sqlite(url.parse()?, skip_migrations).await,
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect(url)
                 .await?;
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-            Ok(Arc::new(SqlStore::new(pool)))
+            if !skip_migrations {
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            }
+            Ok(Opened {
+                store: Arc::new(PostgresStore::new(pool.clone())),
+                postgres: Some(pool),
+            })
         }
         Some(url) => Err(StoreError::UnsupportedUrl(
             url.split(':').next().unwrap_or_default().to_owned(),
@@ -137,7 +186,10 @@ pub async fn open(
     }
 }
 
-async fn open_sqlite(options: SqliteConnectOptions) -> Result<Arc<dyn Store>, StoreError> {
+async fn open_sqlite(
+    options: SqliteConnectOptions,
+    skip_migrations: bool,
+) -> Result<Opened, StoreError> {
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -148,6 +200,25 @@ async fn open_sqlite(options: SqliteConnectOptions) -> Result<Arc<dyn Store>, St
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await?;
-    sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-    Ok(Arc::new(SqlStore::new(pool)))
+    if !skip_migrations {
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+    }
+    Ok(Opened {
+        store: Arc::new(SqliteStore::new(pool)),
+        postgres: None,
+    })
+}
+
+const SELECT_ALL: &str = "SELECT * FROM providers ORDER BY tenant, provider";
+const SELECT_ONE: &str = "SELECT * FROM providers WHERE tenant = $1 AND provider = $2";
+
+fn policy_json(registration: &NewRegistration) -> Result<String, StoreError> {
+    serde_json::to_string(&registration.overrides).map_err(|err| StoreError::Corrupt {
+        key: registration.key.to_string(),
+        reason: format!("policy: {err}"),
+    })
+}
+
+fn sequence(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or_default()
 }

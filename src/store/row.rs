@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use sqlx::{Database, Encode, Type, query::QueryScalar};
 
 use super::StoreError;
 use crate::{
@@ -22,6 +23,7 @@ pub(super) struct ProviderRow {
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub change_seq: i64,
     #[sqlx(flatten)]
     pub refresh: RefreshColumns,
 }
@@ -74,6 +76,34 @@ impl RefreshColumns {
     }
 }
 
+impl RefreshColumns {
+    /// Binds the columns as parameters `$4` to `$14` of a refresh write.
+    pub fn bind_to<'q, DB, O>(
+        self,
+        query: QueryScalar<'q, DB, O, <DB as Database>::Arguments>,
+    ) -> QueryScalar<'q, DB, O, <DB as Database>::Arguments>
+    where
+        DB: Database,
+        i64: Encode<'q, DB> + Type<DB>,
+        Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
+        Option<String>: Encode<'q, DB> + Type<DB>,
+        Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    {
+        query
+            .bind(self.version)
+            .bind(self.jwks_json)
+            .bind(self.etag)
+            .bind(self.last_modified)
+            .bind(self.cache_policy)
+            .bind(self.fetched_at)
+            .bind(self.fresh_until)
+            .bind(self.last_attempt_at)
+            .bind(self.last_error)
+            .bind(self.consecutive_failures)
+            .bind(self.next_refresh_at)
+    }
+}
+
 impl ProviderRow {
     /// Rebuilds the record. Stored URLs were checked when registered; they are not re-checked
     /// against today's egress rules here (the fetcher re-checks every hop).
@@ -117,6 +147,7 @@ impl ProviderRow {
             _ => None,
         };
         Ok(ProviderRecord {
+            change_seq: u64::try_from(self.change_seq).unwrap_or_default(),
             registration: Registration {
                 key,
                 url,

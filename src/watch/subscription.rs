@@ -162,23 +162,20 @@ mod tests {
     use crate::{
         cache::KeyCache,
         clock::{Clock, ManualClock},
-        domain::{EgressRules, JwksUrl, PolicyOverrides, documented_defaults},
+        domain::documented_defaults,
         jwks::KeySetDocument,
         proto::v1::{self as pb, watch_keys_response::Event},
-        provider::{CurrentKeys, ProviderRecord, Registration},
+        provider::{CurrentKeys, ProviderRecord},
     };
+
+    /// Every state a test makes is newer than the one before.
+    static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
     fn record(provider: &str, version: u64, clock: &ManualClock) -> ProviderRecord {
         let now = clock.now();
         let body = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": format!("k{version}"), "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]});
-        let mut record = ProviderRecord::new(Registration {
-            key: ProviderKey::parse("acme", provider).unwrap(),
-            url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default()).unwrap(),
-            overrides: PolicyOverrides::default(),
-            revision: 1,
-            created_at: now,
-            updated_at: now,
-        });
+        let change_seq = NEXT_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut record = crate::provider::sample(provider, change_seq);
         record.keys = Some(CurrentKeys {
             version,
             document: Arc::new(
@@ -246,7 +243,7 @@ mod tests {
         assert_eq!(version_of(&next(&mut subscription).await).1, 1);
         assert_eq!(next(&mut subscription).await, Event::Synced(pb::Synced {}));
         for version in 2..=10 {
-            cache.update_if_current(record("okta", version, &clock));
+            cache.apply(record("okta", version, &clock));
         }
         assert_eq!(version_of(&next(&mut subscription).await).1, 10);
         nothing_more(&mut subscription);
@@ -259,7 +256,7 @@ mod tests {
         let mut subscription = hub.subscribe(tenant_wide(&[("a", 1), ("b", 1)]));
         assert_eq!(next(&mut subscription).await, Event::Synced(pb::Synced {}));
         for version in 2..=5000 {
-            cache.update_if_current(record("a", version, &clock));
+            cache.apply(record("a", version, &clock));
         }
         assert_eq!(version_of(&next(&mut subscription).await).1, 5000);
         nothing_more(&mut subscription);
@@ -293,7 +290,7 @@ mod tests {
         assert_eq!(next(&mut subscription).await, Event::Synced(pb::Synced {}));
 
         clock.advance(std::time::Duration::from_secs(100));
-        cache.update_if_current(record("a", 1, &clock));
+        cache.apply(record("a", 1, &clock));
         nothing_more(&mut subscription);
 
         clock.advance(std::time::Duration::from_secs(700));

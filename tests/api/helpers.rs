@@ -202,6 +202,12 @@ async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) ->
 #[derive(Clone)]
 pub struct Bearer(Option<String>);
 
+impl Bearer {
+    pub fn for_token(token: &str) -> Self {
+        Self(Some(token.to_owned()))
+    }
+}
+
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(token) = &self.0 {

@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod failures;
+mod fleet;
 mod helpers;
 mod mock_idp;
 mod resolve;

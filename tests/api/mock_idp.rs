@@ -19,7 +19,7 @@ use axum::{
     response::Response,
 };
 use futures::stream;
-use keyrelay::clock::{Clock, ManualClock};
+use keyrelay::clock::Clock;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
@@ -53,6 +53,7 @@ pub struct Document {
 /// What one request carried.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    pub at: std::time::Instant,
     pub path: String,
     pub if_none_match: Option<String>,
     pub if_modified_since: Option<String>,
@@ -66,7 +67,7 @@ struct Shared {
     count: watch::Sender<usize>,
     bytes_streamed: AtomicU64,
     gate: Semaphore,
-    clock: ManualClock,
+    clock: Box<dyn Clock>,
 }
 
 /// A running mock IdP.
@@ -87,7 +88,7 @@ pub fn jwks(kids: &[&str]) -> Value {
 
 impl MockIdp {
     /// Starts the mock on a random loopback port; its `Date` headers follow `clock`.
-    pub async fn start(clock: ManualClock) -> Self {
+    pub async fn start(clock: impl Clock) -> Self {
         let (count, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             document: Mutex::new(Document {
@@ -100,7 +101,7 @@ impl MockIdp {
             count,
             bytes_streamed: AtomicU64::new(0),
             gate: Semaphore::new(0),
-            clock,
+            clock: Box::new(clock),
         });
         let app = Router::new()
             .fallback(handle)
@@ -157,6 +158,11 @@ impl MockIdp {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// When each request arrived.
+    pub fn request_times(&self) -> Vec<std::time::Instant> {
+        self.requests().iter().map(|r| r.at).collect()
+    }
+
     /// How many requests so far.
     pub fn request_count(&self) -> usize {
         *self.shared.count.borrow()
@@ -193,6 +199,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             .map(str::to_owned)
     };
     shared.requests.lock().unwrap().push(Recorded {
+        at: std::time::Instant::now(),
         path: path.clone(),
         if_none_match: text(header::IF_NONE_MATCH),
         if_modified_since: text(header::IF_MODIFIED_SINCE),

@@ -18,6 +18,28 @@ use crate::{
     mock_idp::jwks,
 };
 
+/// Registration with the first fetch due five seconds later, as the relay does.
+trait RegisterAt {
+    async fn register_at(
+        &self,
+        registration: &NewRegistration,
+        revision: i64,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<keyrelay::store::Registered, keyrelay::store::StoreError>;
+}
+
+impl RegisterAt for Arc<dyn Store> {
+    async fn register_at(
+        &self,
+        registration: &NewRegistration,
+        revision: i64,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<keyrelay::store::Registered, keyrelay::store::StoreError> {
+        self.register(registration, revision, now, now + Duration::seconds(5))
+            .await
+    }
+}
+
 struct Opened {
     store: Arc<dyn Store>,
     _dir: TempDir,
@@ -31,9 +53,10 @@ async fn open(backend: Backend) -> Opened {
         Backend::Postgres => Some(TestDatabase::create().await),
     };
     let url = database.as_ref().map(|db| db.url.as_str());
-    let store = store::open(url, dir.path(), 4)
+    let store = store::open(url, dir.path(), 4, false)
         .await
-        .expect("store opens and migrates");
+        .expect("store opens and migrates")
+        .store;
     Opened {
         store,
         _dir: dir,
@@ -64,6 +87,7 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
         .unwrap();
     let body = jwks(&["k1", "k2"]).to_string();
     ProviderRecord {
+        change_seq: record.change_seq,
         registration: record.registration.clone(),
         keys: Some(CurrentKeys {
             version,
@@ -90,7 +114,7 @@ async fn registrations_are_created_then_updated(backend: Backend) {
     let store = &opened.store;
     let t0 = Utc::now().trunc_subsecs(6);
     let created = store
-        .register(&registration("okta", "https://idp.example.com/jwks"), 7, t0)
+        .register_at(&registration("okta", "https://idp.example.com/jwks"), 7, t0)
         .await
         .unwrap();
     assert!(created.created);
@@ -98,13 +122,18 @@ async fn registrations_are_created_then_updated(backend: Backend) {
     assert_eq!(created.record.registration.created_at, t0);
     assert!(created.record.keys.is_none());
     assert_eq!(
+        created.record.status.next_refresh_at,
+        Some(t0 + Duration::seconds(5)),
+        "the first fetch is claimed"
+    );
+    assert_eq!(
         created.record.registration.overrides.max_ttl,
         Some(std::time::Duration::from_secs(900))
     );
 
     let t1 = t0 + Duration::seconds(5);
     let updated = store
-        .register(
+        .register_at(
             &registration("okta", "https://idp.example.com/jwks2"),
             8,
             t1,
@@ -125,7 +154,7 @@ async fn refresh_results_read_back_exactly(backend: Backend) {
     let opened = open(backend).await;
     let store = &opened.store;
     let record = store
-        .register(
+        .register_at(
             &registration("okta", "https://idp.example.com/jwks"),
             1,
             Utc::now().trunc_subsecs(6),
@@ -134,12 +163,16 @@ async fn refresh_results_read_back_exactly(backend: Backend) {
         .unwrap()
         .record;
     let written = refreshed(&record, 4);
-    assert!(store.save_refresh(&written).await.unwrap());
+    assert!(store.save_refresh(&written, None).await.unwrap().is_some());
 
     let loaded = store.load_all().await.unwrap();
     assert_eq!(loaded.len(), 1);
     let read = &loaded[0];
     assert_eq!(read.registration, written.registration);
+    assert!(
+        read.change_seq > record.change_seq,
+        "every write takes a newer change sequence"
+    );
     assert_eq!(read.keys, written.keys);
     assert_eq!(read.status, written.status);
     assert_eq!(read.validators.etag, written.validators.etag);
@@ -166,7 +199,7 @@ async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backe
     let store = &opened.store;
     let now = Utc::now().trunc_subsecs(6);
     let record = store
-        .register(
+        .register_at(
             &registration("okta", "https://idp.example.com/jwks"),
             1,
             now,
@@ -174,10 +207,16 @@ async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backe
         .await
         .unwrap()
         .record;
-    assert!(store.save_refresh(&refreshed(&record, 1)).await.unwrap());
+    assert!(
+        store
+            .save_refresh(&refreshed(&record, 1), None)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let same = store
-        .register(
+        .register_at(
             &registration("okta", "https://idp.example.com/jwks"),
             2,
             now,
@@ -187,7 +226,7 @@ async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backe
         .record;
     assert_eq!(same.validators.etag.as_deref(), Some("\"v\""));
     let moved = store
-        .register(
+        .register_at(
             &registration("okta", "https://other.example.com/jwks"),
             3,
             now,
@@ -212,7 +251,7 @@ async fn refresh_writes_are_fenced_by_the_registration_revision(backend: Backend
     let store = &opened.store;
     let now = Utc::now().trunc_subsecs(6);
     let old = store
-        .register(
+        .register_at(
             &registration("okta", "https://idp.example.com/jwks"),
             1,
             now,
@@ -221,28 +260,30 @@ async fn refresh_writes_are_fenced_by_the_registration_revision(backend: Backend
         .unwrap()
         .record;
     store
-        .register(
+        .register_at(
             &registration("okta", "https://idp.example.com/jwks"),
             2,
             now,
         )
         .await
         .unwrap();
-    assert!(
-        !store.save_refresh(&refreshed(&old, 1)).await.unwrap(),
+    assert_eq!(
+        store.save_refresh(&refreshed(&old, 1), None).await.unwrap(),
+        None,
         "a stale revision writes nothing"
     );
     assert!(store.load_all().await.unwrap()[0].keys.is_none());
 
     let key = ProviderKey::parse("acme", "okta").unwrap();
-    assert!(store.unregister(&key).await.unwrap());
-    assert!(!store.unregister(&key).await.unwrap());
+    assert!(store.unregister(&key).await.unwrap().is_some());
+    assert_eq!(store.unregister(&key).await.unwrap(), None);
     let current = ProviderRecord {
         registration: old.registration.clone(),
         ..refreshed(&old, 1)
     };
-    assert!(
-        !store.save_refresh(&current).await.unwrap(),
+    assert_eq!(
+        store.save_refresh(&current, None).await.unwrap(),
+        None,
         "nothing resurrects a removed provider"
     );
     assert!(store.load_all().await.unwrap().is_empty());
@@ -254,7 +295,7 @@ async fn load_all_returns_every_provider_in_key_order(backend: Backend) {
     let now = Utc::now().trunc_subsecs(6);
     for provider in ["zeta", "alpha", "mid"] {
         store
-            .register(
+            .register_at(
                 &registration(provider, "https://idp.example.com/jwks"),
                 1,
                 now,
@@ -270,6 +311,56 @@ async fn load_all_returns_every_provider_in_key_order(backend: Backend) {
         .map(|r| r.registration.key.provider.as_str().to_owned())
         .collect();
     assert_eq!(names, ["alpha", "mid", "zeta"]);
+}
+
+async fn every_write_takes_a_newer_change_sequence(backend: Backend) {
+    let opened = open(backend).await;
+    let store = &opened.store;
+    let now = Utc::now().trunc_subsecs(6);
+    let key = ProviderKey::parse("acme", "okta").unwrap();
+    let first = store
+        .register_at(
+            &registration("okta", "https://idp.example.com/jwks"),
+            1,
+            now,
+        )
+        .await
+        .unwrap()
+        .record;
+    let refreshed_seq = store
+        .save_refresh(&refreshed(&first, 1), None)
+        .await
+        .unwrap()
+        .expect("written");
+    let again = store
+        .register_at(
+            &registration("okta", "https://idp.example.com/jwks"),
+            2,
+            now,
+        )
+        .await
+        .unwrap()
+        .record;
+    let removed = store.unregister(&key).await.unwrap().expect("removed");
+    assert!(
+        first.change_seq < refreshed_seq
+            && refreshed_seq < again.change_seq
+            && again.change_seq < removed
+    );
+    assert!(store.get(&key).await.unwrap().is_none());
+    let back = store
+        .register_at(
+            &registration("okta", "https://idp.example.com/jwks"),
+            3,
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(back.created && back.record.change_seq > removed);
+    assert_eq!(
+        store.get(&key).await.unwrap().map(|r| r.change_seq),
+        Some(back.record.change_seq)
+    );
 }
 
 macro_rules! store_suite {
@@ -289,4 +380,141 @@ store_suite!(
     changing_the_url_drops_the_validators_but_keeps_the_keys,
     refresh_writes_are_fenced_by_the_registration_revision,
     load_all_returns_every_provider_in_key_order,
+    every_write_takes_a_newer_change_sequence,
 );
+
+/// Postgres fences the leader's writes with its lease and announces every change.
+mod postgres_fleet {
+    use sqlx::{Connection, PgConnection, postgres::PgListener};
+
+    use super::*;
+    use keyrelay::store::{CHANGES_CHANNEL, Change, Fence};
+
+    async fn set_lease(url: &str, holder: &str, term: i64, valid_for_secs: f64) {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO leases (shard, holder, term, expires_at) VALUES ('refresh', $1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (shard) DO UPDATE SET holder = $1, term = $2, expires_at = now() + make_interval(secs => $3)",
+        )
+        .bind(holder)
+        .bind(term)
+        .bind(valid_for_secs)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
+    fn fence(holder: &str, term: i64) -> Fence {
+        Fence {
+            shard: "refresh".into(),
+            holder: holder.into(),
+            term,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_current_lease_term_can_write_refresh_results() {
+        let database = TestDatabase::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::open(Some(&database.url), dir.path(), 2, false)
+            .await
+            .unwrap()
+            .store;
+        let record = store
+            .register_at(
+                &registration("okta", "https://idp.example.com/jwks"),
+                1,
+                Utc::now().trunc_subsecs(6),
+            )
+            .await
+            .unwrap()
+            .record;
+
+        set_lease(&database.url, "replica-a", 7, 30.0).await;
+        assert!(
+            store
+                .save_refresh(&refreshed(&record, 1), Some(&fence("replica-a", 7)))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            store
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 6)))
+                .await
+                .unwrap(),
+            None,
+            "an old term"
+        );
+        assert_eq!(
+            store
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-b", 7)))
+                .await
+                .unwrap(),
+            None,
+            "another holder"
+        );
+        set_lease(&database.url, "replica-a", 7, -1.0).await;
+        assert_eq!(
+            store
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 7)))
+                .await
+                .unwrap(),
+            None,
+            "an expired lease"
+        );
+        assert_eq!(
+            store.load_all().await.unwrap()[0]
+                .keys
+                .as_ref()
+                .map(|k| k.version),
+            Some(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn every_committed_change_is_notified_with_its_sequence() {
+        let database = TestDatabase::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::open(Some(&database.url), dir.path(), 2, false)
+            .await
+            .unwrap()
+            .store;
+        let mut listener = PgListener::connect(&database.url).await.unwrap();
+        listener.listen(CHANGES_CHANNEL).await.unwrap();
+        let key = ProviderKey::parse("acme", "okta").unwrap();
+
+        let record = store
+            .register_at(
+                &registration("okta", "https://idp.example.com/jwks"),
+                1,
+                Utc::now().trunc_subsecs(6),
+            )
+            .await
+            .unwrap()
+            .record;
+        let seq = store
+            .save_refresh(&refreshed(&record, 1), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let removed = store.unregister(&key).await.unwrap().unwrap();
+        let mut received = Vec::new();
+        for _ in 0..3 {
+            let notification =
+                tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            received.push(Change::parse(notification.payload()).expect("well-formed payload"));
+        }
+        assert_eq!(
+            received,
+            [
+                Change::Updated(key.clone(), record.change_seq),
+                Change::Updated(key.clone(), seq),
+                Change::Removed(key, removed),
+            ]
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Fleet coordination on Postgres: which replica leads the refresh work (a lease with a
+//! fencing term), the change feed that keeps every replica's cache in step (LISTEN/NOTIFY
+//! with a full resynchronisation after any lost connection), refresh requests from
+//! followers to the leader, and the cluster status. On the embedded store the single node
+//! always leads and there is no feed.
+
+mod feed;
+mod lease;
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use tokio::sync::{oneshot, watch};
+
+pub use feed::ChangeFeed;
+pub use lease::{LeaseKeeper, LeaseSettings};
+
+use crate::{
+    domain::ProviderKey,
+    store::{Fence, StoreError},
+};
+
+/// The scheduling shard every replica competes for (one today; the table is keyed by shard
+/// so the work can be split later).
+pub const SHARD: &str = "refresh";
+
+/// NOTIFY channel on which followers ask the leader for a refresh.
+pub const REFRESH_CHANNEL: &str = "keyrelay_refresh";
+
+/// NOTIFY channel on which the leader answers a refresh request with the change sequence of
+/// the resulting state.
+pub const REFRESH_DONE_CHANNEL: &str = "keyrelay_refresh_done";
+
+/// NOTIFY channel on which a leader announces it released the lease.
+pub const LEASE_CHANNEL: &str = "keyrelay_lease";
+
+/// What this replica may do right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// It runs the scheduler and fetches. Its writes carry this fence (none on a single node).
+    Leader(Option<Fence>),
+    /// It serves reads and forwards refreshes to the leader.
+    Follower,
+}
+
+/// A view of this replica's role that follows every change.
+#[derive(Debug, Clone)]
+pub struct Leadership(watch::Receiver<Role>);
+
+impl Leadership {
+    /// A single node: always the leader, writes unfenced.
+    pub fn single_node() -> Self {
+        let (_, role) = watch::channel(Role::Leader(None));
+        Self(role)
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.0.borrow().clone()
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.0.borrow(), Role::Leader(_))
+    }
+
+    /// Returns when the role changes (never, on a single node).
+    pub async fn changed(&mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why a follower asks the leader for a refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshKind {
+    /// An admin asked: fetch now, even if fresh.
+    Now,
+    /// A verifier asked for a kid the set lacks: the leader's cooldown applies.
+    UnknownKid,
+}
+
+/// A follower's request for a refresh, as carried by NOTIFY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshRequest {
+    /// Why.
+    pub kind: RefreshKind,
+    /// Which provider.
+    pub key: ProviderKey,
+    /// Identifies the request in the leader's answer.
+    pub id: u64,
+}
+
+impl RefreshRequest {
+    fn payload(&self) -> String {
+        let kind = match self.kind {
+            RefreshKind::Now => "n",
+            RefreshKind::UnknownKid => "k",
+        };
+        let key = &self.key;
+        format!(
+            "{kind}/{}/{}/{}",
+            key.tenant.as_str(),
+            key.provider.as_str(),
+            self.id
+        )
+    }
+
+    fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.split('/');
+        let kind = match parts.next()? {
+            "n" => RefreshKind::Now,
+            "k" => RefreshKind::UnknownKid,
+            _ => return None,
+        };
+        let key = ProviderKey::parse(parts.next()?, parts.next()?).ok()?;
+        let id = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Self { kind, key, id })
+    }
+}
+
+/// Parses the leader's answer `id/change_seq`.
+fn parse_done(payload: &str) -> Option<(u64, u64)> {
+    let (id, seq) = payload.split_once('/')?;
+    Some((id.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The replica holding it.
+    pub holder: String,
+    /// Its term.
+    pub term: i64,
+    /// When it expires unless renewed (database clock).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One replica as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    /// Its id.
+    pub id: String,
+    /// The address it serves on.
+    pub address: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat (database clock).
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+/// The fleet as seen from one replica.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// This replica's id.
+    pub replica_id: String,
+    /// `postgres` or `sqlite`.
+    pub store: &'static str,
+    /// The refresh lease; `None` when no replica has ever held it.
+    pub lease: Option<LeaseInfo>,
+    /// Replicas that sent a heartbeat recently.
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+/// This replica's place in the fleet.
+pub struct Cluster {
+    replica_id: String,
+    address: String,
+    started_at: DateTime<Utc>,
+    leadership: Leadership,
+    postgres: Option<PgPool>,
+    heartbeat_window: Duration,
+    /// This follower's requests awaiting the leader's answer.
+    pending: Mutex<HashMap<u64, oneshot::Sender<u64>>>,
+}
+
+impl Cluster {
+    /// A single node on the embedded store.
+    pub fn single_node(replica_id: String, address: String, started_at: DateTime<Utc>) -> Self {
+        Self {
+            replica_id,
+            address,
+            started_at,
+            leadership: Leadership::single_node(),
+            postgres: None,
+            heartbeat_window: Duration::ZERO,
+            pending: Mutex::default(),
+        }
+    }
+
+    /// A replica of a Postgres fleet whose role follows `leadership`.
+    pub fn postgres(
+        pool: PgPool,
+        replica_id: String,
+        address: String,
+        started_at: DateTime<Utc>,
+        leadership: Leadership,
+        settings: &LeaseSettings,
+    ) -> Self {
+        Self {
+            replica_id,
+            address,
+            started_at,
+            leadership,
+            postgres: Some(pool),
+            heartbeat_window: settings.ttl,
+            pending: Mutex::default(),
+        }
+    }
+
+    /// This replica's role, live.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Asks the leader to refresh `key`. The answer is the change sequence of the state the
+    /// refresh produced (or of the current state, when the leader's cooldown declined it).
+    /// On a single node, which always leads, the answer never comes.
+    pub async fn request_refresh(
+        &self,
+        key: &ProviderKey,
+        kind: RefreshKind,
+    ) -> Result<oneshot::Receiver<u64>, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        let Some(pool) = &self.postgres else {
+            return Ok(answered);
+        };
+        let request = RefreshRequest {
+            kind,
+            key: key.clone(),
+            id: rand::random(),
+        };
+        lock(&self.pending).insert(request.id, answer);
+        let sent = notify(pool, REFRESH_CHANNEL, &request.payload()).await;
+        if sent.is_err() {
+            lock(&self.pending).remove(&request.id);
+        }
+        sent.map(|()| answered)
+    }
+
+    /// The leader's answer to a request: wakes the follower waiting for it, if it is this one.
+    fn answered(&self, payload: &str) {
+        let Some((id, change_seq)) = parse_done(payload) else {
+            tracing::warn!(payload, "ignoring a malformed refresh answer");
+            return;
+        };
+        if let Some(waiting) = lock(&self.pending).remove(&id) {
+            let _ = waiting.send(change_seq);
+        }
+    }
+
+    /// The leader answers request `id` with the change sequence of the resulting state.
+    pub async fn answer(&self, id: u64, change_seq: u64) -> Result<(), StoreError> {
+        match &self.postgres {
+            Some(pool) => notify(pool, REFRESH_DONE_CHANNEL, &format!("{id}/{change_seq}")).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The lease and the live replicas.
+    pub async fn status(&self) -> Result<ClusterStatus, StoreError> {
+        let Some(pool) = &self.postgres else {
+            return Ok(self.single_node_status());
+        };
+        let lease = sqlx::query_as::<_, (String, i64, DateTime<Utc>)>(
+            "SELECT holder, term, expires_at FROM leases WHERE shard = $1",
+        )
+        .bind(SHARD)
+        .fetch_optional(pool)
+        .await?
+        .map(|(holder, term, expires_at)| LeaseInfo {
+            holder,
+            term,
+            expires_at,
+        });
+        let window = i64::try_from(self.heartbeat_window.as_millis()).unwrap_or(i64::MAX);
+        let replicas = sqlx::query_as::<_, (String, String, DateTime<Utc>, DateTime<Utc>)>(
+            "SELECT id, address, started_at, heartbeat_at FROM replicas
+             WHERE heartbeat_at > now() - make_interval(secs => $1::float8 / 1000) ORDER BY id",
+        )
+        .bind(window as f64)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(id, address, started_at, heartbeat_at)| ReplicaInfo {
+            id,
+            address,
+            started_at,
+            heartbeat_at,
+        })
+        .collect();
+        Ok(ClusterStatus {
+            replica_id: self.replica_id.clone(),
+            store: "postgres",
+            lease,
+            replicas,
+        })
+    }
+
+    fn single_node_status(&self) -> ClusterStatus {
+        ClusterStatus {
+            replica_id: self.replica_id.clone(),
+            store: "sqlite",
+            lease: Some(LeaseInfo {
+                holder: self.replica_id.clone(),
+                term: 0,
+                expires_at: DateTime::<Utc>::MAX_UTC,
+            }),
+            replicas: vec![ReplicaInfo {
+                id: self.replica_id.clone(),
+                address: self.address.clone(),
+                started_at: self.started_at,
+                heartbeat_at: Utc::now(),
+            }],
+        }
+    }
+}
+
+async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A replica id unique enough for a fleet: host, process id and a random suffix.
+pub fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "keyrelay".to_owned());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_requests_round_trip_and_garbage_is_ignored() {
+        let key = ProviderKey::parse("acme", "okta").unwrap();
+        for kind in [RefreshKind::Now, RefreshKind::UnknownKid] {
+            let request = RefreshRequest {
+                kind,
+                key: key.clone(),
+                id: 99,
+            };
+            assert_eq!(RefreshRequest::parse(&request.payload()), Some(request));
+        }
+        for garbage in [
+            "",
+            "n/acme/okta",
+            "x/acme/okta/1",
+            "n/acme/okta/1/more",
+            "k/ACME/okta/1",
+            "n/acme/okta/x",
+        ] {
+            assert_eq!(RefreshRequest::parse(garbage), None, "{garbage}");
+        }
+        assert_eq!(parse_done("7/42"), Some((7, 42)));
+        assert_eq!(parse_done("7"), None);
+    }
+}

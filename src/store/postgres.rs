@@ -1,0 +1,260 @@
+//! The Postgres store, shared by every replica of a fleet. Each write takes its change
+//! sequence inside the statement that modifies the row (after the row lock, so sequence order
+//! is commit order for one provider) and announces itself with NOTIFY in the same
+//! transaction, delivered on commit. Refresh writes are fenced by the leader's lease.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::{
+    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError, policy_json,
+    row::{ProviderRow, RefreshColumns},
+    sequence,
+};
+use crate::{domain::ProviderKey, provider::ProviderRecord};
+
+/// The NOTIFY channel of committed provider changes.
+pub const CHANGES_CHANNEL: &str = "keyrelay_changes";
+
+const NOTIFY: &str = "SELECT pg_notify('keyrelay_changes', $1)";
+
+const INSERT_IF_ABSENT: &str = "\
+INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, next_refresh_at, change_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, nextval('provider_change_seq'))
+ON CONFLICT (tenant, provider) DO NOTHING";
+
+/// Right-hand sides see the old row, so the validators are dropped only when the URL changes.
+const UPDATE_REGISTRATION: &str = "\
+UPDATE providers SET
+    jwks_url = $3,
+    policy = $4,
+    revision = $5,
+    updated_at = $6,
+    next_refresh_at = $7,
+    change_seq = nextval('provider_change_seq'),
+    etag = CASE WHEN jwks_url = $3 THEN etag END,
+    last_modified = CASE WHEN jwks_url = $3 THEN last_modified END,
+    cache_policy = CASE WHEN jwks_url = $3 THEN cache_policy END
+WHERE tenant = $1 AND provider = $2";
+
+const DELETE: &str = "\
+DELETE FROM providers WHERE tenant = $1 AND provider = $2
+RETURNING nextval('provider_change_seq')";
+
+/// A refresh write; `$fence` adds conditions to its WHERE clause.
+macro_rules! save_refresh {
+    ($fence:literal) => {
+        concat!(
+            "UPDATE providers SET
+                version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
+                fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
+                consecutive_failures = $13, next_refresh_at = $14,
+                change_seq = nextval('provider_change_seq')
+            WHERE tenant = $1 AND provider = $2 AND revision = $3",
+            $fence,
+            " RETURNING change_seq"
+        )
+    };
+}
+
+const SAVE_REFRESH: &str = save_refresh!("");
+
+/// The same write, applied only while the writer holds the lease term it names (database
+/// clock): a deposed leader that wakes up late writes nothing.
+const SAVE_REFRESH_FENCED: &str = save_refresh!(
+    " AND EXISTS (SELECT 1 FROM leases
+                  WHERE shard = $15 AND holder = $16 AND term = $17 AND expires_at > now())"
+);
+
+/// What a notification on `keyrelay_changes` says: a provider changed or was removed, at a
+/// change sequence. Never the key set itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The row was written; read it for the new state.
+    Updated(ProviderKey, u64),
+    /// The row was deleted.
+    Removed(ProviderKey, u64),
+}
+
+impl Change {
+    /// The NOTIFY payload: `u|d/tenant/provider/change_seq`.
+    pub fn payload(&self) -> String {
+        let (kind, key, seq) = match self {
+            Change::Updated(key, seq) => ("u", key, seq),
+            Change::Removed(key, seq) => ("d", key, seq),
+        };
+        format!(
+            "{kind}/{}/{}/{seq}",
+            key.tenant.as_str(),
+            key.provider.as_str()
+        )
+    }
+
+    /// Parses a NOTIFY payload; `None` for anything else.
+    pub fn parse(payload: &str) -> Option<Self> {
+        let mut parts = payload.split('/');
+        let (kind, tenant, provider, seq) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let key = ProviderKey::parse(tenant, provider).ok()?;
+        let seq = seq.parse().ok()?;
+        match (kind, parts.next()) {
+            ("u", None) => Some(Change::Updated(key, seq)),
+            ("d", None) => Some(Change::Removed(key, seq)),
+            _ => None,
+        }
+    }
+}
+
+/// The fleet store.
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// A store over a migrated pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+async fn notify(tx: &mut Transaction<'static, Postgres>, change: Change) -> Result<(), StoreError> {
+    sqlx::query(NOTIFY)
+        .bind(change.payload())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let rows: Vec<ProviderRow> = sqlx::query_as(SELECT_ALL).fetch_all(&self.pool).await?;
+        rows.into_iter().map(ProviderRow::into_record).collect()
+    }
+
+    async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError> {
+        let row: Option<ProviderRow> = sqlx::query_as(SELECT_ONE)
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(ProviderRow::into_record).transpose()
+    }
+
+    async fn register(
+        &self,
+        registration: &NewRegistration,
+        revision: i64,
+        now: DateTime<Utc>,
+        fetch_by: DateTime<Utc>,
+    ) -> Result<Registered, StoreError> {
+        let policy = policy_json(registration)?;
+        let bind = |sql| {
+            sqlx::query(sql)
+                .bind(registration.key.tenant.as_str())
+                .bind(registration.key.provider.as_str())
+                .bind(registration.url.as_str())
+                .bind(policy.as_str())
+                .bind(revision)
+                .bind(now)
+                .bind(fetch_by)
+        };
+        let mut tx = self.pool.begin().await?;
+        let created = bind(INSERT_IF_ABSENT)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !created {
+            bind(UPDATE_REGISTRATION).execute(&mut *tx).await?;
+        }
+        let row: ProviderRow = sqlx::query_as(SELECT_ONE)
+            .bind(registration.key.tenant.as_str())
+            .bind(registration.key.provider.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        let record = row.into_record()?;
+        notify(
+            &mut tx,
+            Change::Updated(registration.key.clone(), record.change_seq),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Registered { record, created })
+    }
+
+    async fn unregister(&self, key: &ProviderKey) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let removed: Option<i64> = sqlx::query_scalar(DELETE)
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(change_seq) = removed.map(sequence) else {
+            return Ok(None);
+        };
+        notify(&mut tx, Change::Removed(key.clone(), change_seq)).await?;
+        tx.commit().await?;
+        Ok(Some(change_seq))
+    }
+
+    async fn save_refresh(
+        &self,
+        record: &ProviderRecord,
+        fence: Option<&Fence>,
+    ) -> Result<Option<u64>, StoreError> {
+        let columns = RefreshColumns::from_record(record)?;
+        let key = &record.registration.key;
+        let query = sqlx::query_scalar(if fence.is_some() {
+            SAVE_REFRESH_FENCED
+        } else {
+            SAVE_REFRESH
+        })
+        .bind(key.tenant.as_str())
+        .bind(key.provider.as_str())
+        .bind(record.registration.revision);
+        let mut query = columns.bind_to(query);
+        if let Some(fence) = fence {
+            query = query
+                .bind(fence.shard.as_str())
+                .bind(fence.holder.as_str())
+                .bind(fence.term);
+        }
+        let mut tx = self.pool.begin().await?;
+        let written: Option<i64> = query.fetch_optional(&mut *tx).await?;
+        let Some(change_seq) = written.map(sequence) else {
+            return Ok(None);
+        };
+        notify(&mut tx, Change::Updated(key.clone(), change_seq)).await?;
+        tx.commit().await?;
+        Ok(Some(change_seq))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_payloads_round_trip_and_garbage_is_ignored() {
+        let key = ProviderKey::parse("acme", "okta.prod").unwrap();
+        for change in [Change::Updated(key.clone(), 42), Change::Removed(key, 7)] {
+            assert_eq!(Change::parse(&change.payload()), Some(change));
+        }
+        for garbage in [
+            "",
+            "u/acme/okta",
+            "x/acme/okta/1",
+            "u/Acme/okta/1",
+            "u/acme/okta/-1",
+            "u/a/b/1/extra",
+        ] {
+            assert_eq!(Change::parse(garbage), None, "{garbage}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The embedded single-node store. Every write transaction starts by taking the next change
+//! sequence from a counter row, which also serialises writers: sequence order is commit order.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::{
+    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError, policy_json,
+    row::{ProviderRow, RefreshColumns},
+    sequence,
+};
+use crate::{domain::ProviderKey, provider::ProviderRecord};
+
+const NEXT_SEQUENCE: &str = "UPDATE change_counter SET value = value + 1 RETURNING value";
+
+const INSERT_IF_ABSENT: &str = "\
+INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, change_seq, next_refresh_at)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)
+ON CONFLICT (tenant, provider) DO NOTHING";
+
+/// Right-hand sides see the old row, so the validators are dropped only when the URL changes.
+const UPDATE_REGISTRATION: &str = "\
+UPDATE providers SET
+    jwks_url = $3,
+    policy = $4,
+    revision = $5,
+    updated_at = $6,
+    change_seq = $7,
+    next_refresh_at = $8,
+    etag = CASE WHEN jwks_url = $3 THEN etag END,
+    last_modified = CASE WHEN jwks_url = $3 THEN last_modified END,
+    cache_policy = CASE WHEN jwks_url = $3 THEN cache_policy END
+WHERE tenant = $1 AND provider = $2";
+
+const DELETE: &str = "DELETE FROM providers WHERE tenant = $1 AND provider = $2";
+
+const SAVE_REFRESH: &str = "\
+UPDATE providers SET
+    version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
+    fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
+    consecutive_failures = $13, next_refresh_at = $14, change_seq = $15
+WHERE tenant = $1 AND provider = $2 AND revision = $3
+RETURNING change_seq";
+
+/// The single-node store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// A store over a migrated pool.
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+async fn next_sequence(tx: &mut Transaction<'static, Sqlite>) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(NEXT_SEQUENCE)
+        .fetch_one(&mut **tx)
+        .await?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let rows: Vec<ProviderRow> = sqlx::query_as(SELECT_ALL).fetch_all(&self.pool).await?;
+        rows.into_iter().map(ProviderRow::into_record).collect()
+    }
+
+    async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError> {
+        let row: Option<ProviderRow> = sqlx::query_as(SELECT_ONE)
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(ProviderRow::into_record).transpose()
+    }
+
+    async fn register(
+        &self,
+        registration: &NewRegistration,
+        revision: i64,
+        now: DateTime<Utc>,
+        fetch_by: DateTime<Utc>,
+    ) -> Result<Registered, StoreError> {
+        let policy = policy_json(registration)?;
+        let mut tx = self.pool.begin().await?;
+        let change_seq = next_sequence(&mut tx).await?;
+        let bind = |sql| {
+            sqlx::query(sql)
+                .bind(registration.key.tenant.as_str())
+                .bind(registration.key.provider.as_str())
+                .bind(registration.url.as_str())
+                .bind(policy.as_str())
+                .bind(revision)
+                .bind(now)
+                .bind(change_seq)
+                .bind(fetch_by)
+        };
+        let created = bind(INSERT_IF_ABSENT)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !created {
+            bind(UPDATE_REGISTRATION).execute(&mut *tx).await?;
+        }
+        let row: ProviderRow = sqlx::query_as(SELECT_ONE)
+            .bind(registration.key.tenant.as_str())
+            .bind(registration.key.provider.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Registered {
+            record: row.into_record()?,
+            created,
+        })
+    }
+
+    async fn unregister(&self, key: &ProviderKey) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let change_seq = next_sequence(&mut tx).await?;
+        let deleted = sqlx::query(DELETE)
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((deleted == 1).then(|| sequence(change_seq)))
+    }
+
+    async fn save_refresh(
+        &self,
+        record: &ProviderRecord,
+        _fence: Option<&Fence>,
+    ) -> Result<Option<u64>, StoreError> {
+        let columns = RefreshColumns::from_record(record)?;
+        let registration = &record.registration;
+        let mut tx = self.pool.begin().await?;
+        let change_seq = next_sequence(&mut tx).await?;
+        let query = sqlx::query_scalar(SAVE_REFRESH)
+            .bind(registration.key.tenant.as_str())
+            .bind(registration.key.provider.as_str())
+            .bind(registration.revision);
+        let written: Option<i64> = columns
+            .bind_to(query)
+            .bind(change_seq)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(written.map(sequence))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,636 @@
+//! Fleet mode with real processes: `keyrelay serve` replicas on one Postgres database (each
+//! test its own), a mock IdP in this process, and a TCP proxy in front of Postgres to cut
+//! the database away. Lease timings are short (TTL 3 s, renewal 1 s) so failovers fit in a
+//! test; every wait is bounded and tied to an event (a log line, a request at the mock, an
+//! answer from a replica).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener as StdListener},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use keyrelay::{
+    clock::SystemClock,
+    proto::v1::{self as pb, watch_keys_response::Event},
+};
+use sqlx::{Connection, PgConnection};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::Channel;
+
+use crate::{
+    helpers::{ADMIN_TOKEN, AdminClient, Bearer, TestDatabase, kids, known, selector},
+    mock_idp::{MockIdp, Mode},
+};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// One `keyrelay serve` process.
+struct Replica {
+    child: Child,
+    id: String,
+    endpoint: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    lines: watch::Receiver<usize>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Replica {
+    async fn start(id: &str, database_url: &str, extra: &[&str]) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let data_dir = std::env::temp_dir().join(format!("keyrelay-fleet-{id}"));
+        let mut child = Command::new(BINARY)
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--replica-id",
+                id,
+                "--admin-token",
+                ADMIN_TOKEN,
+            ])
+            .args(["--database-url", database_url, "--dev-allow-http-loopback"])
+            .args([
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--fetch-timeout",
+                "1s",
+            ])
+            .args([
+                "--lease-ttl",
+                "3s",
+                "--lease-renew",
+                "1s",
+                "--shutdown-grace",
+                "2s",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "keyrelay=debug")
+            .env_remove("KEYRELAY_ADMIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start keyrelay serve");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (count, lines) = watch::channel(0);
+        let collected = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        let replica = Self {
+            child,
+            id: id.to_owned(),
+            endpoint: format!("http://{listen}"),
+            logs,
+            lines,
+        };
+        replica.wait_for_log("keyrelay serving").await;
+        replica
+    }
+
+    /// Waits until the replica has logged a line containing `needle`.
+    async fn wait_for_log(&self, needle: &str) {
+        let mut lines = self.lines.clone();
+        let found = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if self
+                    .logs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|line| line.contains(needle))
+                {
+                    return;
+                }
+                if lines.changed().await.is_err() {
+                    panic!("replica {} exited before logging {needle:?}", self.id);
+                }
+            }
+        })
+        .await;
+        if found.is_err() {
+            let logs = self.logs.lock().unwrap().join("\n");
+            panic!(
+                "replica {} did not log {needle:?} within 15 s; its log:\n{logs}",
+                self.id
+            );
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to replica")
+    }
+
+    async fn admin(&self) -> AdminClient {
+        pb::admin_service_client::AdminServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer::for_token(ADMIN_TOKEN),
+        )
+    }
+
+    async fn keys(&self) -> pb::key_service_client::KeyServiceClient<Channel> {
+        pb::key_service_client::KeyServiceClient::new(self.channel().await)
+    }
+
+    async fn status(&self) -> pb::GetClusterStatusResponse {
+        let mut admin = self.admin().await;
+        admin
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await
+            .expect("cluster status")
+            .into_inner()
+    }
+
+    async fn resolve(
+        &self,
+        provider: &str,
+        kid: Option<&str>,
+    ) -> Result<pb::KeySet, tonic::Status> {
+        let request = pb::ResolveRequest {
+            tenant: "acme".into(),
+            provider: provider.into(),
+            kid: kid.map(str::to_owned),
+            if_newer_than_version: None,
+        };
+        match self
+            .keys()
+            .await
+            .resolve(request)
+            .await?
+            .into_inner()
+            .result
+        {
+            Some(pb::resolve_response::Result::KeySet(set)) => Ok(set),
+            other => panic!("expected a key set, got {other:?}"),
+        }
+    }
+}
+
+/// Polls `check` every 50 ms for at most `limit`: the effect happens in another process and
+/// has no event this test can wait on.
+async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The id of the replica holding the active lease, as `replica` sees it.
+async fn leader_seen_by(replica: &Replica) -> Option<String> {
+    let status = replica.status().await;
+    status
+        .lease
+        .filter(|lease| lease.active)
+        .map(|lease| lease.holder)
+}
+
+async fn start_fleet(database_url: &str, names: &[&str], extra: &[&str]) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for name in names {
+        replicas.push(Replica::start(name, database_url, extra).await);
+    }
+    replicas
+}
+
+async fn agreed_leader(replicas: &[Replica]) -> usize {
+    within(
+        LEASE_TTL * 3,
+        "one leader all replicas agree on",
+        || async {
+            let mut seen = Vec::new();
+            for replica in replicas {
+                seen.push(leader_seen_by(replica).await?);
+            }
+            let first = seen[0].clone();
+            seen.iter().all(|id| *id == first).then_some(())?;
+            replicas.iter().position(|r| r.id == first)
+        },
+    )
+    .await
+}
+
+async fn register(replica: &Replica, provider: &str, url: &str) -> pb::Provider {
+    let request = pb::RegisterProviderRequest {
+        tenant: "acme".into(),
+        provider: provider.into(),
+        jwks_url: url.into(),
+        policy: None,
+    };
+    replica
+        .admin()
+        .await
+        .register_provider(request)
+        .await
+        .expect("register")
+        .into_inner()
+        .provider
+        .unwrap()
+}
+
+fn mock() -> impl std::future::Future<Output = MockIdp> {
+    MockIdp::start(SystemClock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_and_every_change_reaches_every_replica() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    let replicas = start_fleet(&database.url, &["r1", "r2", "r3"], &[]).await;
+    let leader = agreed_leader(&replicas).await;
+    let status = replicas[0].status().await;
+    assert_eq!(status.replicas.len(), 3, "{status:?}");
+    assert_eq!(status.replicas.iter().filter(|r| r.leader).count(), 1);
+    assert_eq!(
+        status.replicas.iter().find(|r| r.leader).unwrap().id,
+        replicas[leader].id
+    );
+
+    let follower = (leader + 1) % 3;
+    let registered = register(&replicas[follower], "okta", &idp.jwks_url()).await;
+    assert_eq!(
+        registered.status.unwrap().version,
+        1,
+        "a follower's registration is fetched by the leader"
+    );
+    for replica in &replicas {
+        let set = within(Duration::from_secs(5), "registration visible", || async {
+            replica.resolve("okta", None).await.ok()
+        })
+        .await;
+        assert_eq!(set.version, 1);
+    }
+
+    let mut watches = Vec::new();
+    for replica in &replicas {
+        let request = pb::WatchKeysRequest {
+            selectors: vec![selector("acme", "")],
+            known_versions: vec![known("acme", "okta", 1)],
+        };
+        let mut stream = replica
+            .keys()
+            .await
+            .watch_keys(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(matches!(
+            stream.message().await.unwrap().unwrap().event,
+            Some(Event::Synced(_))
+        ));
+        watches.push(stream);
+    }
+    idp.serve_kids(&["key-1", "rotated"], None);
+    let request = pb::RefreshProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+    };
+    let refreshed = replicas[(leader + 2) % 3]
+        .admin()
+        .await
+        .refresh_provider(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refreshed.provider.unwrap().status.unwrap().version, 2);
+    for stream in &mut watches {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match event.event {
+            Some(Event::KeySet(set)) => {
+                assert_eq!((set.version, kids(&set)), (2, vec!["key-1", "rotated"]))
+            }
+            other => panic!("expected the rotation, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_fetches_once_per_interval_and_an_unknown_kid_on_a_follower_fetches_once() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    let timing = [
+        "--min-ttl",
+        "1s",
+        "--default-ttl",
+        "2s",
+        "--refresh-early",
+        "1s",
+    ];
+    let replicas = start_fleet(&database.url, &["f1", "f2", "f3"], &timing).await;
+    let leader = agreed_leader(&replicas).await;
+    register(&replicas[leader], "okta", &idp.jwks_url()).await;
+
+    // Lifetime 2 s, refreshed 1 s before expiry: one fetch a second for the whole fleet.
+    let before = idp.request_count();
+    idp.wait_for_requests(before + 6).await;
+    let requests = idp.request_times();
+    let gaps: Vec<Duration> = requests[before..].windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|gap| *gap > Duration::from_millis(500)),
+        "fetches too close together: {gaps:?}"
+    );
+
+    // A second IdP whose provider keeps its keys for an hour: no scheduled fetch interferes.
+    let kid_idp = mock().await;
+    let request = pb::RegisterProviderRequest {
+        tenant: "acme".into(),
+        provider: "stable".into(),
+        jwks_url: kid_idp.jwks_url(),
+        policy: Some(pb::ProviderPolicy {
+            default_ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+    };
+    replicas[leader]
+        .admin()
+        .await
+        .register_provider(request)
+        .await
+        .unwrap();
+    let follower = &replicas[(leader + 1) % 3];
+    within(
+        Duration::from_secs(5),
+        "the follower has the provider",
+        || async { follower.resolve("stable", None).await.ok() },
+    )
+    .await;
+    let before = kid_idp.request_count();
+    kid_idp.serve_kids(&["key-1", "new-kid"], None);
+    let set = follower
+        .resolve("stable", Some("new-kid"))
+        .await
+        .expect("new kid found through the leader");
+    assert!(set.keys.iter().any(|k| k.kid == "new-kid"));
+    assert_eq!(
+        kid_idp.request_count(),
+        before + 1,
+        "exactly one fetch for the follower's unknown kid"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_the_lease_ttl() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    let timing = [
+        "--min-ttl",
+        "1s",
+        "--default-ttl",
+        "2s",
+        "--refresh-early",
+        "1s",
+    ];
+    let mut replicas = start_fleet(&database.url, &["k1", "k2", "k3"], &timing).await;
+    let leader = agreed_leader(&replicas).await;
+    register(&replicas[leader], "okta", &idp.jwks_url()).await;
+
+    let killed = replicas.remove(leader);
+    killed.signal("-KILL");
+    let killed_at = Instant::now();
+    let successor = agreed_leader(&replicas).await;
+    assert_ne!(replicas[successor].id, killed.id);
+    assert!(
+        killed_at.elapsed() < LEASE_TTL + Duration::from_secs(2),
+        "failover took {:?}",
+        killed_at.elapsed()
+    );
+    let seen = idp.request_count();
+    idp.wait_for_requests(seen + 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_stands_down_and_its_late_write_is_fenced() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    let replicas = start_fleet(&database.url, &["p1", "p2", "p3"], &[]).await;
+    let leader = agreed_leader(&replicas).await;
+    register(&replicas[leader], "okta", &idp.jwks_url()).await;
+
+    // The leader's next fetch hangs at the IdP; the leader is frozen while it hangs.
+    idp.set_mode(Mode::Gated);
+    let seen = idp.request_count();
+    let request = pb::RefreshProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+    };
+    let mut admin = replicas[leader].admin().await;
+    let refresh = tokio::spawn(async move { admin.refresh_provider(request).await });
+    idp.wait_for_requests(seen + 1).await;
+    replicas[leader].signal("-STOP");
+    idp.set_mode(Mode::Normal);
+
+    let others: Vec<&Replica> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, r)| r)
+        .collect();
+    let successor = within(LEASE_TTL * 3, "a successor leads", || async {
+        let holder = leader_seen_by(others[0]).await?;
+        (holder != replicas[leader].id).then_some(holder)
+    })
+    .await;
+    let new_leader = others.iter().find(|r| r.id == successor).unwrap();
+    let request = pb::RefreshProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+    };
+    new_leader
+        .admin()
+        .await
+        .refresh_provider(request)
+        .await
+        .expect("the successor refreshes");
+
+    replicas[leader].signal("-CONT");
+    replicas[leader]
+        .wait_for_log("refresh result not written")
+        .await;
+    replicas[leader].wait_for_log("standing down").await;
+    drop(refresh);
+    let status = new_leader
+        .admin()
+        .await
+        .get_provider(pb::GetProviderRequest {
+            tenant: "acme".into(),
+            provider: "okta".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .provider
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        status.last_error, "",
+        "the deposed leader's timeout was not recorded"
+    );
+    assert_eq!(leader_seen_by(&replicas[leader]).await, Some(successor));
+}
+
+/// A TCP proxy in front of Postgres that can cut every connection and refuse new ones, as a
+/// database restart looks to the replicas.
+struct PgProxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl PgProxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let (cut, cuts) = watch::channel(0u64);
+        let accepting = Arc::clone(&up);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accepting.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up, cut }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_survive_a_database_outage_and_the_feed_resynchronises_after_it() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    let mut url = url::Url::parse(&database.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .unwrap();
+    let proxy = PgProxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let replicas = start_fleet(url.as_str(), &["d1", "d2"], &[]).await;
+    let leader = agreed_leader(&replicas).await;
+    register(&replicas[leader], "okta", &idp.jwks_url()).await;
+    register(&replicas[leader], "gone", &idp.jwks_url()).await;
+    for replica in &replicas {
+        within(Duration::from_secs(5), "both providers visible", || async {
+            replica.resolve("gone", None).await.ok()
+        })
+        .await;
+    }
+
+    proxy.down();
+    for replica in &replicas {
+        assert_eq!(
+            replica
+                .resolve("okta", None)
+                .await
+                .expect("served from memory")
+                .version,
+            1
+        );
+    }
+    // Changes another party makes while the replicas cannot hear them.
+    let mut direct = PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("DELETE FROM providers WHERE provider = 'gone'")
+        .execute(&mut direct)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE providers SET version = 7, jwks_json = convert_to('{\"keys\":[]}', 'UTF8'),
+         change_seq = nextval('provider_change_seq') WHERE provider = 'okta'",
+    )
+    .execute(&mut direct)
+    .await
+    .unwrap();
+
+    proxy.up();
+    for replica in &replicas {
+        eprintln!(
+            "LOGS {}:\n{}",
+            replica.id,
+            replica.logs.lock().unwrap().join("\n")
+        );
+    }
+    for replica in &replicas {
+        within(Duration::from_secs(15), "resynchronised", || async {
+            let okta = replica.resolve("okta", None).await.ok()?;
+            let gone = replica.resolve("gone", None).await;
+            (okta.version == 7 && gone.is_err_and(|s| s.code() == tonic::Code::NotFound))
+                .then_some(())
+        })
+        .await;
+        eprintln!(
+            "LOGS {}:\n{}",
+            replica.id,
+            replica.logs.lock().unwrap().join("\n")
+        );
+    }
+}
