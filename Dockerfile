@@ -5,6 +5,9 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY migrations migrations
 COPY src src
+# Every target the manifest declares must exist for cargo to read it.
+COPY benches benches
+COPY tests tests
 RUN cargo build --release --locked --bin keyrelay
 
 FROM debian:bookworm-slim

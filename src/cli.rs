@@ -40,6 +40,12 @@ pub enum Command {
         #[arg(long, env = "KEYRELAY_DATA_DIR", default_value = "keyrelay-data")]
         data_dir: PathBuf,
     },
+    /// Exit 0 when the server reports SERVING on gRPC health (for container health checks).
+    Health {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+    },
     /// Show which replica leads and which replicas are alive.
     Cluster {
         /// Connection settings.

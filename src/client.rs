@@ -172,6 +172,30 @@ async fn list(
     }
 }
 
+/// Runs `keyrelay health`.
+pub async fn health(options: &ClientOptions) -> Result<(), ClientError> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(connect(options).await?);
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status();
+    if status == ServingStatus::Serving {
+        println!("SERVING");
+        Ok(())
+    } else {
+        Err(ClientError::Call(Status::unavailable(format!(
+            "health is {}",
+            status.as_str_name()
+        ))))
+    }
+}
+
 /// Runs `keyrelay cluster`.
 pub async fn cluster(options: &ClientOptions) -> Result<(), ClientError> {
     let token = admin_token(options)?;

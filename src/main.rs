@@ -24,6 +24,7 @@ async fn main() -> ExitCode {
             database_url,
             data_dir,
         } => migrate(database_url.as_deref(), &data_dir).await,
+        Command::Health { client } => client::health(&client).await.map_err(anyhow::Error::from),
         Command::Cluster { client } => client::cluster(&client).await.map_err(anyhow::Error::from),
         Command::Resolve {
             client,

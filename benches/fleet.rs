@@ -1,0 +1,328 @@
+//! Fleet benchmark (run with `cargo bench --bench fleet`; needs Postgres at
+//! TEST_DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres).
+//!
+//! Runs real `keyrelay serve` processes on a fresh database with the default lease timing
+//! (TTL 15 s, renewal 5 s) and measures:
+//! - propagation: RefreshProvider on the leader (which fetches a rotated JWKS) until a
+//!   WatchKeys subscriber on another replica has the new version, ROTATIONS times;
+//! - failover: SIGKILL of the leader until another replica holds an active lease;
+//! - graceful handover: SIGTERM of the leader until another replica holds the lease;
+//! - upstream fetches in WINDOW seconds with one replica and with three (2 s key lifetime).
+
+use std::{
+    net::TcpListener as StdListener,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, routing::get};
+use keyrelay::proto::v1::{
+    self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+    watch_keys_response::Event,
+};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use tonic::{Request, transport::Channel};
+
+const TOKEN: &str = "bench-token";
+
+struct Replica {
+    child: Child,
+    id: String,
+    endpoint: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn start(id: &str, database_url: &str, extra: &[&str]) -> Replica {
+    let port = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data_dir = std::env::temp_dir().join(format!("keyrelay-bench-{id}"));
+    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--replica-id",
+            id,
+        ])
+        .args([
+            "--database-url",
+            database_url,
+            "--admin-token",
+            TOKEN,
+            "--dev-allow-http-loopback",
+        ])
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start keyrelay");
+    let replica = Replica {
+        child,
+        id: id.to_owned(),
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    while Channel::from_shared(replica.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replica
+}
+
+async fn admin(
+    replica: &Replica,
+) -> AdminServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        impl tonic::service::Interceptor + Clone + use<>,
+    >,
+> {
+    let channel = Channel::from_shared(replica.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AdminServiceClient::with_interceptor(channel, |mut request: Request<()>| {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        Ok(request)
+    })
+}
+
+async fn active_leader(replica: &Replica) -> Option<String> {
+    let mut admin = admin(replica).await;
+    let status = admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    status.lease.filter(|l| l.active).map(|l| l.holder)
+}
+
+async fn wait_for_leader(observer: &Replica, not: Option<&str>) -> String {
+    loop {
+        if let Some(holder) = active_leader(observer).await
+            && Some(holder.as_str()) != not
+        {
+            return holder;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn fresh_database() -> String {
+    let admin_url = std::env::var("TEST_DATABASE_URL")
+        .expect("set TEST_DATABASE_URL to a Postgres superuser URL");
+    let name = format!("keyrelay_bench_{:08x}", rand::random::<u32>());
+    let mut conn = PgConnection::connect(&admin_url)
+        .await
+        .expect("reach Postgres");
+    conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+async fn drop_databases() {
+    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
+    let mut conn = PgConnection::connect(&admin_url)
+        .await
+        .expect("reach Postgres");
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'keyrelay_bench_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for name in names {
+        conn.execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .await
+            .unwrap();
+    }
+}
+
+fn jwks(kid: &str) -> String {
+    serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}).to_string()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn register(replica: &Replica, provider: &str, url: &str) {
+    let request = pb::RegisterProviderRequest {
+        tenant: "bench".into(),
+        provider: provider.into(),
+        jwks_url: url.into(),
+        policy: None,
+    };
+    admin(replica)
+        .await
+        .register_provider(request)
+        .await
+        .expect("register");
+}
+
+#[tokio::main]
+async fn main() {
+    let rotations = env_or("ROTATIONS", 200);
+    let window = Duration::from_secs(env_or("WINDOW", 20) as u64);
+    let document = Arc::new(Mutex::new(jwks("k0")));
+    let fetches = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", idp.local_addr().unwrap());
+    let (served, counted) = (Arc::clone(&document), Arc::clone(&fetches));
+    let app = Router::new()
+        .route(
+            "/jwks",
+            get(move || async move { served.lock().unwrap().clone() }),
+        )
+        .route(
+            "/counted",
+            get(move || async move {
+                counted.lock().unwrap().push(Instant::now());
+                jwks("steady")
+            }),
+        );
+    tokio::spawn(async move { axum::serve(idp, app).await });
+
+    // Propagation.
+    let database = fresh_database().await;
+    let mut replicas = vec![
+        start("a", &database, &[]).await,
+        start("b", &database, &[]).await,
+        start("c", &database, &[]).await,
+    ];
+    let leader_id = wait_for_leader(&replicas[0], None).await;
+    let leader = replicas.iter().position(|r| r.id == leader_id).unwrap();
+    let follower = (leader + 1) % 3;
+    register(&replicas[leader], "idp", &format!("{base}/jwks")).await;
+    let channel = Channel::from_shared(replicas[follower].endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = pb::WatchKeysRequest {
+        selectors: vec![pb::WatchSelector {
+            tenant: "bench".into(),
+            provider: "idp".into(),
+        }],
+        known_versions: vec![pb::KnownVersion {
+            tenant: "bench".into(),
+            provider: "idp".into(),
+            version: 1,
+        }],
+    };
+    let mut stream = KeyServiceClient::new(channel)
+        .watch_keys(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        stream.message().await.unwrap().unwrap().event,
+        Some(Event::Synced(_))
+    ));
+    let mut leader_admin = admin(&replicas[leader]).await;
+    let mut propagation = Vec::new();
+    for rotation in 1..=rotations {
+        *document.lock().unwrap() = jwks(&format!("k{rotation}"));
+        let started = Instant::now();
+        let refresh = pb::RefreshProviderRequest {
+            tenant: "bench".into(),
+            provider: "idp".into(),
+        };
+        leader_admin.refresh_provider(refresh).await.unwrap();
+        loop {
+            match stream.message().await.unwrap().unwrap().event {
+                Some(Event::KeySet(set)) if set.version == 1 + rotation as u64 => break,
+                _ => {}
+            }
+        }
+        propagation.push(started.elapsed());
+    }
+    propagation.sort();
+    println!(
+        "propagation, RefreshProvider on the leader -> WatchKeys event on another replica ({rotations} rotations):"
+    );
+    println!(
+        "  p50 {:.1?}  p99 {:.1?}  max {:.1?}",
+        percentile(&propagation, 0.5),
+        percentile(&propagation, 0.99),
+        propagation[propagation.len() - 1]
+    );
+
+    // Failover after SIGKILL, then graceful handover after SIGTERM.
+    let killed = replicas.remove(leader);
+    let _ = Command::new("kill")
+        .args(["-KILL", &killed.child.id().to_string()])
+        .status();
+    let killed_at = Instant::now();
+    let successor = wait_for_leader(&replicas[0], Some(&killed.id)).await;
+    println!(
+        "failover after SIGKILL of the leader: {:.2?} (lease TTL 15 s)",
+        killed_at.elapsed()
+    );
+    drop(killed);
+    let index = replicas.iter().position(|r| r.id == successor).unwrap();
+    let observer = (index + 1) % replicas.len();
+    let _ = Command::new("kill")
+        .args(["-TERM", &replicas[index].child.id().to_string()])
+        .status();
+    let stopped_at = Instant::now();
+    let next = wait_for_leader(&replicas[observer], Some(&successor)).await;
+    println!(
+        "graceful handover after SIGTERM of the leader: {:.0?} (to {next})",
+        stopped_at.elapsed()
+    );
+    drop(replicas);
+
+    // Upstream fetches per interval, 1 replica versus 3.
+    let timing = [
+        "--min-ttl",
+        "1s",
+        "--default-ttl",
+        "2s",
+        "--refresh-early",
+        "1s",
+    ];
+    for count in [1, 3] {
+        let database = fresh_database().await;
+        let mut fleet = Vec::new();
+        for n in 0..count {
+            fleet.push(start(&format!("w{count}-{n}"), &database, &timing).await);
+        }
+        let lead = wait_for_leader(&fleet[0], None).await;
+        let lead = fleet.iter().find(|r| r.id == lead).unwrap();
+        register(lead, "counted", &format!("{base}/counted")).await;
+        let from = fetches.lock().unwrap().len();
+        tokio::time::sleep(window).await;
+        let fetched = fetches.lock().unwrap().len() - from;
+        println!(
+            "upstream fetches in {window:?} with {count} replica(s), 2 s key lifetime: {fetched}"
+        );
+    }
+    drop_databases().await;
+}
