@@ -18,8 +18,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/keyrelay /usr/local/bin/keyrelay
 USER keyrelay
 ENV KEYRELAY_LISTEN=0.0.0.0:50051 \
+    KEYRELAY_HTTP_LISTEN=0.0.0.0:8080 \
     KEYRELAY_DATA_DIR=/var/lib/keyrelay
 VOLUME /var/lib/keyrelay
-EXPOSE 50051
+EXPOSE 50051 8080
 ENTRYPOINT ["keyrelay"]
 CMD ["serve"]

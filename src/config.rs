@@ -28,6 +28,10 @@ pub struct ServeConfig {
     #[arg(long, env = "KEYRELAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the HTTP listener for /metrics, /healthz and /readyz.
+    #[arg(long, env = "KEYRELAY_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+
     /// Directory for the embedded database and the generated admin token.
     #[arg(long, env = "KEYRELAY_DATA_DIR", default_value = "keyrelay-data")]
     pub data_dir: PathBuf,

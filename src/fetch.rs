@@ -13,6 +13,7 @@ use http::{
     },
 };
 use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
+use tracing::{Instrument, Span, field::Empty};
 
 use crate::{
     domain::{EgressRules, JwksUrl},
@@ -107,6 +108,20 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// A short name for metrics and the `error.type` span attribute.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Connect(_) => "connect",
+            FetchError::Timeout(_) => "timeout",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::Status { code, .. } if *code >= 500 => "status_5xx",
+            FetchError::Status { .. } => "status_4xx",
+            FetchError::Redirect(_) => "redirect",
+            FetchError::UnmatchedNotModified => "unmatched_304",
+            FetchError::Transport(_) => "transport",
+        }
+    }
+
     /// How soon a retry makes sense.
     pub fn retry(&self) -> Retry {
         match self {
@@ -170,7 +185,8 @@ impl Fetcher {
         })
     }
 
-    /// Fetches `url`, revalidating against `prior` when given, reading at most `max_bytes`.
+    /// Fetches `url`, revalidating against `prior` when given, reading at most `max_bytes`,
+    /// in an HTTP client span.
     pub async fn fetch(
         &self,
         url: &JwksUrl,
@@ -178,10 +194,32 @@ impl Fetcher {
         max_bytes: u32,
         now: SystemTime,
     ) -> Result<FetchOutcome, FetchError> {
+        let span = client_span(url);
         let exchange = self.exchange(url, conditional_headers(prior), prior, max_bytes, now);
-        tokio::time::timeout(self.timeout, exchange)
+        let result = tokio::time::timeout(self.timeout, exchange)
+            .instrument(span.clone())
             .await
-            .map_err(|_| FetchError::Timeout(self.timeout))?
+            .map_err(|_| FetchError::Timeout(self.timeout))
+            .and_then(|result| result);
+        match &result {
+            Ok(FetchOutcome::Modified { body, .. }) => {
+                span.record("http.response.status_code", 200);
+                span.record("keyrelay.fetch.outcome", "modified");
+                span.record("keyrelay.response.bytes", body.len());
+            }
+            Ok(FetchOutcome::NotModified { .. }) => {
+                span.record("http.response.status_code", 304);
+                span.record("keyrelay.fetch.outcome", "revalidated");
+            }
+            Err(err) => {
+                if let FetchError::Status { code, .. } = err {
+                    span.record("http.response.status_code", code);
+                }
+                span.record("error.type", err.kind());
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
     }
 
     async fn exchange(
@@ -230,6 +268,25 @@ impl Fetcher {
             }),
         }
     }
+}
+
+/// An HTTP client span per the OpenTelemetry conventions. The URL is recorded without its
+/// query string, which may carry secrets.
+fn client_span(jwks_url: &JwksUrl) -> Span {
+    let url = jwks_url.as_url();
+    tracing::info_span!(
+        "GET",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = "GET",
+        url.full = jwks_url.redacted(),
+        server.address = url.host_str().unwrap_or_default(),
+        server.port = url.port_or_known_default().unwrap_or_default(),
+        http.response.status_code = Empty,
+        error.type = Empty,
+        keyrelay.fetch.outcome = Empty,
+        keyrelay.response.bytes = Empty,
+    )
 }
 
 fn cache_options() -> CacheOptions {

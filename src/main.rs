@@ -45,12 +45,16 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: keyrelay::config::ServeConfig) -> anyhow::Result<()> {
-    telemetry::init_logging(config.log_format);
-    let app = Application::build(config, Arc::new(SystemClock)).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    app.run(shutdown).await?;
-    Ok(())
+    let telemetry = telemetry::init(config.log_format);
+    let served = async {
+        let app = Application::build(config, Arc::new(SystemClock)).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        app.run(shutdown).await
+    }
+    .await;
+    telemetry.shutdown().await;
+    Ok(served?)
 }
 
 async fn migrate(database_url: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<()> {

@@ -15,16 +15,20 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
     cache::KeyCache,
     clock::Clock,
     cluster::{Cluster, RefreshKind, RefreshRequest, Role},
     domain::{Policy, ProviderKey},
-    fetch::Fetcher,
+    fetch::{FetchError, FetchOutcome, Fetcher},
     freshness::Backoff,
+    metrics::Metrics,
     outcome::{self, Change, Context},
     provider::ProviderRecord,
     store::{Fence, Store},
@@ -55,11 +59,40 @@ pub type FlightResult = Result<Arc<ProviderRecord>, RefreshError>;
 
 type Flight = watch::Receiver<Option<FlightResult>>;
 
-/// A flight in progress and its start order.
+/// A flight in progress, its start order, and its span (joiners link to it).
 #[derive(Clone)]
 struct Started {
     sequence: u64,
     flight: Flight,
+    span: SpanContext,
+}
+
+impl Started {
+    /// Waits for the flight; a caller that did not start it links its span to the flight's.
+    async fn join(self) -> FlightResult {
+        if self.span.is_valid() {
+            Span::current().add_link(self.span.clone());
+        }
+        wait_for(self.flight).await
+    }
+}
+
+/// What made a refresh happen, recorded on its span.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Scheduled,
+    Requested,
+    UnknownKid,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Requested => "requested",
+            Trigger::UnknownKid => "unknown_kid",
+        }
+    }
 }
 
 /// What the refresher needs from the rest of the service.
@@ -84,6 +117,8 @@ pub struct RefresherParts {
     pub leader_wait: Duration,
     /// Tracks flights so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Where fetch outcomes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs refreshes, one flight per provider at a time.
@@ -110,7 +145,7 @@ impl Refresher {
         if !self.parts.cluster.leadership().is_leader() {
             return Err(RefreshError::NotLeader);
         }
-        wait_for(self.join_or_start(key).flight).await
+        self.join_or_start(key, Trigger::Scheduled).join().await
     }
 
     /// Refreshes `key` with a fetch that starts after this call: a flight already in progress
@@ -123,9 +158,10 @@ impl Refresher {
         }
         let arrival = self.next_sequence.load(Ordering::SeqCst);
         loop {
-            let started = self.join_or_start(key);
-            let result = wait_for(started.flight).await;
-            if started.sequence >= arrival {
+            let started = self.join_or_start(key, Trigger::Requested);
+            let sequence = started.sequence;
+            let result = started.join().await;
+            if sequence >= arrival {
                 return result;
             }
         }
@@ -142,15 +178,24 @@ impl Refresher {
             self.claim_unknown_kid_slot(key)?;
             return Some(self.ask_leader(key, RefreshKind::UnknownKid).await);
         }
-        let flight = self.join_or_start_unless_cooling_down(key)?;
-        Some(wait_for(flight).await)
+        let started = self.join_or_start_unless_cooling_down(key)?;
+        Some(started.join().await)
     }
 
     /// Serves a follower's request in the background and answers it with the change
-    /// sequence of the resulting state (the current one if the cooldown declined it).
+    /// sequence of the resulting state (the current one if the cooldown declined it). The
+    /// work continues the follower's trace.
     pub fn serve(self: &Arc<Self>, request: RefreshRequest) {
         let this = Arc::clone(self);
-        self.parts.tasks.spawn(async move {
+        let span = tracing::info_span!(
+            "keyrelay.refresh.serve",
+            keyrelay.tenant = request.key.tenant.as_str(),
+            keyrelay.provider = request.key.provider.as_str(),
+        );
+        if let Some(parent) = &request.trace_parent {
+            let _ = span.set_parent(crate::cluster::context_from_traceparent(parent));
+        }
+        let served = async move {
             let key = &request.key;
             let result = match request.kind {
                 RefreshKind::Now => Some(this.refresh_now(key).await),
@@ -163,7 +208,8 @@ impl Refresher {
             if let Err(err) = this.parts.cluster.answer(request.id, change_seq).await {
                 tracing::warn!(provider = %key, error = %err, "could not answer a refresh request");
             }
-        });
+        };
+        self.parts.tasks.spawn(served.instrument(span));
     }
 
     /// How long until an unknown kid may trigger another refresh of `key`.
@@ -176,7 +222,8 @@ impl Refresher {
     }
 
     /// Asks the leader, waits for its answer, then for the state it names to arrive through
-    /// the change feed, all within `leader_wait`.
+    /// the change feed, all within `leader_wait`. The request carries this trace's context.
+    #[tracing::instrument(name = "keyrelay.refresh.forward", skip(self), fields(keyrelay.tenant = key.tenant.as_str(), keyrelay.provider = key.provider.as_str()))]
     async fn ask_leader(&self, key: &ProviderKey, kind: RefreshKind) -> FlightResult {
         let cache = &self.parts.cache;
         let wait = self.parts.leader_wait;
@@ -215,32 +262,44 @@ impl Refresher {
         Some(())
     }
 
-    fn join_or_start_unless_cooling_down(self: &Arc<Self>, key: &ProviderKey) -> Option<Flight> {
+    fn join_or_start_unless_cooling_down(self: &Arc<Self>, key: &ProviderKey) -> Option<Started> {
         if let Some(started) = lock(&self.flights).get(key) {
-            return Some(started.flight.clone());
+            return Some(started.clone());
         }
         self.claim_unknown_kid_slot(key)?;
-        Some(self.join_or_start(key).flight)
+        Some(self.join_or_start(key, Trigger::UnknownKid))
     }
 
-    fn join_or_start(self: &Arc<Self>, key: &ProviderKey) -> Started {
+    /// Joins the flight for `key`, or starts one whose span is a child of the caller's.
+    fn join_or_start(self: &Arc<Self>, key: &ProviderKey, trigger: Trigger) -> Started {
         let mut flights = lock(&self.flights);
         if let Some(started) = flights.get(key) {
             return started.clone();
         }
+        let span = tracing::info_span!(
+            "keyrelay.refresh",
+            keyrelay.tenant = key.tenant.as_str(),
+            keyrelay.provider = key.provider.as_str(),
+            keyrelay.refresh.trigger = trigger.as_str(),
+            keyrelay.refresh.outcome = Empty,
+            keyrelay.key_set.version = Empty,
+            keyrelay.keys.count = Empty,
+        );
         let (done, flight) = watch::channel(None);
         let started = Started {
             sequence: self.next_sequence.fetch_add(1, Ordering::SeqCst),
             flight,
+            span: span.context().span().span_context().clone(),
         };
         flights.insert(key.clone(), started.clone());
         let this = Arc::clone(self);
         let key = key.clone();
-        self.parts.tasks.spawn(async move {
+        let work = async move {
             let result = this.fly(&key).await;
             lock(&this.flights).remove(&key);
             done.send_replace(Some(result));
-        });
+        };
+        self.parts.tasks.spawn(work.instrument(span));
         started
     }
 
@@ -252,6 +311,7 @@ impl Refresher {
         let current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
         let policy = current.policy(&parts.defaults);
         let started = parts.clock.now();
+        let fetching = std::time::Instant::now();
         let result = parts
             .fetcher
             .fetch(
@@ -261,6 +321,11 @@ impl Refresher {
                 started.into(),
             )
             .await;
+        let bytes = match &result {
+            Ok(FetchOutcome::Modified { body, .. }) => body.len(),
+            _ => 0,
+        };
+        let fetched = fetch_outcome(&result);
         let (next, change) = {
             let mut rng = rand::rng();
             let context = Context {
@@ -271,7 +336,23 @@ impl Refresher {
             };
             outcome::apply(&current, result, context)
         };
-        self.commit(key, next, change, fence.as_ref()).await
+        let outcome = match &change {
+            Change::Failed(_) if fetched == "modified" => "rejected",
+            _ => fetched,
+        };
+        parts.metrics.fetched(outcome, fetching.elapsed(), bytes);
+        let span = Span::current();
+        span.record("keyrelay.refresh.outcome", outcome);
+        if let Some(keys) = &next.keys {
+            span.record("keyrelay.key_set.version", keys.version);
+            span.record("keyrelay.keys.count", keys.document.keys().len());
+        }
+        if let Change::NewVersion(_) = change {
+            parts.metrics.key_set_changed();
+        }
+        self.commit(key, next, change, fence.as_ref())
+            .instrument(tracing::info_span!("keyrelay.publish"))
+            .await
     }
 
     async fn commit(
@@ -296,6 +377,15 @@ impl Refresher {
         let record = parts.cache.apply(next).ok_or(RefreshError::Superseded)?;
         log_change(key, &change, &record);
         Ok(record)
+    }
+}
+
+/// The metric label of a fetch result.
+fn fetch_outcome(result: &Result<FetchOutcome, FetchError>) -> &'static str {
+    match result {
+        Ok(FetchOutcome::Modified { .. }) => "modified",
+        Ok(FetchOutcome::NotModified { .. }) => "not_modified",
+        Err(err) => err.kind(),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::{
     clock::Clock,
     domain::{Kid, Policy, ProviderKey, TenantId},
     error::Error,
+    metrics::{CacheResult, Metrics},
     provider::ProviderRecord,
     refresh::{FlightResult, RefreshError, Refresher},
     store::{NewRegistration, Store},
@@ -73,6 +74,8 @@ pub struct RelayParts {
     pub unknown_kid_wait: Duration,
     /// How long the scheduler leaves a new registration to its own first fetch.
     pub first_fetch_grace: Duration,
+    /// Where cache results are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The keyrelay service core.
@@ -102,7 +105,7 @@ impl Relay {
             .await?;
         let key = registration.key;
         self.parts.cache.apply(registered.record);
-        tracing::info!(provider = %key, url = %registration.url, created = registered.created, "provider registered");
+        tracing::info!(provider = %key, url = registration.url.redacted(), created = registered.created, "provider registered");
         if let Err(err) = self.refresh_current(&key).await {
             tracing::warn!(provider = %key, error = %err, "first fetch after registration did not complete");
         }
@@ -163,11 +166,24 @@ impl Relay {
         kid: Option<&Kid>,
         known_version: Option<u64>,
     ) -> Result<Resolved, Error> {
-        let mut snapshot = self.usable(key)?;
+        let metrics = &self.parts.metrics;
+        let mut snapshot = self
+            .usable(key)
+            .inspect_err(|_| metrics.resolved(CacheResult::Miss))?;
         if let Some(kid) = kid
             && !snapshot.has_kid(kid)
         {
+            metrics.resolved(CacheResult::Miss);
             snapshot = self.refresh_for_kid(key, kid).await?;
+        } else if snapshot
+            .record
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.is_stale(snapshot.at))
+        {
+            metrics.resolved(CacheResult::Stale);
+        } else {
+            metrics.resolved(CacheResult::Hit);
         }
         if known_version.is_some_and(|known| known >= snapshot.version()) {
             return Ok(Resolved::NotModified);

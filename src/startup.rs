@@ -13,13 +13,15 @@ use tonic_health::ServingStatus;
 
 use crate::{
     admin_token::AdminToken,
-    api::{AdminApi, AdminAuth, KeyApi},
+    api::{AdminApi, AdminAuth, KeyApi, ObserveLayer},
     cache::KeyCache,
     clock::Clock,
     cluster::{self, ChangeFeed, Cluster, LeaseKeeper},
     config::ServeConfig,
     domain::{EgressRules, Policy, ValidationError},
     fetch::Fetcher,
+    http::HttpServer,
+    metrics::Metrics,
     proto::{
         FILE_DESCRIPTOR_SET,
         server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
@@ -58,7 +60,7 @@ pub enum StartupError {
         /// The I/O failure.
         source: std::io::Error,
     },
-    /// The listener could not be bound.
+    /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The configured address.
@@ -88,6 +90,9 @@ struct FleetTasks {
 pub struct Application {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
+    http: HttpServer,
+    http_addr: SocketAddr,
+    metrics: Arc<Metrics>,
     relay: Arc<Relay>,
     cache: Arc<KeyCache>,
     clock: Arc<dyn Clock>,
@@ -161,6 +166,20 @@ impl Application {
                 None,
             ),
         };
+        let metrics = Metrics::new(
+            Arc::clone(&cluster),
+            Arc::clone(&cache),
+            Arc::clone(&clock),
+            defaults,
+        );
+        let http_error = |source| StartupError::Bind {
+            addr: config.http_listen,
+            source,
+        };
+        let http = HttpServer::bind(config.http_listen, Arc::clone(&metrics), Arc::clone(&store))
+            .await
+            .map_err(http_error)?;
+        let http_addr = http.local_addr().map_err(http_error)?;
         let tasks = TaskTracker::new();
         let leader_wait = config.fetch_timeout + LEADER_WAIT_MARGIN;
         let refresher = Refresher::new(RefresherParts {
@@ -174,6 +193,7 @@ impl Application {
             cluster: Arc::clone(&cluster),
             leader_wait,
             tasks: tasks.clone(),
+            metrics: Arc::clone(&metrics),
         });
         let leadership = cluster.leadership().clone();
         let fleet = match fleet_parts {
@@ -213,10 +233,14 @@ impl Application {
             defaults,
             unknown_kid_wait: config.unknown_kid_wait,
             first_fetch_grace: leader_wait,
+            metrics: Arc::clone(&metrics),
         }));
         Ok(Self {
             incoming,
             local_addr,
+            http,
+            http_addr,
+            metrics,
             relay,
             cache,
             clock,
@@ -232,9 +256,14 @@ impl Application {
         })
     }
 
-    /// The address the listener is bound to (useful with port 0).
+    /// The address the gRPC listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the HTTP listener (metrics, health) is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// Serves until `shutdown` is cancelled, then drains within the grace period.
@@ -262,10 +291,15 @@ impl Application {
             "staleness timer",
             tokio::spawn(staleness.run(shutdown.child_token())),
         ));
+        background.push((
+            "HTTP listener",
+            tokio::spawn(self.http.run(shutdown.child_token())),
+        ));
         let watch = WatchHub::new(
             self.cache,
             self.clock,
             self.defaults,
+            Arc::clone(&self.metrics),
             shutdown.child_token(),
         );
         for service in ["", "keyrelay.v1.KeyService", "keyrelay.v1.AdminService"] {
@@ -273,7 +307,7 @@ impl Application {
                 .set_service_status(service, ServingStatus::Serving)
                 .await;
         }
-        tracing::info!(addr = %self.local_addr, "keyrelay serving");
+        tracing::info!(addr = %self.local_addr, http = %self.http_addr, "keyrelay serving");
         let stop_signal = {
             let shutdown = shutdown.clone();
             let health = health.clone();
@@ -289,6 +323,10 @@ impl Application {
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .layer(ObserveLayer::new(
+                Arc::clone(&self.metrics),
+                self.local_addr,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(KeyServiceServer::new(KeyApi::new(

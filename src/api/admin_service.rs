@@ -73,7 +73,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::RegisterProviderResponse>, Status> {
         let request = request.into_inner();
         let registration = NewRegistration {
-            key: ProviderKey::parse(&request.tenant, &request.provider).map_err(Error::from)?,
+            key: super::request_key(&request.tenant, &request.provider)?,
             url: JwksUrl::parse(&request.jwks_url, &self.egress).map_err(Error::from)?,
             overrides: convert::policy_overrides(request.policy).map_err(Error::from)?,
         };
@@ -89,7 +89,7 @@ impl AdminService for AdminApi {
         request: Request<pb::UnregisterProviderRequest>,
     ) -> Result<Response<pb::UnregisterProviderResponse>, Status> {
         let request = request.into_inner();
-        let key = ProviderKey::parse(&request.tenant, &request.provider).map_err(Error::from)?;
+        let key = super::request_key(&request.tenant, &request.provider)?;
         self.relay.unregister(&key).await?;
         Ok(Response::new(pb::UnregisterProviderResponse {}))
     }
@@ -99,7 +99,7 @@ impl AdminService for AdminApi {
         request: Request<pb::GetProviderRequest>,
     ) -> Result<Response<pb::GetProviderResponse>, Status> {
         let request = request.into_inner();
-        let key = ProviderKey::parse(&request.tenant, &request.provider).map_err(Error::from)?;
+        let key = super::request_key(&request.tenant, &request.provider)?;
         let snapshot = self.relay.get(&key)?;
         Ok(Response::new(pb::GetProviderResponse {
             provider: Some(convert::provider(&snapshot)),
@@ -132,7 +132,7 @@ impl AdminService for AdminApi {
         request: Request<pb::RefreshProviderRequest>,
     ) -> Result<Response<pb::RefreshProviderResponse>, Status> {
         let request = request.into_inner();
-        let key = ProviderKey::parse(&request.tenant, &request.provider).map_err(Error::from)?;
+        let key = super::request_key(&request.tenant, &request.provider)?;
         let snapshot = self.relay.refresh(&key).await?;
         Ok(Response::new(pb::RefreshProviderResponse {
             provider: Some(convert::provider(&snapshot)),

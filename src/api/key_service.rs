@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert,
-    domain::{Kid, ProviderKey},
+    domain::Kid,
     error::Error,
     proto::{server::key_service_server::KeyService, v1 as pb},
     relay::{Relay, Resolved},
@@ -36,7 +36,7 @@ impl KeyService for KeyApi {
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         let request = request.into_inner();
-        let key = ProviderKey::parse(&request.tenant, &request.provider).map_err(Error::from)?;
+        let key = super::request_key(&request.tenant, &request.provider)?;
         let kid = request
             .kid
             .as_deref()

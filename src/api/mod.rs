@@ -4,7 +4,23 @@
 mod admin_service;
 mod auth;
 mod key_service;
+mod observe;
 
 pub use admin_service::AdminApi;
 pub use auth::AdminAuth;
 pub use key_service::KeyApi;
+pub use observe::{ObserveLayer, code_name};
+
+use tonic::Status;
+
+use crate::{domain::ProviderKey, error::Error};
+
+/// Parses the `tenant` and `provider` fields of a request and records them on the call's
+/// span (only once valid: the span never carries arbitrary caller strings).
+fn request_key(tenant: &str, provider: &str) -> Result<ProviderKey, Status> {
+    let key = ProviderKey::parse(tenant, provider).map_err(Error::from)?;
+    let span = tracing::Span::current();
+    span.record("keyrelay.tenant", key.tenant.as_str());
+    span.record("keyrelay.provider", key.provider.as_str());
+    Ok(key)
+}

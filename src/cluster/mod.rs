@@ -95,17 +95,21 @@ pub struct RefreshRequest {
     pub key: ProviderKey,
     /// Identifies the request in the leader's answer.
     pub id: u64,
+    /// The follower's W3C `traceparent`, so the leader's work joins the same trace.
+    pub trace_parent: Option<String>,
 }
 
 impl RefreshRequest {
+    /// `kind/tenant/provider/id/traceparent` (the last part may be empty).
     fn payload(&self) -> String {
         let kind = match self.kind {
             RefreshKind::Now => "n",
             RefreshKind::UnknownKid => "k",
         };
         let key = &self.key;
+        let trace = self.trace_parent.as_deref().unwrap_or_default();
         format!(
-            "{kind}/{}/{}/{}",
+            "{kind}/{}/{}/{}/{trace}",
             key.tenant.as_str(),
             key.provider.as_str(),
             self.id
@@ -121,8 +125,30 @@ impl RefreshRequest {
         };
         let key = ProviderKey::parse(parts.next()?, parts.next()?).ok()?;
         let id = parts.next()?.parse().ok()?;
-        parts.next().is_none().then_some(Self { kind, key, id })
+        let trace_parent = parts.next()?;
+        let trace_parent = (!trace_parent.is_empty()).then(|| trace_parent.to_owned());
+        parts.next().is_none().then_some(Self {
+            kind,
+            key,
+            id,
+            trace_parent,
+        })
     }
+}
+
+/// The W3C `traceparent` of the current span, if it is being traced.
+fn current_traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let mut carrier = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// The trace context a `traceparent` names.
+pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 
 /// Parses the leader's answer `id/change_seq`.
@@ -235,6 +261,7 @@ impl Cluster {
             kind,
             key: key.clone(),
             id: rand::random(),
+            trace_parent: current_traceparent(),
         };
         lock(&self.pending).insert(request.id, answer);
         let sent = notify(pool, REFRESH_CHANNEL, &request.payload()).await;
@@ -354,23 +381,29 @@ mod tests {
     #[test]
     fn refresh_requests_round_trip_and_garbage_is_ignored() {
         let key = ProviderKey::parse("acme", "okta").unwrap();
-        for kind in [RefreshKind::Now, RefreshKind::UnknownKid] {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        for (kind, trace_parent) in [
+            (RefreshKind::Now, None),
+            (RefreshKind::UnknownKid, Some(traceparent)),
+        ] {
             let request = RefreshRequest {
                 kind,
                 key: key.clone(),
                 id: 99,
+                trace_parent,
             };
             assert_eq!(RefreshRequest::parse(&request.payload()), Some(request));
         }
-        for garbage in [
+        let garbage = [
             "",
-            "n/acme/okta",
-            "x/acme/okta/1",
-            "n/acme/okta/1/more",
-            "k/ACME/okta/1",
-            "n/acme/okta/x",
-        ] {
-            assert_eq!(RefreshRequest::parse(garbage), None, "{garbage}");
+            "n/acme/okta/1",
+            "x/acme/okta/1/",
+            "n/acme/okta/1//more",
+            "k/ACME/okta/1/",
+            "n/acme/okta/x/",
+        ];
+        for payload in garbage {
+            assert_eq!(RefreshRequest::parse(payload), None, "{payload}");
         }
         assert_eq!(parse_done("7/42"), Some((7, 42)));
         assert_eq!(parse_done("7"), None);

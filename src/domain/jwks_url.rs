@@ -143,6 +143,20 @@ impl JwksUrl {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+
+    /// The URL for logs and traces: the query string and fragment, which may carry secrets,
+    /// are left out.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.0.clone();
+        let had_query = shown.query().is_some();
+        shown.set_query(None);
+        shown.set_fragment(None);
+        if had_query {
+            format!("{shown}?<redacted>")
+        } else {
+            shown.to_string()
+        }
+    }
 }
 
 impl fmt::Display for JwksUrl {
@@ -229,6 +243,18 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn redaction_hides_query_strings() {
+        let url = JwksUrl::parse(
+            "https://idp.example.com/jwks?token=s3cret#frag",
+            &PRODUCTION,
+        )
+        .unwrap();
+        assert_eq!(url.redacted(), "https://idp.example.com/jwks?<redacted>");
+        let plain = JwksUrl::parse("https://idp.example.com/jwks", &PRODUCTION).unwrap();
+        assert_eq!(plain.redacted(), "https://idp.example.com/jwks");
     }
 
     #[test]

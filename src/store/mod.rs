@@ -134,6 +134,9 @@ pub trait Store: Send + Sync + 'static {
         fence: Option<&Fence>,
     ) -> Result<Option<u64>, StoreError>;
 
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Closes the connections.
     async fn close(&self);
 }

@@ -153,6 +153,11 @@ impl Store for SqliteStore {
         Ok(written.map(sequence))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

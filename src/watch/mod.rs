@@ -15,7 +15,7 @@ pub use event::EncodedEvent;
 pub use selection::{WatchRequest, limits};
 pub use subscription::Subscription;
 
-use crate::{cache::KeyCache, clock::Clock, domain::Policy};
+use crate::{cache::KeyCache, clock::Clock, domain::Policy, metrics::Metrics};
 use event::EventCache;
 
 /// What every stream shares.
@@ -24,6 +24,7 @@ pub struct WatchHub {
     events: EventCache,
     clock: Arc<dyn Clock>,
     defaults: Policy,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -33,6 +34,7 @@ impl WatchHub {
         cache: Arc<KeyCache>,
         clock: Arc<dyn Clock>,
         defaults: Policy,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -40,6 +42,7 @@ impl WatchHub {
             events: EventCache::default(),
             clock,
             defaults,
+            metrics,
             shutdown,
         })
     }

@@ -13,7 +13,10 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::Status;
 
 use super::{EncodedEvent, WatchHub, WatchRequest};
-use crate::{cache::ChangeNotice, domain::ProviderKey, provider::ProviderState, relay::Snapshot};
+use crate::{
+    cache::ChangeNotice, domain::ProviderKey, metrics::WatchGuard, provider::ProviderState,
+    relay::Snapshot,
+};
 
 /// What the client holds for one provider. A change to any of it is an event; a 304 or an
 /// identical body changes none of it.
@@ -33,6 +36,7 @@ pub struct Subscription {
     pending: BTreeSet<ProviderKey>,
     synced: bool,
     ended: bool,
+    _open: WatchGuard,
 }
 
 impl Subscription {
@@ -54,7 +58,9 @@ impl Subscription {
                 (key, held)
             })
             .collect();
+        let open = hub.metrics.watch_opened();
         let mut subscription = Self {
+            _open: open,
             hub,
             request,
             notices,
@@ -83,11 +89,13 @@ impl Subscription {
         loop {
             while let Some(key) = self.pending.pop_first() {
                 if let Some(event) = self.examine(&key) {
+                    self.hub.metrics.watch_event_sent();
                     return Some(Ok(event));
                 }
             }
             if !self.synced {
                 self.synced = true;
+                self.hub.metrics.watch_event_sent();
                 return Some(Ok(EncodedEvent::synced()));
             }
             tokio::select! {
@@ -100,7 +108,10 @@ impl Subscription {
                     Ok(_) => {}
                     // Fell behind the change feed: look at everything again; versions make
                     // this exact and the client gets only the latest of each provider.
-                    Err(RecvError::Lagged(_)) => self.look_at_everything_selected(),
+                    Err(RecvError::Lagged(_)) => {
+                        self.hub.metrics.watch_resynced();
+                        self.look_at_everything_selected();
+                    }
                     Err(RecvError::Closed) => return self.end(),
                 },
             }
@@ -191,13 +202,34 @@ mod tests {
 
     fn setup(records: Vec<ProviderRecord>, clock: &ManualClock) -> (Arc<KeyCache>, Arc<WatchHub>) {
         let cache = Arc::new(KeyCache::with_records(records));
-        let hub = WatchHub::new(
-            Arc::clone(&cache),
-            Arc::new(clock.clone()),
-            documented_defaults(),
-            CancellationToken::new(),
-        );
+        let hub = hub(&cache, clock, CancellationToken::new());
         (cache, hub)
+    }
+
+    fn hub(
+        cache: &Arc<KeyCache>,
+        clock: &ManualClock,
+        shutdown: CancellationToken,
+    ) -> Arc<WatchHub> {
+        let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+        let cluster = Arc::new(crate::cluster::Cluster::single_node(
+            "test".into(),
+            "test".into(),
+            clock.now(),
+        ));
+        let metrics = crate::metrics::Metrics::new(
+            cluster,
+            Arc::clone(cache),
+            Arc::clone(&clock),
+            documented_defaults(),
+        );
+        WatchHub::new(
+            Arc::clone(cache),
+            clock,
+            documented_defaults(),
+            metrics,
+            shutdown,
+        )
     }
 
     fn tenant_wide(known: &[(&str, u64)]) -> WatchRequest {
@@ -307,12 +339,7 @@ mod tests {
         let clock = ManualClock::new(Utc::now());
         let cache = Arc::new(KeyCache::with_records([]));
         let shutdown = CancellationToken::new();
-        let hub = WatchHub::new(
-            cache,
-            Arc::new(clock),
-            documented_defaults(),
-            shutdown.clone(),
-        );
+        let hub = hub(&cache, &clock, shutdown.clone());
         let mut subscription = hub.subscribe(tenant_wide(&[]));
         assert!(
             matches!(subscription.next_event().await, Some(Ok(_))),

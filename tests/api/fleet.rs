@@ -70,6 +70,7 @@ impl Replica {
                 ADMIN_TOKEN,
             ])
             .args(["--database-url", database_url, "--dev-allow-http-loopback"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args([
                 "--data-dir",
                 data_dir.to_str().unwrap(),

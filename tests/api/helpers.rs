@@ -121,6 +121,7 @@ impl Storage {
 /// A running server and what a test needs to talk to it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub clock: ManualClock,
     pub storage: Storage,
     extra_args: Vec<String>,
@@ -156,6 +157,8 @@ async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) ->
         "keyrelay",
         "--listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--data-dir",
         &data_dir,
         "--admin-token",
@@ -184,6 +187,7 @@ async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) ->
         .await
         .expect("server builds");
     let addr = app.local_addr();
+    let http_addr = app.http_addr();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -191,6 +195,7 @@ async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) ->
     });
     TestApp {
         addr,
+        http_addr,
         clock,
         storage,
         extra_args,
@@ -324,6 +329,15 @@ impl TestApp {
             Some(pb::resolve_response::Result::KeySet(set)) => Ok(set),
             other => panic!("expected a key set, got {other:?}"),
         }
+    }
+
+    /// GETs a path of the HTTP listener: status and body.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.http_addr))
+            .await
+            .expect("HTTP listener answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("HTTP body"))
     }
 
     /// Moves the server's clock forward.

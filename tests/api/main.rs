@@ -7,6 +7,7 @@ mod failures;
 mod fleet;
 mod helpers;
 mod mock_idp;
+mod observability;
 mod resolve;
 mod restart;
 mod revalidation;
