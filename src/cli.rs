@@ -52,6 +52,36 @@ pub enum Command {
         #[command(flatten)]
         client: ClientOptions,
     },
+    /// Print key-set events as they arrive (WatchKeys).
+    Watch {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// Tenant to watch; all tenants registered now when omitted (needs the admin token).
+        tenant: Option<String>,
+        /// One provider of the tenant; every provider when omitted.
+        provider: Option<String>,
+    },
+    /// Verify a JWT with the keys keyrelay serves; prints the claims or why it is refused.
+    Verify {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// Tenant whose keys verify the token.
+        #[arg(long)]
+        tenant: String,
+        /// Only this provider's keys.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Accepted issuer (repeatable).
+        #[arg(long)]
+        issuer: Vec<String>,
+        /// Accepted audience (repeatable).
+        #[arg(long)]
+        audience: Vec<String>,
+        /// The token.
+        token: String,
+    },
     /// Print the current key set of a provider.
     Resolve {
         /// Connection settings.

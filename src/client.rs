@@ -13,6 +13,8 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use keyrelay_verifier::{Expectations, Verifier};
+
 use crate::{
     admin_token::AdminToken,
     cli::{ClientOptions, PolicyArgs, ProvidersCommand},
@@ -208,6 +210,124 @@ pub async fn cluster(options: &ClientOptions) -> Result<(), ClientError> {
     print_line(options.json, cluster_json(&status), || {
         cluster_text(&status)
     });
+    Ok(())
+}
+
+/// Runs `keyrelay watch`: prints every event until the server ends the stream.
+pub async fn watch(
+    options: &ClientOptions,
+    tenant: Option<String>,
+    provider: Option<String>,
+) -> Result<(), ClientError> {
+    let tenants = match tenant {
+        Some(tenant) => vec![tenant],
+        None => all_tenants(options).await?,
+    };
+    let selectors = tenants
+        .into_iter()
+        .map(|tenant| pb::WatchSelector {
+            tenant,
+            provider: provider.clone().unwrap_or_default(),
+        })
+        .collect();
+    let request = pb::WatchKeysRequest {
+        selectors,
+        known_versions: Vec::new(),
+    };
+    let mut keys = KeyServiceClient::new(connect(options).await?);
+    let mut stream = keys.watch_keys(request).await?.into_inner();
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(pb::watch_keys_response::Event::KeySet(set)) => {
+                print_line(
+                    options.json,
+                    json!({"event": "key_set", "key_set": key_set_json(&set)}),
+                    || key_set_text(&set),
+                );
+            }
+            Some(pb::watch_keys_response::Event::Removed(removed)) => {
+                let value = json!({"event": "removed", "tenant": removed.tenant, "provider": removed.provider, "version": removed.version});
+                print_line(options.json, value, || {
+                    format!(
+                        "{}/{} removed (was version {})",
+                        removed.tenant, removed.provider, removed.version
+                    )
+                });
+            }
+            Some(pb::watch_keys_response::Event::Synced(_)) => {
+                print_line(options.json, json!({"event": "synced"}), || {
+                    "-- synced: initial state complete --".to_owned()
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+async fn all_tenants(options: &ClientOptions) -> Result<Vec<String>, ClientError> {
+    let token = admin_token(options)?;
+    let bearer = BearerToken(format!("Bearer {}", token.expose()).parse()?);
+    let mut admin = AdminServiceClient::with_interceptor(connect(options).await?, bearer);
+    let mut tenants = std::collections::BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListProvidersRequest {
+            tenant: String::new(),
+            page_size: 1000,
+            page_token,
+        };
+        let page = admin.list_providers(request).await?.into_inner();
+        tenants.extend(page.providers.into_iter().map(|p| p.tenant));
+        if page.next_page_token.is_empty() {
+            return Ok(tenants.into_iter().collect());
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The claims of a verified token, or why it was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyFailure {
+    /// The verifier could not reach keyrelay.
+    #[error(transparent)]
+    Connect(#[from] keyrelay_verifier::ConnectError),
+    /// The token was refused.
+    #[error("token refused: {0}")]
+    Refused(#[from] keyrelay_verifier::VerifyError),
+}
+
+/// Runs `keyrelay verify`.
+pub async fn verify(
+    options: &ClientOptions,
+    tenant: String,
+    provider: Option<String>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    token: &str,
+) -> Result<(), VerifyFailure> {
+    let mut builder = Verifier::builder(options.server.clone(), tenant);
+    let mut expected = Expectations::new();
+    if let Some(provider) = provider {
+        builder = builder.provider(provider.clone());
+        expected = expected.provider(provider);
+    }
+    for issuer in issuers {
+        expected = expected.issuer(issuer);
+    }
+    for audience in audiences {
+        expected = expected.audience(audience);
+    }
+    let verifier = builder.connect().await?;
+    let claims: Value = verifier.verify(token, &expected).await?;
+    if options.json {
+        println!("{claims}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&claims).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

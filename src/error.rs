@@ -24,6 +24,9 @@ pub enum Error {
     /// No usable keys: never fetched, or expired beyond max_stale.
     #[error("{0}")]
     Unavailable(String),
+    /// The request cannot be served as asked (kids colliding across a tenant's providers).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -34,21 +37,41 @@ pub enum Error {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let code = match &err {
-            Error::Invalid(_) => Code::InvalidArgument,
-            Error::ProviderNotFound(_) | Error::KidNotFound(_) => Code::NotFound,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::Store(StoreError::Database(_) | StoreError::Timeout(_))
-            | Error::Refresh(
-                RefreshError::Store(_) | RefreshError::LeaderTimeout(_) | RefreshError::NotLeader,
-            ) => Code::Unavailable,
-            Error::Refresh(RefreshError::Superseded) => Code::Aborted,
-            Error::Store(_) => Code::Internal,
-        };
+        let code = code_of(&err);
         if code == Code::Internal {
             tracing::error!(error = %err, "internal error");
         }
         Status::new(code, err.to_string())
+    }
+}
+
+/// The one mapping of service errors to gRPC codes.
+fn code_of(err: &Error) -> Code {
+    match err {
+        Error::Invalid(_) => Code::InvalidArgument,
+        Error::ProviderNotFound(_) | Error::KidNotFound(_) => Code::NotFound,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Store(StoreError::Database(_) | StoreError::Timeout(_))
+        | Error::Refresh(
+            RefreshError::Store(_) | RefreshError::LeaderTimeout(_) | RefreshError::NotLeader,
+        ) => Code::Unavailable,
+        Error::Refresh(RefreshError::Superseded) => Code::Aborted,
+        Error::Conflict(_) => Code::FailedPrecondition,
+        Error::Store(_) => Code::Internal,
+    }
+}
+
+impl Error {
+    /// The HTTP status of this error, for the JWKS mirror: the same classes as the gRPC codes.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match code_of(self) {
+            Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The plain-HTTP side of the server, for tools that do not speak gRPC: `/metrics`
-//! (Prometheus), `/healthz` (the process is alive) and `/readyz` (the store answers and the
-//! key sets are loaded, which they are before this listener serves).
+//! (Prometheus), `/healthz` (the process is alive), `/readyz` (the store answers and the
+//! key sets are loaded, which they are before this listener serves), and the JWKS mirror.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -34,24 +34,20 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `addr`.
-    pub async fn bind(
-        addr: SocketAddr,
+    /// Serves on `listener`: metrics and health, plus the `mirror` routes.
+    pub fn new(
+        listener: TcpListener,
         metrics: Arc<Metrics>,
         store: Arc<dyn Store>,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        mirror: Router,
+    ) -> Self {
         let router = Router::new()
             .route("/metrics", get(metrics_text))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
-            .with_state(Shared { metrics, store });
-        Ok(Self { listener, router })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+            .with_state(Shared { metrics, store })
+            .merge(mirror);
+        Self { listener, router }
     }
 
     /// Serves until `shutdown`.

@@ -22,6 +22,7 @@ pub mod freshness;
 pub mod http;
 pub mod jwks;
 pub mod metrics;
+pub mod mirror;
 pub mod outcome;
 pub mod proto;
 pub mod provider;

@@ -26,6 +26,23 @@ async fn main() -> ExitCode {
         } => migrate(database_url.as_deref(), &data_dir).await,
         Command::Health { client } => client::health(&client).await.map_err(anyhow::Error::from),
         Command::Cluster { client } => client::cluster(&client).await.map_err(anyhow::Error::from),
+        Command::Watch {
+            client,
+            tenant,
+            provider,
+        } => client::watch(&client, tenant, provider)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Verify {
+            client,
+            tenant,
+            provider,
+            issuer,
+            audience,
+            token,
+        } => client::verify(&client, tenant, provider, issuer, audience, &token)
+            .await
+            .map_err(anyhow::Error::from),
         Command::Resolve {
             client,
             tenant,

@@ -139,7 +139,10 @@ impl Relay {
         after: Option<&ProviderKey>,
         limit: usize,
     ) -> Page {
-        let mut records = self.parts.cache.page(tenant, after, limit + 1);
+        let mut records = self
+            .parts
+            .cache
+            .page(tenant, after, limit.saturating_add(1));
         let more = records.len() > limit;
         records.truncate(limit);
         let next_after = more
@@ -235,7 +238,7 @@ impl Relay {
     }
 
     /// A snapshot whose keys may be served, or why there is none.
-    fn usable(&self, key: &ProviderKey) -> Result<Snapshot, Error> {
+    pub fn usable(&self, key: &ProviderKey) -> Result<Snapshot, Error> {
         let snapshot = self.get(key)?;
         let record = &snapshot.record;
         let last_error = record.status.last_error.as_deref();

@@ -8,7 +8,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -22,6 +25,7 @@ use crate::{
     fetch::Fetcher,
     http::HttpServer,
     metrics::Metrics,
+    mirror,
     proto::{
         FILE_DESCRIPTOR_SET,
         server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
@@ -176,10 +180,10 @@ impl Application {
             addr: config.http_listen,
             source,
         };
-        let http = HttpServer::bind(config.http_listen, Arc::clone(&metrics), Arc::clone(&store))
+        let http_listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
             .map_err(http_error)?;
-        let http_addr = http.local_addr().map_err(http_error)?;
+        let http_addr = http_listener.local_addr().map_err(http_error)?;
         let tasks = TaskTracker::new();
         let leader_wait = config.fetch_timeout + LEADER_WAIT_MARGIN;
         let refresher = Refresher::new(RefresherParts {
@@ -235,6 +239,12 @@ impl Application {
             first_fetch_grace: leader_wait,
             metrics: Arc::clone(&metrics),
         }));
+        let http = HttpServer::new(
+            http_listener,
+            Arc::clone(&metrics),
+            Arc::clone(&store),
+            mirror::router(Arc::clone(&relay)),
+        );
         Ok(Self {
             incoming,
             local_addr,
@@ -319,14 +329,7 @@ impl Application {
                     .await;
             }
         };
-        let server = Server::builder()
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .layer(ObserveLayer::new(
-                Arc::clone(&self.metrics),
-                self.local_addr,
-            ))
+        let grpc = Routes::default()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(KeyServiceServer::new(KeyApi::new(
@@ -340,7 +343,22 @@ impl Application {
                     self.egress,
                 ),
                 AdminAuth::new(self.admin_token),
+            ));
+        // The JWKS mirror answers plain HTTP/1.1 and HTTP/2 GETs on the same port.
+        let routes = Routes::from(
+            grpc.into_axum_router()
+                .merge(mirror::router(Arc::clone(&self.relay))),
+        );
+        let server = Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .layer(ObserveLayer::new(
+                Arc::clone(&self.metrics),
+                self.local_addr,
             ))
+            .add_routes(routes)
             .serve_with_incoming_shutdown(self.incoming, stop_signal);
         let served = drain_within(server, &shutdown, self.shutdown_grace).await;
         for (name, task) in background {

@@ -102,6 +102,20 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        if !is_grpc(request.headers()) {
+            // The JWKS mirror's plain HTTP: no RPC span or metrics (its paths are unbounded).
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let (parts, body) = response.await?.into_parts();
+                Ok(Response::from_parts(
+                    parts,
+                    ObservedBody {
+                        inner: body,
+                        call: None,
+                    },
+                ))
+            });
+        }
         let path = request.uri().path().to_owned();
         let span = server_span(&path, request.headers(), self.layer.local);
         let call = Call {
@@ -129,6 +143,13 @@ where
             Ok(Response::from_parts(parts, observed))
         })
     }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"))
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {

@@ -138,10 +138,21 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, extra_args: &[&str]) -> TestApp {
     let clock = ManualClock::new(Utc::now().trunc_subsecs(0));
     let extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
-    start(Storage::new(backend).await, clock, extra_args).await
+    start(
+        Storage::new(backend).await,
+        clock,
+        extra_args,
+        "127.0.0.1:0",
+    )
+    .await
 }
 
-async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) -> TestApp {
+async fn start(
+    storage: Storage,
+    clock: ManualClock,
+    extra_args: Vec<String>,
+    listen: &str,
+) -> TestApp {
     // Server logs in test output, filtered by RUST_LOG (silent by default).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -156,7 +167,7 @@ async fn start(storage: Storage, clock: ManualClock, extra_args: Vec<String>) ->
     let mut args: Vec<String> = [
         "keyrelay",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--http-listen",
         "127.0.0.1:0",
         "--data-dir",
@@ -365,7 +376,17 @@ pub async fn restart_from(
     clock: ManualClock,
     extra_args: Vec<String>,
 ) -> TestApp {
-    start(storage.share(), clock, extra_args).await
+    start(storage.share(), clock, extra_args, "127.0.0.1:0").await
+}
+
+/// Starts a server on what a stopped one left behind, listening where it listened.
+pub async fn restart_at(
+    addr: SocketAddr,
+    storage: Storage,
+    clock: ManualClock,
+    extra_args: Vec<String>,
+) -> TestApp {
+    start(storage.share(), clock, extra_args, &addr.to_string()).await
 }
 
 /// Status of a provider, present in every Provider keyrelay returns.

@@ -12,5 +12,7 @@ mod resolve;
 mod restart;
 mod revalidation;
 mod server;
+mod signing;
 mod store;
+mod verifiers;
 mod watch;

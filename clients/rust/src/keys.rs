@@ -1,0 +1,109 @@
+//! The key sets a verifier holds, by provider, and what it reports about them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+
+use crate::proto;
+
+/// One provider's key set as last received.
+#[derive(Debug, Clone)]
+pub struct ProviderKeys {
+    /// Provider identifier.
+    pub provider: String,
+    /// keyrelay's version of the set.
+    pub version: u64,
+    /// The keys.
+    pub keys: JwkSet,
+    /// When the identity provider last confirmed them.
+    pub fetched_at: Option<SystemTime>,
+    /// Until when keyrelay considers them fresh.
+    pub fresh_until: Option<SystemTime>,
+    /// Whether keyrelay reported them stale (past freshness; the IdP may be failing).
+    pub stale: bool,
+    /// keyrelay's health state of the provider when the set was sent (READY, STALE, FAILING).
+    pub state: proto::ProviderState,
+}
+
+impl ProviderKeys {
+    /// How long ago the identity provider last confirmed these keys.
+    pub fn age(&self) -> Option<Duration> {
+        SystemTime::now().duration_since(self.fetched_at?).ok()
+    }
+
+    pub(crate) fn from_message(set: proto::KeySet) -> Result<Self, serde_json::Error> {
+        let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
+        Ok(Self {
+            keys: serde_json::from_slice(&set.jwks_json)?,
+            state: set.state(),
+            provider: set.provider,
+            version: set.version,
+            fetched_at: time(set.fetched_at),
+            fresh_until: time(set.fresh_until),
+            stale: set.stale,
+        })
+    }
+
+    pub(crate) fn find(&self, kid: &str) -> Option<&Jwk> {
+        self.keys.find(kid)
+    }
+}
+
+/// The verifier's view: whether its stream is up and the sets it holds.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Whether the WatchKeys stream is connected and synced.
+    pub connected: bool,
+    /// When the stream last reached `synced`.
+    pub last_synced_at: Option<SystemTime>,
+    /// The key sets held, by provider.
+    pub providers: Vec<ProviderKeys>,
+}
+
+/// Key sets by provider.
+#[derive(Debug, Default)]
+pub(crate) struct KeySets(RwLock<HashMap<String, Arc<ProviderKeys>>>);
+
+impl KeySets {
+    /// Keeps `keys` unless a newer version is already held.
+    pub fn put(&self, keys: ProviderKeys) {
+        let mut sets = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let newer_held = sets
+            .get(&keys.provider)
+            .is_some_and(|held| held.version > keys.version);
+        if !newer_held {
+            sets.insert(keys.provider.clone(), Arc::new(keys));
+        }
+    }
+
+    pub fn remove(&self, provider: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(provider);
+    }
+
+    pub fn get(&self, provider: &str) -> Option<Arc<ProviderKeys>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(provider)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ProviderKeys>> {
+        let mut all: Vec<_> = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.provider.cmp(&b.provider));
+        all
+    }
+}

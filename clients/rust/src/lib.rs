@@ -1,0 +1,36 @@
+//! Verify JWTs with keys from keyrelay.
+//!
+//! A [`Verifier`] opens one `WatchKeys` stream for a tenant (or some of its providers) and
+//! holds the key sets in memory; every rotation arrives as it happens. [`Verifier::verify`]
+//! checks a token against them: the algorithm comes from the key, never from the token alone
+//! (`none` and HMAC are refused), `exp`/`nbf` are checked with leeway, and `iss`/`aud` when
+//! expected. A token whose `kid` is unknown triggers one `Resolve` for that kid, shared by
+//! concurrent callers. The stream reconnects with backoff and resumes from the versions held;
+//! while disconnected, verification goes on with the keys held, whose age [`Verifier::status`]
+//! reports.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use keyrelay_verifier::{Expectations, Verifier};
+//!
+//! let verifier = Verifier::builder("http://127.0.0.1:50051", "acme").connect().await?;
+//! let expected = Expectations::new().issuer("https://acme.okta.com").audience("api");
+//! let claims: serde_json::Value = verifier.verify("eyJ...", &expected).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod algorithms;
+mod keys;
+mod verify;
+mod watch;
+
+/// Generated keyrelay.v1 messages and clients.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("keyrelay.v1");
+}
+
+pub use keys::{ProviderKeys, Status};
+pub use verify::{Expectations, VerifyError};
+pub use watch::{ConnectError, Verifier, VerifierBuilder};
