@@ -2,10 +2,12 @@
 # keyrelay's single test command.
 #
 # Runs, in order and stopping at the first failure:
+#   the Python client's virtual environment and stubs (target/python-venv, target/python-gen)
+#   buf lint and buf breaking against proto/baseline/keyrelay-v1.json (buf from npm)
 #   cargo fmt --all -- --check
-#   cargo clippy --all-targets --locked -- -D warnings
-#   cargo test --locked "$@"   (lib, binary and integration tests; benches are
-#                              type-checked by clippy and run with `cargo bench`)
+#   cargo clippy --workspace --all-targets --locked -- -D warnings
+#   cargo test --workspace --locked "$@"   (unit and integration tests of the server and
+#       the Rust verifier SDK; benches are type-checked by clippy, run with `cargo bench`)
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 #
 # The Rust tests need a Postgres server. The URL of a superuser able to
@@ -186,6 +188,33 @@ fi
 export TEST_DATABASE_URL
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# The Python client's test environment (tests/api/python.rs): a virtual environment with the
+# client's requirements from PyPI, and stubs generated from proto/. Rebuilt when the
+# requirements change.
+PY_VENV=target/python-venv
+if ! cmp -s clients/python/requirements.txt "$PY_VENV/requirements.txt"; then
+  log "building the Python virtual environment in $PY_VENV"
+  rm -rf "$PY_VENV"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check -r clients/python/requirements.txt
+  cp clients/python/requirements.txt "$PY_VENV/requirements.txt"
+fi
+mkdir -p target/python-gen
+"$PY_VENV/bin/python" -m grpc_tools.protoc -I proto --python_out=target/python-gen \
+  --grpc_python_out=target/python-gen proto/keyrelay/v1/*.proto
+export KEYRELAY_TEST_PYTHON="$PWD/$PY_VENV/bin/python"
+export KEYRELAY_TEST_PYTHONPATH="$PWD/target/python-gen"
+
+# The gRPC contract: buf (from the npm registry) lints it and checks it against the last
+# released contract.
+BUF=target/buf/node_modules/.bin/buf
+if [[ ! -x "$BUF" ]]; then
+  log "installing buf from the npm registry"
+  npm install --prefix target/buf --no-save --silent @bufbuild/buf@1
+fi
+"$BUF" lint
+"$BUF" breaking --against proto/baseline/keyrelay-v1.json
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

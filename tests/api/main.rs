@@ -8,6 +8,7 @@ mod fleet;
 mod helpers;
 mod mock_idp;
 mod observability;
+mod python;
 mod resolve;
 mod restart;
 mod revalidation;
