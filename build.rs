@@ -1,8 +1,8 @@
 //! Compiles proto/ with the pure-Rust protox compiler (no protoc on the build machine) and
 //! generates the code in two passes:
 //! - messages and clients of `keyrelay.v1`, the types everyone uses;
-//! - the servers, generated apart so that the WatchKeys stream can send `WatchKeysResponse`
-//!   events encoded once and shared by every subscriber (`crate::watch::EncodedEvent`),
+//! - the servers, generated apart so that WatchKeys events and Resolve answers are sent as
+//!   bytes encoded once per change and shared by every caller (`crate::watch::EncodedEvent`),
 //!   through a codec with small per-stream buffers (`crate::proto::LeanCodec`).
 
 use std::{env, fs, path::PathBuf};
@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".keyrelay.v1.WatchKeysResponse",
             "crate::watch::EncodedEvent",
         )
+        .extern_path(".keyrelay.v1.ResolveResponse", "crate::watch::EncodedEvent")
         .compile_fds(services_only)?;
     Ok(())
 }

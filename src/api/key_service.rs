@@ -6,7 +6,6 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    convert,
     domain::Kid,
     error::Error,
     proto::{server::key_service_server::KeyService, v1 as pb},
@@ -34,7 +33,7 @@ impl KeyService for KeyApi {
     async fn resolve(
         &self,
         request: Request<pb::ResolveRequest>,
-    ) -> Result<Response<pb::ResolveResponse>, Status> {
+    ) -> Result<Response<EncodedEvent>, Status> {
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
         let kid = request
@@ -47,19 +46,17 @@ impl KeyService for KeyApi {
             .relay
             .resolve(&key, kid.as_ref(), request.if_newer_than_version)
             .await?;
-        let result = match resolved {
-            Resolved::NotModified => pb::resolve_response::Result::NotModified(true),
+        let answer = match resolved {
+            Resolved::NotModified => EncodedEvent::not_modified(),
             Resolved::KeySet(snapshot) => {
                 let keys =
                     snapshot.record.keys.as_ref().ok_or_else(|| {
                         Error::Unavailable(format!("no keys fetched yet for {key}"))
                     })?;
-                pb::resolve_response::Result::KeySet(convert::key_set(&snapshot, keys))
+                self.watch.key_set_message(&snapshot, keys)
             }
         };
-        Ok(Response::new(pb::ResolveResponse {
-            result: Some(result),
-        }))
+        Ok(Response::new(answer))
     }
 
     type WatchKeysStream = WatchStream;

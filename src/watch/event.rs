@@ -1,5 +1,7 @@
-//! WatchKeys events as encoded bytes: each key-set event is encoded once per change and the
-//! bytes shared (reference-counted) by every subscriber that sends it.
+//! Key sets as encoded bytes: each is encoded once per change and the bytes shared
+//! (reference-counted) by every WatchKeys subscriber and every Resolve that sends it. A
+//! `WatchKeysResponse` and a `ResolveResponse` holding only a key set (field 1 of both) have
+//! the same encoding, so one cached encoding serves both.
 
 use std::{
     collections::HashMap,
@@ -20,14 +22,27 @@ use crate::{
     relay::Snapshot,
 };
 
-/// A `keyrelay.v1.WatchKeysResponse`, already encoded. The server-side stream type of
-/// WatchKeys (see build.rs); it encodes by copying its bytes and is never decoded.
+/// A `keyrelay.v1.WatchKeysResponse` or `ResolveResponse`, already encoded: the server-side
+/// type of both (see build.rs). It encodes by copying its bytes and is never decoded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncodedEvent(Bytes);
 
 impl EncodedEvent {
     fn encode(event: Event) -> Self {
         let response = pb::WatchKeysResponse { event: Some(event) };
+        Self(Bytes::from(response.encode_to_vec()))
+    }
+
+    /// Bytes encoded elsewhere (a benchmark's baseline server, say).
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
+    /// The Resolve answer `not_modified: true`.
+    pub fn not_modified() -> Self {
+        let response = pb::ResolveResponse {
+            result: Some(pb::resolve_response::Result::NotModified(true)),
+        };
         Self(Bytes::from(response.encode_to_vec()))
     }
 
@@ -137,5 +152,26 @@ mod tests {
         let synced =
             pb::WatchKeysResponse::decode(EncodedEvent::synced().as_bytes().clone()).unwrap();
         assert_eq!(synced.event, Some(Event::Synced(pb::Synced {})));
+    }
+
+    #[test]
+    fn a_key_set_event_is_also_a_resolve_answer() {
+        let set = pb::KeySet {
+            tenant: "acme".into(),
+            version: 3,
+            ..Default::default()
+        };
+        let event = EncodedEvent::encode(Event::KeySet(set.clone())).encode_to_vec();
+        let answer = pb::ResolveResponse::decode(event.as_slice()).unwrap();
+        assert_eq!(
+            answer.result,
+            Some(pb::resolve_response::Result::KeySet(set))
+        );
+        let not_modified =
+            pb::ResolveResponse::decode(EncodedEvent::not_modified().as_bytes().clone()).unwrap();
+        assert_eq!(
+            not_modified.result,
+            Some(pb::resolve_response::Result::NotModified(true))
+        );
     }
 }

@@ -15,7 +15,10 @@ pub use event::EncodedEvent;
 pub use selection::{WatchRequest, limits};
 pub use subscription::Subscription;
 
-use crate::{cache::KeyCache, clock::Clock, domain::Policy, metrics::Metrics};
+use crate::{
+    cache::KeyCache, clock::Clock, domain::Policy, metrics::Metrics, provider::CurrentKeys,
+    relay::Snapshot,
+};
 use event::EventCache;
 
 /// What every stream shares.
@@ -50,6 +53,11 @@ impl WatchHub {
     /// Starts a subscription: it will send the initial state, `synced`, then changes.
     pub fn subscribe(self: &Arc<Self>, request: WatchRequest) -> Subscription {
         Subscription::new(Arc::clone(self), request)
+    }
+
+    /// The encoded key set of `snapshot`, shared with WatchKeys: also a Resolve answer.
+    pub fn key_set_message(&self, snapshot: &Snapshot, keys: &CurrentKeys) -> EncodedEvent {
+        self.events.key_set(snapshot, keys)
     }
 
     /// The cache the hub watches.
