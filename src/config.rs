@@ -1,12 +1,15 @@
 //! `keyrelay serve` configuration: one typed struct, every knob a flag with a `KEYRELAY_*`
 //! environment equivalent and a default shown in `--help`, checked once at start.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use ipnet::IpNet;
 
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::{
     cluster::LeaseSettings,
+    dns::HostLookup,
     domain::{EgressRules, Policy, ValidationError},
     fetch::FetchSettings,
     freshness::Backoff,
@@ -83,6 +86,13 @@ pub struct ServeConfig {
         overrides_with = "dev_allow_http_loopback"
     )]
     pub dev_allow_http_loopback: bool,
+
+    /// Networks keyrelay may fetch JWKS from although they are not public (CIDR; repeatable or
+    /// comma-separated). Everything private, link-local, CGNAT, unique-local, multicast and
+    /// the cloud metadata address are refused otherwise, for every resolved address and
+    /// every redirect hop.
+    #[arg(long, env = "KEYRELAY_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<IpNet>,
 
     /// Lower bound of the freshness lifetime taken from an IdP's cache headers.
     #[arg(long, env = "KEYRELAY_MIN_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -169,16 +179,18 @@ impl ServeConfig {
     pub fn egress(&self) -> EgressRules {
         EgressRules {
             allow_http_and_loopback: self.dev_allow_http_loopback,
+            allowed_networks: self.egress_allow.clone(),
         }
     }
 
-    /// Transport settings of the fetcher.
-    pub fn fetch_settings(&self) -> FetchSettings {
+    /// Transport settings of the fetcher, resolving names through `lookup`.
+    pub fn fetch_settings(&self, lookup: Arc<dyn HostLookup>) -> FetchSettings {
         FetchSettings {
             timeout: self.fetch_timeout,
             connect_timeout: self.connect_timeout,
             max_redirects: self.max_redirects,
-            egress: self.egress(),
+            egress: Arc::new(self.egress()),
+            lookup,
         }
     }
 

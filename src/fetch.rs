@@ -2,7 +2,7 @@
 //! a total deadline, the size cap enforced while the body streams in, redirects re-checked
 //! hop by hop, and the response's caching rules read with `http-cache-semantics`.
 
-use std::{error::Error as StdError, time::Duration, time::SystemTime};
+use std::{error::Error as StdError, sync::Arc, time::Duration, time::SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{
@@ -16,6 +16,7 @@ use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 use tracing::{Instrument, Span, field::Empty};
 
 use crate::{
+    dns::{GuardedResolver, HostLookup},
     domain::{EgressRules, JwksUrl},
     freshness::Retry,
 };
@@ -23,7 +24,7 @@ use crate::{
 const ACCEPTED_TYPES: &str = "application/jwk-set+json, application/json;q=0.9, */*;q=0.1";
 
 /// Transport settings shared by every fetch.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FetchSettings {
     /// Deadline for the whole exchange, body included.
     pub timeout: Duration,
@@ -31,8 +32,10 @@ pub struct FetchSettings {
     pub connect_timeout: Duration,
     /// Redirects followed before giving up.
     pub max_redirects: usize,
-    /// Which URLs may be fetched, redirect hops included.
-    pub egress: EgressRules,
+    /// Which URLs and addresses may be fetched from, redirect hops included.
+    pub egress: Arc<EgressRules>,
+    /// How host names are resolved (the answers are filtered by `egress`).
+    pub lookup: Arc<dyn HostLookup>,
 }
 
 /// What keyrelay remembers of the last good response, to revalidate it.
@@ -99,6 +102,9 @@ pub enum FetchError {
     /// A redirect hop was refused or there were too many.
     #[error("redirect refused: {0}")]
     Redirect(String),
+    /// The URL itself is not allowed (the egress rules changed since it was registered).
+    #[error("URL refused: {0}")]
+    Refused(String),
     /// A 304 that does not match the stored response.
     #[error("304 Not Modified does not match the stored response; will fetch it whole")]
     UnmatchedNotModified,
@@ -117,6 +123,7 @@ impl FetchError {
             FetchError::Status { code, .. } if *code >= 500 => "status_5xx",
             FetchError::Status { .. } => "status_4xx",
             FetchError::Redirect(_) => "redirect",
+            FetchError::Refused(_) => "refused",
             FetchError::UnmatchedNotModified => "unmatched_304",
             FetchError::Transport(_) => "transport",
         }
@@ -135,7 +142,9 @@ impl FetchError {
                     Retry::Later
                 }
             }
-            FetchError::TooLarge { .. } | FetchError::Redirect(_) => Retry::Later,
+            FetchError::TooLarge { .. } | FetchError::Redirect(_) | FetchError::Refused(_) => {
+                Retry::Later
+            }
             FetchError::Connect(_)
             | FetchError::Timeout(_)
             | FetchError::UnmatchedNotModified
@@ -149,16 +158,17 @@ impl FetchError {
 struct RedirectRefused(String);
 
 /// An HTTP client for JWKS documents.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
     timeout: Duration,
+    egress: Arc<EgressRules>,
 }
 
 impl Fetcher {
     /// Builds the client. Fails only if the TLS backend cannot be initialised.
     pub fn new(settings: &FetchSettings) -> Result<Self, reqwest::Error> {
-        let egress = settings.egress;
+        let egress = Arc::clone(&settings.egress);
         let max_redirects = settings.max_redirects;
         let redirects = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max_redirects {
@@ -174,14 +184,18 @@ impl Fetcher {
                 }
             }
         });
+        let resolver =
+            GuardedResolver::new(Arc::clone(&settings.lookup), Arc::clone(&settings.egress));
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
+            .dns_resolver(Arc::new(resolver))
             .redirect(redirects)
             .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             client,
             timeout: settings.timeout,
+            egress: Arc::clone(&settings.egress),
         })
     }
 
@@ -196,11 +210,14 @@ impl Fetcher {
     ) -> Result<FetchOutcome, FetchError> {
         let span = client_span(url);
         let exchange = self.exchange(url, conditional_headers(prior), prior, max_bytes, now);
-        let result = tokio::time::timeout(self.timeout, exchange)
-            .instrument(span.clone())
-            .await
-            .map_err(|_| FetchError::Timeout(self.timeout))
-            .and_then(|result| result);
+        let result = match self.egress.check(url.as_url()) {
+            Ok(()) => tokio::time::timeout(self.timeout, exchange)
+                .instrument(span.clone())
+                .await
+                .map_err(|_| FetchError::Timeout(self.timeout))
+                .and_then(|result| result),
+            Err(reason) => Err(FetchError::Refused(reason)),
+        };
         match &result {
             Ok(FetchOutcome::Modified { body, .. }) => {
                 span.record("http.response.status_code", 200);

@@ -14,6 +14,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod convert;
+pub mod dns;
 pub mod domain;
 pub mod due_queue;
 pub mod error;

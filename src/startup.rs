@@ -21,6 +21,7 @@ use crate::{
     clock::Clock,
     cluster::{self, ChangeFeed, Cluster, LeaseKeeper},
     config::ServeConfig,
+    dns::SystemLookup,
     domain::{EgressRules, Policy, ValidationError},
     fetch::Fetcher,
     http::HttpServer,
@@ -189,7 +190,7 @@ impl Application {
         let refresher = Refresher::new(RefresherParts {
             store: Arc::clone(&store),
             cache: Arc::clone(&cache),
-            fetcher: Fetcher::new(&config.fetch_settings())?,
+            fetcher: Fetcher::new(&config.fetch_settings(Arc::new(SystemLookup)))?,
             clock: Arc::clone(&clock),
             defaults,
             backoff: config.backoff(),

@@ -1,24 +1,28 @@
-//! JWKS URLs and the egress rules that decide which URLs keyrelay may fetch: https only,
-//! no credentials, no literal addresses inside private networks, loopback only in
-//! development. The same rules are applied to every redirect hop.
+//! JWKS URLs and the egress rules that decide which URLs and addresses keyrelay may fetch
+//! from: https only, no credentials, only public addresses unless an allowlist permits others,
+//! loopback only in development. The rules apply to the registered URL, to every redirect hop
+//! and to every address a host name resolves to (see `dns`).
 
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use ipnet::IpNet;
 use url::{Host, Url};
 
 use super::ValidationError;
 
 const MAX_URL_LEN: usize = 2048;
 
-/// Which URLs keyrelay may fetch.
-#[derive(Debug, Clone, Copy, Default)]
+/// Which URLs and addresses keyrelay may fetch from.
+#[derive(Debug, Clone, Default)]
 pub struct EgressRules {
     /// Development only: also allow plain `http` and loopback hosts (`localhost`, 127.0.0.0/8,
     /// ::1).
     pub allow_http_and_loopback: bool,
+    /// Networks allowed although not public (an IdP inside the company network, say).
+    pub allowed_networks: Vec<IpNet>,
 }
 
 impl EgressRules {
@@ -39,14 +43,33 @@ impl EgressRules {
             return Err("must not carry credentials".into());
         }
         let host = url.host().ok_or("must name a host")?;
-        match classify_host(&host) {
+        match host {
+            Host::Ipv4(ip) => self.permits(IpAddr::V4(ip)),
+            Host::Ipv6(ip) => self.permits(IpAddr::V6(ip)),
+            Host::Domain(_)
+                if classify_host(&host) == HostClass::Loopback && !self.allow_http_and_loopback =>
+            {
+                Err(format!(
+                    "host {host} is a loopback address (allowed only with --dev-allow-http-loopback)"
+                ))
+            }
+            Host::Domain(_) => Ok(()),
+        }
+    }
+
+    /// Checks one address keyrelay would connect to.
+    pub fn permits(&self, ip: IpAddr) -> Result<(), String> {
+        if self.allowed_networks.iter().any(|net| net.contains(&ip)) {
+            return Ok(());
+        }
+        match classify_ip(ip) {
             HostClass::Public => Ok(()),
             HostClass::Loopback if self.allow_http_and_loopback => Ok(()),
             HostClass::Loopback => Err(format!(
-                "host {host} is a loopback address (allowed only with --dev-allow-http-loopback)"
+                "{ip} is a loopback address (allowed only with --dev-allow-http-loopback)"
             )),
             HostClass::NonPublic => Err(format!(
-                "host {host} is not a public address; keyrelay does not fetch from private networks"
+                "{ip} is not a public address; keyrelay does not fetch from private networks unless --egress-allow permits it"
             )),
         }
     }
@@ -134,6 +157,13 @@ impl JwksUrl {
         Ok(Self(url))
     }
 
+    /// A URL read back from the store: checked when registered, and every fetch checks it again.
+    pub fn parse_stored(value: &str) -> Result<Self, ValidationError> {
+        Url::parse(value)
+            .map(Self)
+            .map_err(|err| ValidationError::new("jwks_url", format!("not an absolute URL: {err}")))
+    }
+
     /// The URL.
     pub fn as_url(&self) -> &Url {
         &self.0
@@ -171,9 +201,11 @@ mod tests {
 
     const PRODUCTION: EgressRules = EgressRules {
         allow_http_and_loopback: false,
+        allowed_networks: Vec::new(),
     };
     const DEVELOPMENT: EgressRules = EgressRules {
         allow_http_and_loopback: true,
+        allowed_networks: Vec::new(),
     };
 
     fn refused(url: &str, rules: &EgressRules) -> String {
@@ -255,6 +287,68 @@ mod tests {
         assert_eq!(url.redacted(), "https://idp.example.com/jwks?<redacted>");
         let plain = JwksUrl::parse("https://idp.example.com/jwks", &PRODUCTION).unwrap();
         assert_eq!(plain.redacted(), "https://idp.example.com/jwks");
+    }
+
+    #[test]
+    fn the_address_filter_refuses_every_non_public_range_unless_allowlisted() {
+        let blocked = [
+            "10.0.0.1",
+            "172.16.5.4",
+            "172.31.255.255",
+            "192.168.0.1",
+            "169.254.169.254",
+            "169.254.0.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.251",
+            "239.255.255.250",
+            "255.255.255.255",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:192.168.1.1",
+        ];
+        for ip in blocked {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(PRODUCTION.permits(ip).is_err(), "{ip} must be refused");
+            assert!(
+                DEVELOPMENT.permits(ip).is_err(),
+                "{ip} must be refused in development too"
+            );
+        }
+        for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(
+                PRODUCTION.permits(ip).unwrap_err().contains("loopback"),
+                "{ip}"
+            );
+            assert!(DEVELOPMENT.permits(ip).is_ok(), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2001:4860:4860::8888",
+            "100.128.0.1",
+            "172.32.0.1",
+        ] {
+            assert!(
+                PRODUCTION.permits(ip.parse().unwrap()).is_ok(),
+                "{ip} is public"
+            );
+        }
+        let corporate = EgressRules {
+            allow_http_and_loopback: false,
+            allowed_networks: vec!["10.20.0.0/16".parse().unwrap()],
+        };
+        assert!(corporate.permits("10.20.3.4".parse().unwrap()).is_ok());
+        assert!(corporate.permits("10.21.0.1".parse().unwrap()).is_err());
+        assert!(JwksUrl::parse("https://10.20.3.4/jwks", &corporate).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use sqlx::{Database, Encode, Type, query::QueryScalar};
 
 use super::StoreError;
 use crate::{
-    domain::{EgressRules, JwksUrl, ProviderKey},
+    domain::{JwksUrl, ProviderKey},
     fetch::Validators,
     jwks::KeySetDocument,
     provider::{CurrentKeys, ProviderRecord, RefreshStatus, Registration},
@@ -115,10 +115,7 @@ impl ProviderRow {
         };
         let key =
             ProviderKey::parse(&self.tenant, &self.provider).map_err(|e| corrupt(e.to_string()))?;
-        let any_url = EgressRules {
-            allow_http_and_loopback: true,
-        };
-        let url = JwksUrl::parse(&self.jwks_url, &any_url).map_err(|e| corrupt(e.to_string()))?;
+        let url = JwksUrl::parse_stored(&self.jwks_url).map_err(|e| corrupt(e.to_string()))?;
         let overrides =
             serde_json::from_str(&self.policy).map_err(|e| corrupt(format!("policy: {e}")))?;
         let cache_policy = self

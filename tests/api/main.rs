@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod egress;
 mod failures;
 mod fleet;
 mod helpers;
