@@ -7,10 +7,48 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use jsonwebtoken::jwk::Jwk;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 /// Members that only private or symmetric keys carry. A document holding any of them is a
 /// leak at the identity provider and is never published.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// More keys than this in one document is not a key set but an attack or a mistake.
+pub const MAX_KEYS: usize = 100;
+/// Largest single key, serialized (an RSA-4096 key with a certificate chain fits easily).
+pub const MAX_KEY_BYTES: usize = 16 * 1024;
+/// Smallest RSA modulus accepted.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// `alg` values of public keys (JWS signature and JWE key-management algorithms). A key
+/// naming anything else is refused: it is a typo, or a symmetric algorithm on a public key.
+const KNOWN_ALGORITHMS: [&str; 22] = [
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "ES256K",
+    "EdDSA",
+    "Ed25519",
+    "Ed448",
+    "RSA-OAEP",
+    "RSA-OAEP-256",
+    "RSA-OAEP-384",
+    "RSA-OAEP-512",
+    "RSA1_5",
+    "ECDH-ES",
+    "ECDH-ES+A128KW",
+    "ECDH-ES+A192KW",
+    "ECDH-ES+A256KW",
+];
+
+/// The members that are a key's material: a kid whose material changes is a different key.
+const MATERIAL_MEMBERS: [&str; 6] = ["kty", "crv", "n", "e", "x", "y"];
 
 /// Key types keyrelay publishes, with the members each must carry as base64url text.
 /// Keys of other types, or missing a member, are skipped, not fatal.
@@ -40,6 +78,53 @@ pub enum JwksError {
     /// The document has no usable key while the last good set had some.
     #[error("response has no usable keys; keeping the previous {previous} key(s)")]
     EmptyReplacesNonEmpty {
+        /// Number of keys in the last good set.
+        previous: usize,
+    },
+    /// More keys than `MAX_KEYS`.
+    #[error("response has {count} keys; at most {limit} are accepted")]
+    TooManyKeys {
+        /// Keys in the document.
+        count: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// One key is larger than `MAX_KEY_BYTES`.
+    #[error("key {kid:?} is {bytes} bytes; at most {limit} are accepted")]
+    KeyTooLarge {
+        /// The key's id, or `<none>`.
+        kid: String,
+        /// Its serialized size.
+        bytes: usize,
+        /// The bound.
+        limit: usize,
+    },
+    /// An RSA key below `MIN_RSA_BITS`.
+    #[error("RSA key {kid:?} has a {bits}-bit modulus; at least {MIN_RSA_BITS} bits are required")]
+    WeakRsaKey {
+        /// The key's id, or `<none>`.
+        kid: String,
+        /// Its modulus size.
+        bits: usize,
+    },
+    /// A key names an algorithm keyrelay does not know for public keys.
+    #[error("key {kid:?} names unknown algorithm {alg:?}")]
+    UnknownAlgorithm {
+        /// The key's id, or `<none>`.
+        kid: String,
+        /// The `alg` value.
+        alg: String,
+    },
+    /// A kid of the last good set now names different key material.
+    #[error(
+        "kid {0:?} now names different key material; a kid may be reused only after its old key has been withdrawn"
+    )]
+    KidReused(String),
+    /// Every key of the last good set disappeared at once; held until a second fetch agrees.
+    #[error(
+        "every one of the previous {previous} key(s) was replaced in one step; waiting for a second fetch to confirm"
+    )]
+    UnconfirmedReplacement {
         /// Number of keys in the last good set.
         previous: usize,
     },
@@ -85,19 +170,28 @@ impl KeySetDocument {
             .get("keys")
             .and_then(Value::as_array)
             .ok_or(JwksError::NoKeysArray)?;
+        if entries.len() > MAX_KEYS {
+            return Err(JwksError::TooManyKeys {
+                count: entries.len(),
+                limit: MAX_KEYS,
+            });
+        }
         let mut seen_kids = HashSet::new();
         let mut accepted = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(object) = entry.as_object() else {
                 continue;
             };
+            reject_oversized(object)?;
             reject_private_material(object)?;
+            reject_unknown_algorithm(object)?;
             if let Some(kid) = object.get("kid").and_then(Value::as_str)
                 && !seen_kids.insert(kid.to_owned())
             {
                 return Err(JwksError::DuplicateKid(kid.to_owned()));
             }
             if is_supported_public_key(entry) {
+                reject_weak_rsa(object)?;
                 accepted.push(object.clone());
             }
         }
@@ -143,17 +237,121 @@ impl KeySetDocument {
         keys
     }
 
-    /// Checks that this set may replace `previous`, the last good set.
+    /// Checks that this set may replace `previous`, the last good set: not empty in place of
+    /// keys, and no kid naming new material (a kid is reusable once a fetch has seen it
+    /// withdrawn, so the hold-down is at least one refresh interval).
     pub fn may_replace(&self, previous: Option<&KeySetDocument>) -> Result<(), JwksError> {
-        match previous {
-            Some(previous) if self.keys.is_empty() && !previous.keys.is_empty() => {
-                Err(JwksError::EmptyReplacesNonEmpty {
-                    previous: previous.keys.len(),
-                })
-            }
-            _ => Ok(()),
+        let Some(previous) = previous else {
+            return Ok(());
+        };
+        if self.keys.is_empty() && !previous.keys.is_empty() {
+            return Err(JwksError::EmptyReplacesNonEmpty {
+                previous: previous.keys.len(),
+            });
         }
+        for key in &self.keys {
+            let Some(kid) = &key.kid else { continue };
+            let before = previous
+                .keys
+                .iter()
+                .find(|old| old.kid.as_ref() == Some(kid));
+            if before.is_some_and(|old| material(&old.json) != material(&key.json)) {
+                return Err(JwksError::KidReused(kid.clone()));
+            }
+        }
+        Ok(())
     }
+
+    /// Whether this set shares no key with a non-empty `previous` set: every known key would
+    /// disappear at once.
+    pub fn replaces_every_key_of(&self, previous: &KeySetDocument) -> bool {
+        let before: HashSet<Vec<u8>> = previous.keys.iter().map(|k| material(&k.json)).collect();
+        !before.is_empty()
+            && !self.keys.is_empty()
+            && self
+                .keys
+                .iter()
+                .all(|k| !before.contains(&material(&k.json)))
+    }
+
+    /// A digest of the set's keys, independent of their order.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        for key in self.canonical_keys() {
+            digest.update(key);
+            digest.update([0]);
+        }
+        digest.finalize().into()
+    }
+}
+
+/// The key material of a serialized key, in a canonical order.
+fn material(json: &[u8]) -> Vec<u8> {
+    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(json) else {
+        return json.to_vec();
+    };
+    let members: Map<String, Value> = MATERIAL_MEMBERS
+        .iter()
+        .filter_map(|m| object.get(*m).map(|v| ((*m).to_owned(), v.clone())))
+        .collect();
+    Value::Object(members).to_string().into_bytes()
+}
+
+fn kid_of(object: &Map<String, Value>) -> String {
+    object
+        .get("kid")
+        .and_then(Value::as_str)
+        .unwrap_or("<none>")
+        .to_owned()
+}
+
+fn reject_oversized(object: &Map<String, Value>) -> Result<(), JwksError> {
+    let bytes = Value::Object(object.clone()).to_string().len();
+    if bytes > MAX_KEY_BYTES {
+        return Err(JwksError::KeyTooLarge {
+            kid: kid_of(object),
+            bytes,
+            limit: MAX_KEY_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn reject_unknown_algorithm(object: &Map<String, Value>) -> Result<(), JwksError> {
+    match object.get("alg") {
+        None => Ok(()),
+        Some(Value::String(alg)) if KNOWN_ALGORITHMS.contains(&alg.as_str()) => Ok(()),
+        Some(other) => Err(JwksError::UnknownAlgorithm {
+            kid: kid_of(object),
+            alg: other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_owned),
+        }),
+    }
+}
+
+fn reject_weak_rsa(object: &Map<String, Value>) -> Result<(), JwksError> {
+    if object.get("kty").and_then(Value::as_str) != Some("RSA") {
+        return Ok(());
+    }
+    let modulus = object
+        .get("n")
+        .and_then(Value::as_str)
+        .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
+        .unwrap_or_default();
+    let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
+    let leading_zeros = modulus
+        .iter()
+        .find(|byte| **byte != 0)
+        .map_or(0, |byte| byte.leading_zeros() as usize);
+    let bits = (significant * 8).saturating_sub(leading_zeros);
+    if bits < MIN_RSA_BITS {
+        return Err(JwksError::WeakRsaKey {
+            kid: kid_of(object),
+            bits,
+        });
+    }
+    Ok(())
 }
 
 fn reject_private_material(object: &Map<String, Value>) -> Result<(), JwksError> {
@@ -162,11 +360,7 @@ fn reject_private_material(object: &Map<String, Value>) -> Result<(), JwksError>
         .find(|member| object.contains_key(**member))
     {
         Some(member) => Err(JwksError::PrivateMaterial {
-            kid: object
-                .get("kid")
-                .and_then(Value::as_str)
-                .unwrap_or("<none>")
-                .to_owned(),
+            kid: kid_of(object),
             member,
         }),
         None => Ok(()),
@@ -211,8 +405,13 @@ mod tests {
 
     use super::*;
 
+    /// A 2048-bit modulus whose bytes are all `fill` (the top bit set).
+    fn modulus(fill: u8, bytes: usize) -> String {
+        URL_SAFE_NO_PAD.encode(vec![fill; bytes])
+    }
+
     fn rsa(kid: &str) -> Value {
-        json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": "sXch", "e": "AQAB"})
+        json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": modulus(0xc5, 256), "e": "AQAB"})
     }
 
     fn parse(doc: Value) -> Result<Parsed, JwksError> {
@@ -300,6 +499,95 @@ mod tests {
     }
 
     #[test]
+    fn bounds_on_keys_are_enforced() {
+        let many: Vec<Value> = (0..=MAX_KEYS).map(|i| rsa(&format!("k{i}"))).collect();
+        assert_eq!(
+            parse(json!({ "keys": many })).unwrap_err(),
+            JwksError::TooManyKeys {
+                count: MAX_KEYS + 1,
+                limit: MAX_KEYS
+            }
+        );
+        let mut huge = rsa("big");
+        huge["x5c"] = json!(["A".repeat(MAX_KEY_BYTES)]);
+        assert!(matches!(
+            parse(json!({"keys": [huge]})).unwrap_err(),
+            JwksError::KeyTooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn weak_rsa_keys_and_unknown_algorithms_are_rejected() {
+        let mut weak = rsa("weak");
+        weak["n"] = json!(modulus(0xc5, 128));
+        assert_eq!(
+            parse(json!({"keys": [weak]})).unwrap_err(),
+            JwksError::WeakRsaKey {
+                kid: "weak".into(),
+                bits: 1024
+            }
+        );
+        let mut just_under = rsa("under");
+        just_under["n"] =
+            json!(URL_SAFE_NO_PAD.encode([vec![0x00, 0x7f], vec![0xff; 255]].concat()));
+        assert_eq!(
+            parse(json!({"keys": [just_under]})).unwrap_err(),
+            JwksError::WeakRsaKey {
+                kid: "under".into(),
+                bits: 2047
+            }
+        );
+        let mut odd = rsa("odd");
+        odd["alg"] = json!("RS257");
+        assert_eq!(
+            parse(json!({"keys": [odd]})).unwrap_err(),
+            JwksError::UnknownAlgorithm {
+                kid: "odd".into(),
+                alg: "RS257".into()
+            }
+        );
+        let mut hmac = rsa("hmac");
+        hmac["alg"] = json!("HS256");
+        assert!(matches!(
+            parse(json!({"keys": [hmac]})).unwrap_err(),
+            JwksError::UnknownAlgorithm { .. }
+        ));
+    }
+
+    #[test]
+    fn a_kid_cannot_name_new_material_until_withdrawn() {
+        let before = parse(json!({"keys": [rsa("a")]})).unwrap().document;
+        let mut changed = rsa("a");
+        changed["n"] = json!(modulus(0xd7, 256));
+        let reused = parse(json!({"keys": [changed.clone()]})).unwrap().document;
+        assert_eq!(
+            reused.may_replace(Some(&before)),
+            Err(JwksError::KidReused("a".into()))
+        );
+        let mut same_material = rsa("a");
+        same_material["use"] = json!("enc");
+        let relabelled = parse(json!({"keys": [same_material]})).unwrap().document;
+        assert_eq!(
+            relabelled.may_replace(Some(&before)),
+            Ok(()),
+            "only material counts"
+        );
+        let withdrawn = parse(json!({"keys": [rsa("b")]})).unwrap().document;
+        assert_eq!(reused.may_replace(Some(&withdrawn)), Ok(()));
+    }
+
+    #[test]
+    fn replacing_every_key_at_once_is_detected() {
+        let mut fresh = rsa("c");
+        fresh["n"] = json!(modulus(0xd7, 256));
+        let before = parse(json!({"keys": [rsa("a")]})).unwrap().document;
+        let replaced = parse(json!({"keys": [fresh.clone()]})).unwrap().document;
+        let rolled = parse(json!({"keys": [rsa("a"), fresh]})).unwrap().document;
+        assert!(replaced.replaces_every_key_of(&before));
+        assert!(!rolled.replaces_every_key_of(&before));
+    }
+
+    #[test]
     fn key_order_does_not_make_a_different_set() {
         let ab = parse(json!({"keys": [rsa("a"), rsa("b")]}))
             .unwrap()
@@ -312,5 +600,7 @@ mod tests {
             .document;
         assert!(ab.same_keys_as(&ba));
         assert!(!ab.same_keys_as(&ac));
+        assert_eq!(ab.fingerprint(), ba.fingerprint());
+        assert_ne!(ab.fingerprint(), ac.fingerprint());
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     domain::Policy,
     fetch::{CacheFacts, FetchError, FetchOutcome, Validators},
     freshness::{self, Backoff, Retry},
-    jwks::KeySetDocument,
+    jwks::{JwksError, KeySetDocument},
     provider::{CurrentKeys, ProviderRecord, RefreshStatus},
 };
 
@@ -46,6 +46,14 @@ pub fn apply<R: Rng>(
 ) -> (ProviderRecord, Change) {
     match (result, current.keys.as_ref()) {
         (Ok(FetchOutcome::Modified { body, cache }), previous) => match accept(current, &body) {
+            Ok(document) if is_unconfirmed_replacement(current, &document) => {
+                let previous = previous.map_or(0, |keys| keys.document.keys().len());
+                let reason = JwksError::UnconfirmedReplacement { previous }.to_string();
+                let (mut record, change) =
+                    fail(current, reason, Retry::Soon { after: None }, false, ctx);
+                record.pending_replacement = Some(document.fingerprint());
+                (record, change)
+            }
             Ok(document) => {
                 let keys = versioned(previous, document);
                 succeed(current, keys, cache, ctx)
@@ -75,6 +83,15 @@ pub fn apply<R: Rng>(
             )
         }
     }
+}
+
+/// A set that would replace every known key and is not yet the one a previous fetch held.
+fn is_unconfirmed_replacement(current: &ProviderRecord, document: &KeySetDocument) -> bool {
+    let replaces_all = current
+        .keys
+        .as_ref()
+        .is_some_and(|keys| document.replaces_every_key_of(&keys.document));
+    replaces_all && current.pending_replacement != Some(document.fingerprint())
 }
 
 fn accept(current: &ProviderRecord, body: &[u8]) -> Result<KeySetDocument, String> {
@@ -134,6 +151,7 @@ fn succeed<R: Rng>(
             consecutive_failures: 0,
             next_refresh_at: Some(fresh.next_refresh_at),
         },
+        pending_replacement: None,
     };
     (record, change)
 }
@@ -163,6 +181,7 @@ fn fail<R: Rng>(
             consecutive_failures: failures,
             next_refresh_at: Some(next),
         },
+        pending_replacement: current.pending_replacement,
     };
     (record, Change::Failed(reason))
 }
@@ -185,10 +204,17 @@ mod tests {
         crate::provider::sample("okta", 1)
     }
 
+    /// Ed25519 keys: `kid` named, material derived from the kid's first letter.
     fn body(kids: &[&str]) -> Bytes {
         let keys: Vec<_> = kids
             .iter()
-            .map(|kid| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}))
+            .map(|kid| {
+                let x = base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    [kid.as_bytes()[0]; 32],
+                );
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x})
+            })
             .collect();
         Bytes::from(serde_json::json!({ "keys": keys }).to_string())
     }
@@ -304,6 +330,25 @@ mod tests {
             Some("\"1\""),
             "rejected validators are not adopted"
         );
+    }
+
+    #[test]
+    fn a_set_replacing_every_key_is_held_until_a_second_fetch_agrees() {
+        let (good, _) = step(&registered(), modified(&["a"], "\"1\""));
+        let (held, change) = step(&good, modified(&["x"], "\"2\""));
+        assert!(
+            matches!(change, Change::Failed(reason) if reason.contains("replaced in one step"))
+        );
+        assert_eq!(held.keys, good.keys, "the last good set stays");
+        let (other, change) = step(&held, modified(&["y"], "\"3\""));
+        assert!(
+            matches!(change, Change::Failed(_)),
+            "a different replacement starts over"
+        );
+        let (confirmed, change) = step(&other, modified(&["y"], "\"3\""));
+        assert_eq!(change, Change::NewVersion(2));
+        assert!(confirmed.keys.unwrap().document.contains_kid("y"));
+        assert_eq!(confirmed.pending_replacement, None);
     }
 
     #[test]

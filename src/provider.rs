@@ -69,6 +69,10 @@ pub struct ProviderRecord {
     pub validators: Validators,
     /// Refresh status.
     pub status: RefreshStatus,
+    /// Fingerprint of a fetched set that would replace every known key at once, held until a
+    /// second fetch returns the same set. In memory only: after a restart such a replacement
+    /// is simply held once more.
+    pub pending_replacement: Option<[u8; 32]>,
 }
 
 /// Health summary of a provider at an instant.
@@ -93,6 +97,7 @@ impl ProviderRecord {
             keys: None,
             validators: Validators::default(),
             status: RefreshStatus::default(),
+            pending_replacement: None,
         }
     }
 

@@ -159,6 +159,7 @@ impl ProviderRow {
                 last_modified: self.refresh.last_modified,
                 cache_policy,
             },
+            pending_replacement: None,
             status: RefreshStatus {
                 last_attempt_at: self.refresh.last_attempt_at,
                 last_error: self.refresh.last_error,

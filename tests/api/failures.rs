@@ -199,8 +199,16 @@ async fn bad_documents_are_rejected_and_the_last_good_set_kept() {
             "private or symmetric",
         ),
         (
-            r#"{"keys": [{"kty": "RSA", "kid": "a", "n": "AQAB", "e": "AQAB"}, {"kty": "RSA", "kid": "a", "n": "AQAB", "e": "AQAB"}]}"#,
+            r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "a", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}, {"kty": "OKP", "crv": "Ed25519", "kid": "a", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
             "duplicate kid",
+        ),
+        (
+            r#"{"keys": [{"kty": "RSA", "kid": "small", "n": "xXch", "e": "AQAB"}]}"#,
+            "modulus",
+        ),
+        (
+            r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "odd", "alg": "XS256", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+            "unknown algorithm",
         ),
     ];
     for (body, reason) in bodies {
@@ -218,6 +226,58 @@ async fn bad_documents_are_rejected_and_the_last_good_set_kept() {
             .expect("last good set served");
         assert_eq!(kids(&set), ["k1"]);
     }
+}
+
+#[tokio::test]
+async fn a_kid_naming_new_material_or_a_wholesale_replacement_is_not_published_at_once() {
+    let (app, idp) = app_and_idp().await;
+    app.register("acme", "okta", &idp.jwks_url()).await;
+    let ed = |kid: &str, x: &str| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x});
+    let set = |keys: Vec<serde_json::Value>| Document {
+        body: serde_json::json!({ "keys": keys }).to_string(),
+        ..Document::default()
+    };
+
+    idp.set_document(set(vec![ed(
+        "key-1",
+        "uV8nFHuNEdTc6Kxy_kqz3Xtg8JZstNh5Xjh15ErYpY4",
+    )]));
+    let reused = app.refresh("acme", "okta").await;
+    assert!(
+        status(&reused)
+            .last_error
+            .contains("kid \"key-1\" now names different key material"),
+        "{}",
+        status(&reused).last_error
+    );
+    assert_eq!(status(&reused).version, 1);
+
+    idp.set_document(set(vec![ed(
+        "fresh",
+        "uV8nFHuNEdTc6Kxy_kqz3Xtg8JZstNh5Xjh15ErYpY4",
+    )]));
+    let held = app.refresh("acme", "okta").await;
+    assert!(
+        status(&held).last_error.contains("replaced in one step"),
+        "{}",
+        status(&held).last_error
+    );
+    assert_eq!(
+        kids(&app.resolve("acme", "okta", None).await.unwrap()),
+        ["key-1"]
+    );
+    let confirmed = app.refresh("acme", "okta").await;
+    assert_eq!(
+        (
+            status(&confirmed).version,
+            status(&confirmed).last_error.as_str()
+        ),
+        (2, "")
+    );
+    assert_eq!(
+        kids(&app.resolve("acme", "okta", None).await.unwrap()),
+        ["fresh"]
+    );
 }
 
 #[tokio::test]

@@ -100,6 +100,7 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
             last_modified: Some("Wed, 21 Oct 2026 07:28:00 GMT".into()),
             cache_policy: Some(http_cache_semantics::CachePolicy::new(&request, &response)),
         },
+        pending_replacement: None,
         status: RefreshStatus {
             last_attempt_at: Some(now),
             last_error: Some("previous failure text".into()),

@@ -272,6 +272,8 @@ async fn the_mirror_merges_a_tenant_and_reports_errors_as_http_statuses() {
         body: jwks(&[&ED_1]),
         ..Document::default()
     });
+    // Every key of auth0 replaced at once: held for one fetch, published at the second.
+    app.refresh("acme", "auth0").await;
     app.refresh("acme", "auth0").await;
     let collision = get("/v1/jwks/acme").await;
     assert_eq!(
