@@ -1,7 +1,7 @@
 //! `keyrelay serve` configuration: one typed struct, every knob a flag with a `KEYRELAY_*`
 //! environment equivalent and a default shown in `--help`, checked once at start.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 
@@ -134,6 +134,11 @@ pub struct ServeConfig {
     /// Minimum time between two refreshes of one provider triggered by unknown kids.
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_COOLDOWN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub unknown_kid_cooldown: Duration,
+
+    /// Lookups of unknown kids one client address may make per second (bursts of twice that);
+    /// beyond, Resolve answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KEYRELAY_UNKNOWN_KID_RATE", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
+    pub unknown_kid_rate: NonZeroU32,
 
     /// How long a Resolve with an unknown kid waits for the refresh it triggered.
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_WAIT", default_value = "6s", value_parser = humantime::parse_duration)]

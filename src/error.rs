@@ -24,6 +24,9 @@ pub enum Error {
     /// No usable keys: never fetched, or expired beyond max_stale.
     #[error("{0}")]
     Unavailable(String),
+    /// A client asked for unknown kids faster than allowed.
+    #[error("too many lookups of unknown kids from this client; retry in {0:?}")]
+    RateLimited(std::time::Duration),
     /// The request cannot be served as asked (kids colliding across a tenant's providers).
     #[error("{0}")]
     Conflict(String),
@@ -57,6 +60,7 @@ fn code_of(err: &Error) -> Code {
         ) => Code::Unavailable,
         Error::Refresh(RefreshError::Superseded) => Code::Aborted,
         Error::Conflict(_) => Code::FailedPrecondition,
+        Error::RateLimited(_) => Code::ResourceExhausted,
         Error::Store(_) => Code::Internal,
     }
 }
@@ -70,6 +74,7 @@ impl Error {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -27,6 +27,7 @@ pub mod mirror;
 pub mod outcome;
 pub mod proto;
 pub mod provider;
+pub mod rate_limit;
 pub mod refresh;
 pub mod relay;
 pub mod schedule;

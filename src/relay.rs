@@ -1,7 +1,7 @@
 //! The operations keyrelay offers, independent of gRPC: register, unregister, inspect and
 //! refresh providers, and resolve key sets from memory.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -12,6 +12,7 @@ use crate::{
     error::Error,
     metrics::{CacheResult, Metrics},
     provider::ProviderRecord,
+    rate_limit::UnknownKidLimiter,
     refresh::{FlightResult, RefreshError, Refresher},
     store::{NewRegistration, Store},
 };
@@ -76,6 +77,8 @@ pub struct RelayParts {
     pub first_fetch_grace: Duration,
     /// Where cache results are counted.
     pub metrics: Arc<Metrics>,
+    /// Bounds how often one client may make keyrelay look for unknown kids.
+    pub unknown_kid_limiter: UnknownKidLimiter,
 }
 
 /// The keyrelay service core.
@@ -162,12 +165,14 @@ impl Relay {
     }
 
     /// The current key set of a provider, from memory. With a `kid` that is not in the set,
-    /// waits for one refresh shared by all callers (unless cooling down) before giving up.
+    /// waits for one refresh shared by all callers (unless cooling down) before giving up;
+    /// `client`, when known, is held to the unknown-kid rate limit.
     pub async fn resolve(
         &self,
         key: &ProviderKey,
         kid: Option<&Kid>,
         known_version: Option<u64>,
+        client: Option<IpAddr>,
     ) -> Result<Resolved, Error> {
         let metrics = &self.parts.metrics;
         let mut snapshot = self
@@ -177,7 +182,15 @@ impl Relay {
             && !snapshot.has_kid(kid)
         {
             metrics.resolved(CacheResult::Miss);
-            snapshot = self.refresh_for_kid(key, kid).await?;
+            let limiter = &self.parts.unknown_kid_limiter;
+            if let Some(client) = client {
+                limiter.admit(client).map_err(Error::RateLimited)?;
+            }
+            snapshot = self.refresh_for_kid(key, kid).await.inspect_err(|_| {
+                if let Some(client) = client {
+                    limiter.failed(client);
+                }
+            })?;
         } else if snapshot
             .record
             .keys

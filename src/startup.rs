@@ -9,7 +9,7 @@ use sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
-    service::Routes,
+    service::{Routes, interceptor::InterceptedService},
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
@@ -31,6 +31,7 @@ use crate::{
         FILE_DESCRIPTOR_SET,
         server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
     },
+    rate_limit::UnknownKidLimiter,
     refresh::{Refresher, RefresherParts},
     relay::{Relay, RelayParts},
     schedule::Scheduler,
@@ -45,6 +46,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Concurrent calls on one connection.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Largest request message accepted (a WatchKeys request with every bound used fits).
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// A follower waits this much longer than one fetch for the leader's result.
 const LEADER_WAIT_MARGIN: Duration = Duration::from_secs(2);
 
@@ -239,6 +242,7 @@ impl Application {
             unknown_kid_wait: config.unknown_kid_wait,
             first_fetch_grace: leader_wait,
             metrics: Arc::clone(&metrics),
+            unknown_kid_limiter: UnknownKidLimiter::new(config.unknown_kid_rate),
         }));
         let http = HttpServer::new(
             http_listener,
@@ -333,16 +337,17 @@ impl Application {
         let grpc = Routes::default()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(KeyServiceServer::new(KeyApi::new(
-                Arc::clone(&self.relay),
-                watch,
-            )))
-            .add_service(AdminServiceServer::with_interceptor(
-                AdminApi::new(
+            .add_service(
+                KeyServiceServer::new(KeyApi::new(Arc::clone(&self.relay), watch))
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(InterceptedService::new(
+                AdminServiceServer::new(AdminApi::new(
                     Arc::clone(&self.relay),
                     Arc::clone(&self.cluster),
                     self.egress,
-                ),
+                ))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
                 AdminAuth::new(self.admin_token),
             ));
         // The JWKS mirror answers plain HTTP/1.1 and HTTP/2 GETs on the same port.

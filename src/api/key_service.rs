@@ -34,6 +34,7 @@ impl KeyService for KeyApi {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<EncodedEvent>, Status> {
+        let client = request.remote_addr().map(|addr| addr.ip());
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
         let kid = request
@@ -44,7 +45,7 @@ impl KeyService for KeyApi {
             .map_err(Error::from)?;
         let resolved = self
             .relay
-            .resolve(&key, kid.as_ref(), request.if_newer_than_version)
+            .resolve(&key, kid.as_ref(), request.if_newer_than_version, client)
             .await?;
         let answer = match resolved {
             Resolved::NotModified => EncodedEvent::not_modified(),

@@ -173,3 +173,44 @@ async fn a_known_kid_needs_no_refresh() {
     assert_eq!(kids(&set), ["key-1"]);
     assert_eq!(idp.request_count(), 1);
 }
+
+#[tokio::test]
+async fn one_client_looking_up_random_kids_is_rate_limited() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, &["--unknown-kid-rate", "1"]).await;
+    let idp = MockIdp::start(app.clock.clone()).await;
+    app.register("acme", "okta", &idp.jwks_url()).await;
+    let mut not_found = 0;
+    let limited = loop {
+        let kid = format!("random-{not_found}");
+        let status = app.resolve("acme", "okta", Some(&kid)).await.unwrap_err();
+        if status.code() != Code::NotFound {
+            break status;
+        }
+        not_found += 1;
+        assert!(
+            not_found <= 20,
+            "a client failing 20 times in a row was never limited"
+        );
+    };
+    assert!(
+        not_found >= 3,
+        "the burst of 2 and the failure exhausting it are answered: {not_found}"
+    );
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    assert!(
+        limited
+            .message()
+            .contains("too many lookups of unknown kids"),
+        "{}",
+        limited.message()
+    );
+    assert!(
+        app.resolve("acme", "okta", Some("key-1")).await.is_ok(),
+        "known kids are never limited"
+    );
+    assert_eq!(
+        idp.request_count(),
+        2,
+        "one refresh for the first unknown kid, then the cooldown"
+    );
+}
