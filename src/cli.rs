@@ -194,4 +194,12 @@ pub struct PolicyArgs {
     /// Largest JWKS response body, in bytes.
     #[arg(long)]
     pub max_response_bytes: Option<u32>,
+    /// Host the JWKS URL and its redirects may name (`idp.example.com` or `*.example.com`);
+    /// repeat for several.
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+    /// Base64 SHA-256 pin of a public key the IdP's certificate chain must carry; repeat for
+    /// several.
+    #[arg(long = "spki-pin")]
+    pub spki_sha256_pins: Vec<String>,
 }

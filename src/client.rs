@@ -372,6 +372,8 @@ fn policy_message(policy: &PolicyArgs) -> pb::ProviderPolicy {
         refresh_early: policy.refresh_early.map(duration),
         max_stale: policy.max_stale.map(duration),
         max_response_bytes: policy.max_response_bytes,
+        allowed_hosts: policy.allowed_hosts.clone(),
+        spki_sha256_pins: policy.spki_sha256_pins.clone(),
     }
 }
 

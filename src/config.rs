@@ -13,6 +13,7 @@ use crate::{
     domain::{EgressRules, Policy, ValidationError},
     fetch::FetchSettings,
     freshness::Backoff,
+    upstream_tls::{self, UpstreamTlsError, UpstreamTrustRoots},
 };
 
 /// How logs are written.
@@ -93,6 +94,11 @@ pub struct ServeConfig {
     /// every redirect hop.
     #[arg(long, env = "KEYRELAY_EGRESS_ALLOW", value_delimiter = ',')]
     pub egress_allow: Vec<IpNet>,
+
+    /// PEM bundle of extra CA certificates trusted for IdPs (an internal CA, say), on top of
+    /// the system's roots.
+    #[arg(long, env = "KEYRELAY_IDP_CA_FILE")]
+    pub idp_ca_file: Option<PathBuf>,
 
     /// Lower bound of the freshness lifetime taken from an IdP's cache headers.
     #[arg(long, env = "KEYRELAY_MIN_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -188,15 +194,24 @@ impl ServeConfig {
         }
     }
 
-    /// Transport settings of the fetcher, resolving names through `lookup`.
-    pub fn fetch_settings(&self, lookup: Arc<dyn HostLookup>) -> FetchSettings {
-        FetchSettings {
+    /// Transport settings of the fetcher, resolving names through `lookup`; reads the IdP
+    /// CA bundle.
+    pub fn fetch_settings(
+        &self,
+        lookup: Arc<dyn HostLookup>,
+    ) -> Result<FetchSettings, UpstreamTlsError> {
+        let extra_roots = match &self.idp_ca_file {
+            Some(path) => upstream_tls::load_ca_bundle(path)?,
+            None => Vec::new(),
+        };
+        Ok(FetchSettings {
             timeout: self.fetch_timeout,
             connect_timeout: self.connect_timeout,
             max_redirects: self.max_redirects,
             egress: Arc::new(self.egress()),
             lookup,
-        }
+            trust_roots: UpstreamTrustRoots::new(extra_roots)?,
+        })
     }
 
     /// Lease timing, checked: renewals must fit at least twice in the standing-down window.

@@ -8,7 +8,7 @@ use prost_types::Timestamp;
 
 use crate::{
     cluster::ClusterStatus,
-    domain::{Policy, PolicyOverrides, ValidationError},
+    domain::{Policy, PolicyOverrides, UpstreamTrust, ValidationError},
     proto::v1 as pb,
     provider::{CurrentKeys, ProviderState},
     relay::Snapshot,
@@ -51,6 +51,7 @@ pub(crate) fn policy_overrides(
         refresh_early: parse_duration("policy.refresh_early", policy.refresh_early)?,
         max_stale: parse_duration("policy.max_stale", policy.max_stale)?,
         max_response_bytes: policy.max_response_bytes,
+        trust: UpstreamTrust::parse(&policy.allowed_hosts, &policy.spki_sha256_pins)?,
     })
 }
 
@@ -62,10 +63,24 @@ fn overrides_message(overrides: &PolicyOverrides) -> pb::ProviderPolicy {
         refresh_early: overrides.refresh_early.map(duration),
         max_stale: overrides.max_stale.map(duration),
         max_response_bytes: overrides.max_response_bytes,
+        ..trust_message(&overrides.trust)
     }
 }
 
-fn policy_message(policy: &Policy) -> pb::ProviderPolicy {
+fn trust_message(trust: &UpstreamTrust) -> pb::ProviderPolicy {
+    pb::ProviderPolicy {
+        allowed_hosts: trust
+            .allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        spki_sha256_pins: trust.spki_pins.iter().map(ToString::to_string).collect(),
+        ..pb::ProviderPolicy::default()
+    }
+}
+
+/// The policy in force: `policy` with the provider's upstream trust, which has no default.
+fn policy_message(policy: &Policy, trust: &UpstreamTrust) -> pb::ProviderPolicy {
     pb::ProviderPolicy {
         min_ttl: Some(duration(policy.min_ttl)),
         max_ttl: Some(duration(policy.max_ttl)),
@@ -73,6 +88,7 @@ fn policy_message(policy: &Policy) -> pb::ProviderPolicy {
         refresh_early: Some(duration(policy.refresh_early)),
         max_stale: Some(duration(policy.max_stale)),
         max_response_bytes: Some(policy.max_response_bytes),
+        ..trust_message(trust)
     }
 }
 
@@ -111,7 +127,10 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
         provider: registration.key.provider.as_str().to_owned(),
         jwks_url: registration.url.to_string(),
         policy: Some(overrides_message(&registration.overrides)),
-        effective_policy: Some(policy_message(&snapshot.policy)),
+        effective_policy: Some(policy_message(
+            &snapshot.policy,
+            &registration.overrides.trust,
+        )),
         status: Some(status),
         created_at: Some(timestamp(registration.created_at)),
         updated_at: Some(timestamp(registration.updated_at)),

@@ -1,24 +1,32 @@
 //! Fetching one JWKS document over HTTP: conditional requests from the stored validators,
-//! a total deadline, the size cap enforced while the body streams in, redirects re-checked
-//! hop by hop, and the response's caching rules read with `http-cache-semantics`.
+//! a total deadline, the size cap enforced while the body streams in, redirects followed and
+//! re-checked hop by hop, the provider's certificate pins, and the response's caching rules
+//! read with `http-cache-semantics`.
 
-use std::{error::Error as StdError, sync::Arc, time::Duration, time::SystemTime};
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderValue, StatusCode,
     header::{
         ACCEPT, CACHE_CONTROL, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-        RETRY_AFTER,
+        LOCATION, RETRY_AFTER,
     },
 };
 use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 use tracing::{Instrument, Span, field::Empty};
+use url::Url;
 
 use crate::{
     dns::{GuardedResolver, HostLookup},
-    domain::{EgressRules, JwksUrl},
+    domain::{EgressRules, JwksUrl, SpkiPin, UpstreamTrust},
     freshness::Retry,
+    upstream_tls::{UpstreamTlsError, UpstreamTrustRoots},
 };
 
 const ACCEPTED_TYPES: &str = "application/jwk-set+json, application/json;q=0.9, */*;q=0.1";
@@ -36,6 +44,8 @@ pub struct FetchSettings {
     pub egress: Arc<EgressRules>,
     /// How host names are resolved (the answers are filtered by `egress`).
     pub lookup: Arc<dyn HostLookup>,
+    /// The certificates IdPs are verified against.
+    pub trust_roots: UpstreamTrustRoots,
 }
 
 /// What keyrelay remembers of the last good response, to revalidate it.
@@ -153,68 +163,76 @@ impl FetchError {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct RedirectRefused(String);
+/// Above this many distinct pin sets, the pinned clients are built afresh.
+const MAX_PINNED_CLIENTS: usize = 1024;
 
 /// An HTTP client for JWKS documents.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
-    timeout: Duration,
-    egress: Arc<EgressRules>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: FetchSettings,
+    unpinned: reqwest::Client,
+    /// One client per set of pins: pins live in the TLS configuration, fixed per client.
+    pinned: Mutex<HashMap<Vec<SpkiPin>, reqwest::Client>>,
 }
 
 impl Fetcher {
     /// Builds the client. Fails only if the TLS backend cannot be initialised.
-    pub fn new(settings: &FetchSettings) -> Result<Self, reqwest::Error> {
-        let egress = Arc::clone(&settings.egress);
-        let max_redirects = settings.max_redirects;
-        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() > max_redirects {
-                return attempt.error(RedirectRefused(format!(
-                    "more than {max_redirects} redirects"
-                )));
-            }
-            match egress.check(attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(reason) => {
-                    let refusal = RedirectRefused(format!("{}: {reason}", attempt.url()));
-                    attempt.error(refusal)
-                }
-            }
-        });
-        let resolver =
-            GuardedResolver::new(Arc::clone(&settings.lookup), Arc::clone(&settings.egress));
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .dns_resolver(Arc::new(resolver))
-            .redirect(redirects)
-            .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    pub fn new(settings: &FetchSettings) -> Result<Self, FetchSetupError> {
         Ok(Self {
-            client,
-            timeout: settings.timeout,
-            egress: Arc::clone(&settings.egress),
+            shared: Arc::new(Shared {
+                unpinned: build_client(settings, &[])?,
+                settings: settings.clone(),
+                pinned: Mutex::default(),
+            }),
         })
     }
 
+    /// The client for `pins`, built on first use.
+    fn client(&self, pins: &[SpkiPin]) -> Result<reqwest::Client, FetchError> {
+        if pins.is_empty() {
+            return Ok(self.shared.unpinned.clone());
+        }
+        let mut key = pins.to_vec();
+        key.sort_unstable();
+        let mut pinned = self
+            .shared
+            .pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = pinned.get(&key) {
+            return Ok(client.clone());
+        }
+        if pinned.len() >= MAX_PINNED_CLIENTS {
+            pinned.clear();
+        }
+        let client = build_client(&self.shared.settings, &key)
+            .map_err(|err| FetchError::Transport(err.to_string()))?;
+        pinned.insert(key, client.clone());
+        Ok(client)
+    }
+
     /// Fetches `url`, revalidating against `prior` when given, reading at most `max_bytes`,
-    /// in an HTTP client span.
+    /// in an HTTP client span. `trust` restricts the hosts of every hop and pins the TLS keys.
     pub async fn fetch(
         &self,
         url: &JwksUrl,
+        trust: &UpstreamTrust,
         prior: &Validators,
         max_bytes: u32,
         now: SystemTime,
     ) -> Result<FetchOutcome, FetchError> {
         let span = client_span(url);
-        let exchange = self.exchange(url, conditional_headers(prior), prior, max_bytes, now);
-        let result = match self.egress.check(url.as_url()) {
-            Ok(()) => tokio::time::timeout(self.timeout, exchange)
+        let timeout = self.shared.settings.timeout;
+        let exchange = self.exchange(url, trust, prior, max_bytes, now);
+        let result = match self.check_hop(url.as_url(), trust) {
+            Ok(()) => tokio::time::timeout(timeout, exchange)
                 .instrument(span.clone())
                 .await
-                .map_err(|_| FetchError::Timeout(self.timeout))
+                .map_err(|_| FetchError::Timeout(timeout))
                 .and_then(|result| result),
             Err(reason) => Err(FetchError::Refused(reason)),
         };
@@ -239,21 +257,25 @@ impl Fetcher {
         result
     }
 
+    /// The checks every URL passes before it is requested: the registered one and each hop.
+    fn check_hop(&self, url: &Url, trust: &UpstreamTrust) -> Result<(), String> {
+        self.shared.settings.egress.check(url)?;
+        trust.check(url)
+    }
+
     async fn exchange(
         &self,
         url: &JwksUrl,
-        request_headers: HeaderMap,
+        trust: &UpstreamTrust,
         prior: &Validators,
         max_bytes: u32,
         now: SystemTime,
     ) -> Result<FetchOutcome, FetchError> {
+        let client = self.client(&trust.spki_pins)?;
+        let request_headers = conditional_headers(prior);
         let mut response = self
-            .client
-            .get(url.as_url().clone())
-            .headers(request_headers.clone())
-            .send()
-            .await
-            .map_err(classify)?;
+            .follow_redirects(&client, url.as_url(), trust, &request_headers)
+            .await?;
         let request = request_parts(url, request_headers)?;
         let status = response.status();
         let head = response_parts(status, response.headers().clone());
@@ -285,6 +307,102 @@ impl Fetcher {
             }),
         }
     }
+}
+
+impl Fetcher {
+    /// Sends the GET and follows redirects itself, so that every hop passes the same checks
+    /// as the registered URL (egress rules, the provider's hosts, https when pinned).
+    async fn follow_redirects(
+        &self,
+        client: &reqwest::Client,
+        url: &Url,
+        trust: &UpstreamTrust,
+        headers: &HeaderMap,
+    ) -> Result<reqwest::Response, FetchError> {
+        let max_redirects = self.shared.settings.max_redirects;
+        let mut visited = vec![url.clone()];
+        let mut current = url.clone();
+        loop {
+            let response = client
+                .get(current.clone())
+                .headers(headers.clone())
+                .send()
+                .await
+                .map_err(classify)?;
+            let Some(next) = redirect_target(&response, &current)? else {
+                return Ok(response);
+            };
+            if visited.len() > max_redirects {
+                return Err(FetchError::Redirect(format!(
+                    "more than {max_redirects} redirects"
+                )));
+            }
+            if visited.contains(&next) {
+                return Err(FetchError::Redirect(format!("loop back to {next}")));
+            }
+            self.check_hop(&next, trust)
+                .map_err(|reason| FetchError::Redirect(format!("{next}: {reason}")))?;
+            visited.push(next.clone());
+            current = next;
+        }
+    }
+}
+
+/// Where a redirect response points, resolved against the URL that answered it.
+fn redirect_target(response: &reqwest::Response, current: &Url) -> Result<Option<Url>, FetchError> {
+    let status = response.status();
+    let followed = [
+        StatusCode::MOVED_PERMANENTLY,
+        StatusCode::FOUND,
+        StatusCode::SEE_OTHER,
+        StatusCode::TEMPORARY_REDIRECT,
+        StatusCode::PERMANENT_REDIRECT,
+    ];
+    if !followed.contains(&status) {
+        return Ok(None);
+    }
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| {
+            FetchError::Redirect(format!(
+                "HTTP {} without a readable Location",
+                status.as_u16()
+            ))
+        })?;
+    current
+        .join(location)
+        .map(Some)
+        .map_err(|err| FetchError::Redirect(format!("Location {location:?} is not a URL: {err}")))
+}
+
+/// Why the fetcher could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchSetupError {
+    /// The TLS trust for IdPs could not be set up.
+    #[error(transparent)]
+    Tls(#[from] UpstreamTlsError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// A client resolving through the guarded resolver, following no redirects by itself, and
+/// requiring one of `pins` (none when empty) in the TLS handshake.
+fn build_client(
+    settings: &FetchSettings,
+    pins: &[SpkiPin],
+) -> Result<reqwest::Client, FetchSetupError> {
+    let tls = settings.trust_roots.client_config(pins)?;
+    let resolver = GuardedResolver::new(Arc::clone(&settings.lookup), Arc::clone(&settings.egress));
+    Ok(reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .dns_resolver(Arc::new(resolver))
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(tls)
+        .user_agent(concat!("keyrelay/", env!("CARGO_PKG_VERSION")))
+        .build()?)
 }
 
 /// An HTTP client span per the OpenTelemetry conventions. The URL is recorded without its
@@ -414,26 +532,12 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 }
 
 fn classify(err: reqwest::Error) -> FetchError {
-    if let Some(refused) = find_source::<RedirectRefused>(&err) {
-        return FetchError::Redirect(refused.0.clone());
-    }
     let detail = error_chain(&err);
     if err.is_connect() {
         FetchError::Connect(detail)
     } else {
         FetchError::Transport(detail)
     }
-}
-
-fn find_source<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut current = Some(err);
-    while let Some(err) = current {
-        if let Some(found) = err.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = err.source();
-    }
-    None
 }
 
 fn error_chain(err: &(dyn StdError + 'static)) -> String {

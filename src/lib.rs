@@ -35,4 +35,5 @@ pub mod staleness;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod upstream_tls;
 pub mod watch;

@@ -316,6 +316,7 @@ impl Refresher {
             .fetcher
             .fetch(
                 &current.registration.url,
+                &current.registration.overrides.trust,
                 &current.validators,
                 policy.max_response_bytes,
                 started.into(),

@@ -23,7 +23,7 @@ use crate::{
     config::ServeConfig,
     dns::SystemLookup,
     domain::{EgressRules, Policy, ValidationError},
-    fetch::Fetcher,
+    fetch::{FetchSetupError, Fetcher},
     http::HttpServer,
     metrics::Metrics,
     mirror,
@@ -76,9 +76,9 @@ pub enum StartupError {
         /// The bind failure.
         source: std::io::Error,
     },
-    /// The HTTP client could not be built.
-    #[error("HTTP client: {0}")]
-    HttpClient(#[from] reqwest::Error),
+    /// The JWKS fetcher could not be built.
+    #[error("JWKS fetcher: {0}")]
+    Fetcher(#[from] FetchSetupError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -193,7 +193,11 @@ impl Application {
         let refresher = Refresher::new(RefresherParts {
             store: Arc::clone(&store),
             cache: Arc::clone(&cache),
-            fetcher: Fetcher::new(&config.fetch_settings(Arc::new(SystemLookup)))?,
+            fetcher: Fetcher::new(
+                &config
+                    .fetch_settings(Arc::new(SystemLookup))
+                    .map_err(FetchSetupError::from)?,
+            )?,
             clock: Arc::clone(&clock),
             defaults,
             backoff: config.backoff(),

@@ -72,10 +72,16 @@ impl AdminService for AdminApi {
         request: Request<pb::RegisterProviderRequest>,
     ) -> Result<Response<pb::RegisterProviderResponse>, Status> {
         let request = request.into_inner();
+        let url = JwksUrl::parse(&request.jwks_url, &self.egress).map_err(Error::from)?;
+        let overrides = convert::policy_overrides(request.policy).map_err(Error::from)?;
+        overrides
+            .trust
+            .check(url.as_url())
+            .map_err(|reason| Error::from(ValidationError::new("jwks_url", reason)))?;
         let registration = NewRegistration {
             key: super::request_key(&request.tenant, &request.provider)?,
-            url: JwksUrl::parse(&request.jwks_url, &self.egress).map_err(Error::from)?,
-            overrides: convert::policy_overrides(request.policy).map_err(Error::from)?,
+            url,
+            overrides,
         };
         let (snapshot, created) = self.relay.register(registration).await?;
         Ok(Response::new(pb::RegisterProviderResponse {

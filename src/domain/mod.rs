@@ -1,15 +1,17 @@
-//! Domain values built once at the edge and trusted everywhere inside: identifiers, JWKS URLs
-//! and refresh policies. Inner layers never re-check strings.
+//! Domain values built once at the edge and trusted everywhere inside: identifiers, JWKS URLs,
+//! refresh policies and per-provider upstream trust. Inner layers never re-check strings.
 
 mod ids;
 mod jwks_url;
 mod policy;
+mod upstream_trust;
 
 pub use ids::{Kid, ProviderId, ProviderKey, TenantId};
 pub use jwks_url::{EgressRules, JwksUrl};
 #[cfg(test)]
 pub(crate) use policy::documented_defaults;
 pub use policy::{Policy, PolicyOverrides};
+pub use upstream_trust::{HostPattern, SpkiPin, UpstreamTrust};
 
 use std::borrow::Cow;
 

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ValidationError;
+use super::{UpstreamTrust, ValidationError};
 
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MIN_RESPONSE_BYTES: u32 = 1024;
 const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Per-provider overrides; `None` means "use the server default". Stored as JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyOverrides {
     /// Lower bound of the freshness lifetime.
     pub min_ttl: Option<Duration>,
@@ -26,6 +26,9 @@ pub struct PolicyOverrides {
     pub max_stale: Option<Duration>,
     /// Largest accepted response body.
     pub max_response_bytes: Option<u32>,
+    /// Where the JWKS may come from (hosts, certificate pins); no server default.
+    #[serde(default, flatten)]
+    pub trust: UpstreamTrust,
 }
 
 /// The policy in force for one provider: every knob set.

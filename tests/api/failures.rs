@@ -1,5 +1,6 @@
-//! Hostile and failing identity providers: outages, slow and oversized bodies, redirects,
-//! bad documents. The last good keys must survive all of them.
+//! Hostile and failing identity providers: outages, 429s, slow, truncated and oversized
+//! bodies, redirects and loops, bad documents. The last good keys must survive all of them.
+//! TLS failures (certificates, pins) are in `upstream_tls`.
 
 use std::time::Duration;
 
@@ -15,6 +16,19 @@ async fn app_and_idp() -> (TestApp, MockIdp) {
     let app = spawn_app(Backend::Sqlite).await;
     let idp = MockIdp::start(app.clock.clone()).await;
     (app, idp)
+}
+
+/// Refreshes acme/okta, expecting a failure naming `reason` and the set {k1} still served.
+async fn refresh_is_rejected_keeping_k1(app: &TestApp, reason: &str) {
+    let refreshed = app.refresh("acme", "okta").await;
+    let s = status(&refreshed);
+    assert!(s.last_error.contains(reason), "{reason}: {}", s.last_error);
+    assert_eq!(s.version, 1);
+    let set = app
+        .resolve("acme", "okta", None)
+        .await
+        .expect("last good set served");
+    assert_eq!(kids(&set), ["k1"]);
 }
 
 #[tokio::test]
@@ -216,15 +230,7 @@ async fn bad_documents_are_rejected_and_the_last_good_set_kept() {
             body: body.into(),
             ..Document::default()
         });
-        let refreshed = app.refresh("acme", "okta").await;
-        let s = status(&refreshed);
-        assert!(s.last_error.contains(reason), "{reason}: {}", s.last_error);
-        assert_eq!(s.version, 1);
-        let set = app
-            .resolve("acme", "okta", None)
-            .await
-            .expect("last good set served");
-        assert_eq!(kids(&set), ["k1"]);
+        refresh_is_rejected_keeping_k1(&app, reason).await;
     }
 }
 
@@ -307,4 +313,51 @@ async fn connection_refused_is_reported() {
         "{}",
         status(&provider).last_error
     );
+}
+
+#[tokio::test]
+async fn truncated_garbled_or_deeply_nested_bodies_keep_the_last_good_set() {
+    let (app, idp) = app_and_idp().await;
+    idp.serve_kids(&["k1"], None);
+    app.register("acme", "okta", &idp.jwks_url()).await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases = [
+        (Mode::Truncated, "request failed"),
+        (
+            Mode::Raw(b"{\"keys\": [\xff\xfe]}".as_slice().into()),
+            "not JSON",
+        ),
+        (Mode::Raw(deep.into()), "recursion limit exceeded"),
+    ];
+    for (mode, reason) in cases {
+        idp.set_mode(mode);
+        refresh_is_rejected_keeping_k1(&app, reason).await;
+    }
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured() {
+    let (app, idp) = app_and_idp().await;
+    app.register("acme", "okta", &idp.jwks_url()).await;
+    idp.set_mode(Mode::Status(429, Some("300")));
+    let refreshed = app.refresh("acme", "okta").await;
+    let s = status(&refreshed);
+    assert!(s.last_error.contains("HTTP 429"), "{}", s.last_error);
+    let retry_in = crate::helpers::seconds_between(
+        s.last_attempt_at.as_ref().unwrap(),
+        s.next_refresh_at.as_ref().unwrap(),
+    );
+    assert!(
+        retry_in >= 300.0,
+        "Retry-After honoured, retry in {retry_in}s"
+    );
+    assert_eq!(s.version, 1, "the last good set is kept");
+}
+
+#[tokio::test]
+async fn a_redirect_loop_is_refused() {
+    let (app, idp) = app_and_idp().await;
+    let provider = app.register("acme", "okta", &idp.url("/loop-a")).await;
+    let error = &status(&provider).last_error;
+    assert!(error.contains("redirect refused: loop back to"), "{error}");
 }

@@ -275,22 +275,29 @@ impl TestApp {
         url: &str,
         policy: Option<pb::ProviderPolicy>,
     ) -> pb::Provider {
+        self.try_register_with(tenant, provider, url, policy)
+            .await
+            .expect("register")
+    }
+
+    pub async fn try_register_with(
+        &self,
+        tenant: &str,
+        provider: &str,
+        url: &str,
+        policy: Option<pb::ProviderPolicy>,
+    ) -> Result<pb::Provider, tonic::Status> {
         let request = pb::RegisterProviderRequest {
             tenant: tenant.into(),
             provider: provider.into(),
             jwks_url: url.into(),
             policy,
         };
-        let response = self
-            .admin()
-            .await
-            .register_provider(request)
-            .await
-            .expect("register");
-        response
+        let response = self.admin().await.register_provider(request).await?;
+        Ok(response
             .into_inner()
             .provider
-            .expect("provider in response")
+            .expect("provider in response"))
     }
 
     pub async fn get(&self, tenant: &str, provider: &str) -> pb::Provider {

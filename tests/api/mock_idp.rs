@@ -38,6 +38,10 @@ pub enum Mode {
     Oversize(u64),
     /// Like `Normal`, but only after `release` is called once per request.
     Gated,
+    /// Answer 200 with exactly these bytes (invalid UTF-8, say).
+    Raw(Bytes),
+    /// Announce the document's length, send half of it, then break the connection.
+    Truncated,
 }
 
 /// The document and the caching headers of a 200.
@@ -73,8 +77,37 @@ struct Shared {
 /// A running mock IdP.
 #[derive(Clone)]
 pub struct MockIdp {
-    addr: SocketAddr,
+    /// `scheme://host:port` the mock answers on.
+    base: String,
+    port: u16,
     shared: Arc<Shared>,
+}
+
+/// Accepts TCP connections and completes a TLS handshake on each before handing it to axum.
+/// Failed handshakes (a client refusing the certificate) are skipped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, peer)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
 }
 
 /// A JWKS of RSA keys with these kids (dummy material: keyrelay never verifies with it).
@@ -89,34 +122,53 @@ pub fn jwks(kids: &[&str]) -> Value {
 impl MockIdp {
     /// Starts the mock on a random loopback port; its `Date` headers follow `clock`.
     pub async fn start(clock: impl Clock) -> Self {
-        let (count, _) = watch::channel(0);
-        let shared = Arc::new(Shared {
-            document: Mutex::new(Document {
-                body: jwks(&["key-1"]).to_string(),
-                ..Document::default()
-            }),
-            mode: Mutex::new(Mode::Normal),
-            validators_in_304: Mutex::new(true),
-            requests: Mutex::default(),
-            count,
-            bytes_streamed: AtomicU64::new(0),
-            gate: Semaphore::new(0),
-            clock: Box::new(clock),
-        });
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind mock IdP");
-        let addr = listener.local_addr().expect("mock IdP address");
+        let listener = bind("127.0.0.1", 0).await;
+        let port = listener.local_addr().expect("mock IdP address").port();
+        let (app, shared) = app(clock);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, shared }
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            shared,
+        }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// Starts the mock over TLS on `ip` (a loopback address) with this certificate, addressed
+    /// as `https://{host}:<port>` (a name the test's resolver maps to `ip`).
+    pub async fn start_tls(ip: &str, host: &str, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_tls_on(ip, 0, host, tls).await
+    }
+
+    /// Like `start_tls`, on a given port (0 for any).
+    pub async fn start_tls_on(
+        ip: &str,
+        port: u16,
+        host: &str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Self {
+        let tcp = bind(ip, port).await;
+        let port = tcp.local_addr().expect("mock IdP address").port();
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        };
+        let (app, shared) = app(keyrelay::clock::SystemClock);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base: format!("https://{host}:{port}"),
+            port,
+            shared,
+        }
+    }
+
+    /// The port the mock listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `<scheme>://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 
     /// The usual JWKS URL.
@@ -188,6 +240,37 @@ impl MockIdp {
     }
 }
 
+async fn bind(ip: &str, port: u16) -> tokio::net::TcpListener {
+    assert!(
+        ip.parse::<std::net::IpAddr>().unwrap().is_loopback(),
+        "the mock IdP listens on loopback only"
+    );
+    tokio::net::TcpListener::bind((ip, port))
+        .await
+        .expect("bind mock IdP")
+}
+
+fn app(clock: impl Clock) -> (Router, Arc<Shared>) {
+    let (count, _) = watch::channel(0);
+    let shared = Arc::new(Shared {
+        document: Mutex::new(Document {
+            body: jwks(&["key-1"]).to_string(),
+            ..Document::default()
+        }),
+        mode: Mutex::new(Mode::Normal),
+        validators_in_304: Mutex::new(true),
+        requests: Mutex::default(),
+        count,
+        bytes_streamed: AtomicU64::new(0),
+        gate: Semaphore::new(0),
+        clock: Box::new(clock),
+    });
+    let router = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(&shared));
+    (router, shared)
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (request, _body) = request.into_parts();
     let path = request.uri.path().to_owned();
@@ -208,6 +291,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let date = httpdate::fmt_http_date(shared.clock.now().into());
     let mut response = if let Some(hops) = path.strip_prefix("/hop/") {
         redirect(hops)
+    } else if path == "/loop-a" || path == "/loop-b" {
+        redirect_to(if path == "/loop-a" {
+            "/loop-b"
+        } else {
+            "/loop-a"
+        })
     } else if let Some(target) = path.strip_prefix("/redirect-to/") {
         redirect_to(&target.replace('|', "/"))
     } else {
@@ -261,7 +350,22 @@ async fn serve(shared: Arc<Shared>, mode: Mode, request: &HeaderMap) -> Response
             Response::new(Body::from_stream(chunks))
         }
         Mode::Oversize(total) => oversize(shared, total),
+        Mode::Raw(bytes) => Response::new(Body::from(bytes)),
+        Mode::Truncated => truncated(&shared),
     }
+}
+
+fn truncated(shared: &Shared) -> Response {
+    let body = Bytes::from(shared.document.lock().unwrap().body.clone());
+    let half = body.slice(..body.len() / 2);
+    let chunks = stream::iter([
+        Ok(half),
+        Err(std::io::Error::other("connection broken by the mock")),
+    ]);
+    Response::builder()
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from_stream(chunks))
+        .unwrap()
 }
 
 fn oversize(shared: Arc<Shared>, total: u64) -> Response {
