@@ -8,10 +8,13 @@ use prost_types::Timestamp;
 
 use crate::{
     cluster::ClusterStatus,
-    domain::{Policy, PolicyOverrides, UpstreamTrust, ValidationError},
+    domain::{
+        EgressRules, JwksUrl, Policy, PolicyOverrides, ProviderKey, UpstreamTrust, ValidationError,
+    },
     proto::v1 as pb,
     provider::{CurrentKeys, ProviderState},
     relay::Snapshot,
+    store::NewRegistration,
 };
 
 pub(crate) fn timestamp(at: DateTime<Utc>) -> Timestamp {
@@ -39,8 +42,28 @@ fn parse_duration(
         .transpose()
 }
 
+/// A registration request parsed into domain values: identifiers, the URL under the egress
+/// rules, the policy, and the URL against the policy's hosts and pins.
+pub fn new_registration(
+    request: pb::RegisterProviderRequest,
+    egress: &EgressRules,
+) -> Result<NewRegistration, ValidationError> {
+    let key = ProviderKey::parse(&request.tenant, &request.provider)?;
+    let url = JwksUrl::parse(&request.jwks_url, egress)?;
+    let overrides = policy_overrides(request.policy)?;
+    overrides
+        .trust
+        .check(url.as_url())
+        .map_err(|reason| ValidationError::new("jwks_url", reason))?;
+    Ok(NewRegistration {
+        key,
+        url,
+        overrides,
+    })
+}
+
 /// The overrides of a registration request.
-pub(crate) fn policy_overrides(
+fn policy_overrides(
     policy: Option<pb::ProviderPolicy>,
 ) -> Result<PolicyOverrides, ValidationError> {
     let policy = policy.unwrap_or_default();

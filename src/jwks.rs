@@ -130,6 +130,25 @@ pub enum JwksError {
     },
 }
 
+impl JwksError {
+    /// A short name for the rejection metric's `reason` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JwksError::NotJson(_) => "not_json",
+            JwksError::NoKeysArray => "no_keys_array",
+            JwksError::DuplicateKid(_) => "duplicate_kid",
+            JwksError::PrivateMaterial { .. } => "private_material",
+            JwksError::EmptyReplacesNonEmpty { .. } => "empty_set",
+            JwksError::TooManyKeys { .. } => "too_many_keys",
+            JwksError::KeyTooLarge { .. } => "key_too_large",
+            JwksError::WeakRsaKey { .. } => "weak_rsa_key",
+            JwksError::UnknownAlgorithm { .. } => "unknown_algorithm",
+            JwksError::KidReused(_) => "kid_reused",
+            JwksError::UnconfirmedReplacement { .. } => "unconfirmed_replacement",
+        }
+    }
+}
+
 /// One public key of a sanitized set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKey {

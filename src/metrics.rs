@@ -48,6 +48,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// How a Resolve was answered from the cache.
 #[derive(Debug, Clone, Copy)]
 pub enum CacheResult {
@@ -69,6 +74,7 @@ pub struct Metrics {
     fetch_duration: Histogram,
     fetched_bytes: Counter,
     key_set_changes: Counter,
+    key_set_rejections: Family<ReasonLabels, Counter>,
     watch_subscribers: Gauge,
     watch_events: Counter,
     watch_resyncs: Counter,
@@ -96,6 +102,7 @@ impl Metrics {
             fetch_duration: seconds_buckets(),
             fetched_bytes: Counter::default(),
             key_set_changes: Counter::default(),
+            key_set_rejections: Family::default(),
             watch_subscribers: Gauge::default(),
             watch_events: Counter::default(),
             watch_resyncs: Counter::default(),
@@ -138,6 +145,11 @@ impl Metrics {
             "key_set_changes",
             "New key set versions",
             metrics.key_set_changes.clone(),
+        );
+        registry.register(
+            "key_set_rejections",
+            "Documents refused by the key-set guardrails, by reason (see the README)",
+            metrics.key_set_rejections.clone(),
         );
         registry.register(
             "watch_subscribers",
@@ -206,6 +218,13 @@ impl Metrics {
     /// A new key set version was stored.
     pub fn key_set_changed(&self) {
         self.key_set_changes.inc();
+    }
+
+    /// A fetched document was refused for `reason` (a `JwksError` kind).
+    pub fn key_set_rejected(&self, reason: &'static str) {
+        self.key_set_rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// A WatchKeys stream opened; the guard counts it closed when dropped.

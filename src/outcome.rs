@@ -22,8 +22,10 @@ pub enum Change {
     NewVersion(u64),
     /// The identity provider confirmed the current keys (304 or identical body).
     Unchanged,
-    /// The fetch or the document failed; the last good keys stay.
+    /// The fetch failed; the last good keys stay.
     Failed(String),
+    /// The IdP answered a document that was refused; the last good keys stay.
+    Rejected(JwksError),
 }
 
 /// Inputs that do not come from the fetch.
@@ -48,9 +50,8 @@ pub fn apply<R: Rng>(
         (Ok(FetchOutcome::Modified { body, cache }), previous) => match accept(current, &body) {
             Ok(document) if is_unconfirmed_replacement(current, &document) => {
                 let previous = previous.map_or(0, |keys| keys.document.keys().len());
-                let reason = JwksError::UnconfirmedReplacement { previous }.to_string();
-                let (mut record, change) =
-                    fail(current, reason, Retry::Soon { after: None }, false, ctx);
+                let held = JwksError::UnconfirmedReplacement { previous };
+                let (mut record, change) = reject(current, held, Retry::Soon { after: None }, ctx);
                 record.pending_replacement = Some(document.fingerprint());
                 (record, change)
             }
@@ -58,7 +59,7 @@ pub fn apply<R: Rng>(
                 let keys = versioned(previous, document);
                 succeed(current, keys, cache, ctx)
             }
-            Err(reason) => fail(current, reason, Retry::Later, false, ctx),
+            Err(err) => reject(current, err, Retry::Later, ctx),
         },
         (Ok(FetchOutcome::NotModified { cache }), Some(previous)) => {
             let keys = (
@@ -94,13 +95,10 @@ fn is_unconfirmed_replacement(current: &ProviderRecord, document: &KeySetDocumen
     replaces_all && current.pending_replacement != Some(document.fingerprint())
 }
 
-fn accept(current: &ProviderRecord, body: &[u8]) -> Result<KeySetDocument, String> {
-    let parsed = KeySetDocument::parse(body).map_err(|err| err.to_string())?;
+fn accept(current: &ProviderRecord, body: &[u8]) -> Result<KeySetDocument, JwksError> {
+    let parsed = KeySetDocument::parse(body)?;
     let previous = current.keys.as_ref().map(|keys| keys.document.as_ref());
-    parsed
-        .document
-        .may_replace(previous)
-        .map_err(|err| err.to_string())?;
+    parsed.document.may_replace(previous)?;
     if parsed.skipped > 0 {
         tracing::info!(
             provider = %current.registration.key,
@@ -154,6 +152,16 @@ fn succeed<R: Rng>(
         pending_replacement: None,
     };
     (record, change)
+}
+
+fn reject<R: Rng>(
+    current: &ProviderRecord,
+    err: JwksError,
+    retry: Retry,
+    ctx: Context<'_, R>,
+) -> (ProviderRecord, Change) {
+    let (record, _) = fail(current, err.to_string(), retry, false, ctx);
+    (record, Change::Rejected(err))
 }
 
 fn fail<R: Rng>(
@@ -323,7 +331,12 @@ mod tests {
     fn a_rejected_document_is_a_failure_that_keeps_the_keys() {
         let (good, _) = step(&registered(), modified(&["a"], "\"1\""));
         let (rejected, change) = step(&good, modified(&[], "\"2\""));
-        assert!(matches!(change, Change::Failed(reason) if reason.contains("no usable keys")));
+        assert!(matches!(
+            change,
+            Change::Rejected(JwksError::EmptyReplacesNonEmpty { .. })
+        ));
+        let reason = rejected.status.last_error.as_deref().unwrap_or_default();
+        assert!(reason.contains("no usable keys"), "{reason}");
         assert_eq!(rejected.keys, good.keys);
         assert_eq!(
             rejected.validators.etag.as_deref(),
@@ -336,13 +349,14 @@ mod tests {
     fn a_set_replacing_every_key_is_held_until_a_second_fetch_agrees() {
         let (good, _) = step(&registered(), modified(&["a"], "\"1\""));
         let (held, change) = step(&good, modified(&["x"], "\"2\""));
-        assert!(
-            matches!(change, Change::Failed(reason) if reason.contains("replaced in one step"))
+        assert_eq!(
+            change,
+            Change::Rejected(JwksError::UnconfirmedReplacement { previous: 1 })
         );
         assert_eq!(held.keys, good.keys, "the last good set stays");
         let (other, change) = step(&held, modified(&["y"], "\"3\""));
         assert!(
-            matches!(change, Change::Failed(_)),
+            matches!(change, Change::Rejected(_)),
             "a different replacement starts over"
         );
         let (confirmed, change) = step(&other, modified(&["y"], "\"3\""));

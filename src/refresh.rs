@@ -338,7 +338,10 @@ impl Refresher {
             outcome::apply(&current, result, context)
         };
         let outcome = match &change {
-            Change::Failed(_) if fetched == "modified" => "rejected",
+            Change::Rejected(err) => {
+                parts.metrics.key_set_rejected(err.kind());
+                "rejected"
+            }
             _ => fetched,
         };
         parts.metrics.fetched(outcome, fetching.elapsed(), bytes);
@@ -405,6 +408,13 @@ fn log_change(key: &ProviderKey, change: &Change, record: &ProviderRecord) {
             consecutive_failures = record.status.consecutive_failures,
             next_refresh_at = ?next,
             "refresh failed; keeping the last good key set"
+        ),
+        Change::Rejected(err) => tracing::warn!(
+            provider = %key,
+            error = %err,
+            reason = err.kind(),
+            next_refresh_at = ?next,
+            "key set rejected; keeping the last good key set"
         ),
     }
 }

@@ -8,11 +8,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     cluster::Cluster,
     convert,
-    domain::{EgressRules, JwksUrl, ProviderKey, TenantId, ValidationError},
+    domain::{EgressRules, ProviderKey, TenantId, ValidationError},
     error::Error,
     proto::{server::admin_service_server::AdminService, v1 as pb},
     relay::Relay,
-    store::NewRegistration,
 };
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -72,17 +71,8 @@ impl AdminService for AdminApi {
         request: Request<pb::RegisterProviderRequest>,
     ) -> Result<Response<pb::RegisterProviderResponse>, Status> {
         let request = request.into_inner();
-        let url = JwksUrl::parse(&request.jwks_url, &self.egress).map_err(Error::from)?;
-        let overrides = convert::policy_overrides(request.policy).map_err(Error::from)?;
-        overrides
-            .trust
-            .check(url.as_url())
-            .map_err(|reason| Error::from(ValidationError::new("jwks_url", reason)))?;
-        let registration = NewRegistration {
-            key: super::request_key(&request.tenant, &request.provider)?,
-            url,
-            overrides,
-        };
+        let registration = convert::new_registration(request, &self.egress).map_err(Error::from)?;
+        super::record_key(&registration.key);
         let (snapshot, created) = self.relay.register(registration).await?;
         Ok(Response::new(pb::RegisterProviderResponse {
             provider: Some(convert::provider(&snapshot)),

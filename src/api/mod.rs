@@ -19,8 +19,13 @@ use crate::{domain::ProviderKey, error::Error};
 /// span (only once valid: the span never carries arbitrary caller strings).
 fn request_key(tenant: &str, provider: &str) -> Result<ProviderKey, Status> {
     let key = ProviderKey::parse(tenant, provider).map_err(Error::from)?;
+    record_key(&key);
+    Ok(key)
+}
+
+/// Records a parsed tenant and provider on the call's span.
+fn record_key(key: &ProviderKey) {
     let span = tracing::Span::current();
     span.record("keyrelay.tenant", key.tenant.as_str());
     span.record("keyrelay.provider", key.provider.as_str());
-    Ok(key)
 }

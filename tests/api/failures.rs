@@ -232,6 +232,19 @@ async fn bad_documents_are_rejected_and_the_last_good_set_kept() {
         });
         refresh_is_rejected_keeping_k1(&app, reason).await;
     }
+    let (_, metrics) = app.http_get("/metrics").await;
+    for reason in [
+        "not_json",
+        "no_keys_array",
+        "empty_set",
+        "private_material",
+        "duplicate_kid",
+        "weak_rsa_key",
+        "unknown_algorithm",
+    ] {
+        let line = format!("keyrelay_key_set_rejections_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
 }
 
 #[tokio::test]
