@@ -115,6 +115,26 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
     assert_eq!(resolved["version"], 1);
     assert_eq!(resolved["jwks"]["keys"][0]["kid"], "k1");
 
+    let confined = cli(
+        &endpoint,
+        data,
+        &[
+            "providers",
+            "add",
+            "acme",
+            "confined",
+            &idp.jwks_url(),
+            "--allowed-host",
+            "idp.example.com",
+        ],
+    );
+    assert!(!confined.status.success());
+    let stderr = String::from_utf8_lossy(&confined.stderr);
+    assert!(
+        stderr.contains("is not in policy.allowed_hosts"),
+        "{stderr}"
+    );
+
     let missing = cli(&endpoint, data, &["providers", "get", "acme", "nope"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not registered"));
