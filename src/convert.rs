@@ -1,6 +1,10 @@
 //! Conversions between protobuf messages and domain values, shared by the gRPC handlers
 //! and the WatchKeys stream.
 
+mod access;
+
+pub use access::{audit_event, optional_tenant, tenant_access, token, token_request};
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

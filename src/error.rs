@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::{
+    access::AuthError,
     domain::{ProviderKey, ValidationError},
     refresh::RefreshError,
     store::StoreError,
@@ -15,9 +16,18 @@ pub enum Error {
     /// A request field is malformed.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
-    /// No such registration.
+    /// No such registration (or none the caller may see).
     #[error("provider {0} is not registered")]
     ProviderNotFound(ProviderKey),
+    /// No such access token (or none the caller may see).
+    #[error("access token {0} does not exist")]
+    TokenNotFound(String),
+    /// Missing or invalid credentials.
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+    /// Valid credentials, but not for this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The requested kid is not in the provider's keys, even after a refresh.
     #[error("{0}")]
     KidNotFound(String),
@@ -52,7 +62,11 @@ impl From<Error> for Status {
 fn code_of(err: &Error) -> Code {
     match err {
         Error::Invalid(_) => Code::InvalidArgument,
-        Error::ProviderNotFound(_) | Error::KidNotFound(_) => Code::NotFound,
+        Error::ProviderNotFound(_) | Error::KidNotFound(_) | Error::TokenNotFound(_) => {
+            Code::NotFound
+        }
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Store(StoreError::Database(_) | StoreError::Timeout(_))
         | Error::Refresh(
@@ -75,6 +89,8 @@ impl Error {
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
             Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +116,12 @@ mod tests {
                 Code::Unavailable,
             ),
             (Error::Refresh(RefreshError::Superseded), Code::Aborted),
+            (Error::TokenNotFound("0".into()), Code::NotFound),
+            (
+                Error::Unauthenticated(AuthError::Rejected),
+                Code::Unauthenticated,
+            ),
+            (Error::PermissionDenied("no".into()), Code::PermissionDenied),
             (
                 Error::Store(StoreError::Corrupt {
                     key: "t/p".into(),

@@ -5,6 +5,7 @@
 //! verifiers over gRPC. The binary (`main.rs`) only parses the command line; everything
 //! lives here so that tests drive the very same code.
 
+pub mod access;
 pub mod admin_token;
 pub mod api;
 pub mod cache;

@@ -3,7 +3,9 @@
 //! URL (Envoy jwt_authn, jose, jwx, nginx) can point at keyrelay and keep working through IdP
 //! outages. `GET /v1/jwks/{tenant}` merges the tenant's providers, when their kids do not
 //! collide. Strong ETags from the versions, `Cache-Control: max-age` from the remaining
-//! freshness, 304 on a matching `If-None-Match`.
+//! freshness, 304 on a matching `If-None-Match`. A tenant that requires a verifier token is
+//! served only to `Authorization: Bearer` holders of one (privately cacheable), and looks
+//! absent to everyone else.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -20,6 +22,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::{
+    access::AccessRegistry,
+    clock::Clock,
     domain::{ProviderKey, TenantId},
     error::Error,
     provider::CurrentKeys,
@@ -28,12 +32,43 @@ use crate::{
 
 const JWK_SET: &str = "application/jwk-set+json";
 
+/// What the mirror serves from and checks callers against.
+#[derive(Clone)]
+pub struct Mirror {
+    /// The key sets.
+    pub relay: Arc<Relay>,
+    /// Who may read which tenant.
+    pub access: Arc<AccessRegistry>,
+    /// Time for token expiry.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Mirror {
+    /// Whether the caller presenting `headers` may read `tenant`; `Ok(false)` hides it.
+    fn may_read(&self, headers: &HeaderMap, tenant: &TenantId) -> Result<bool, Error> {
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let caller = self.access.caller(authorization, self.clock.now())?;
+        Ok(self.access.may_read(caller.as_ref(), tenant))
+    }
+
+    /// How shared caches may keep `tenant`'s keys: not at all when they need a token.
+    fn cacheability(&self, tenant: &TenantId) -> &'static str {
+        if self.access.may_read(None, tenant) {
+            "public"
+        } else {
+            "private"
+        }
+    }
+}
+
 /// The mirror's routes, served on the gRPC listener and on the HTTP listener.
-pub fn router(relay: Arc<Relay>) -> Router {
+pub fn router(mirror: Mirror) -> Router {
     Router::new()
         .route("/v1/jwks/{tenant}/{provider}", get(provider_set))
         .route("/v1/jwks/{tenant}", get(tenant_set))
-        .with_state(relay)
+        .with_state(mirror)
 }
 
 /// What a response is built from.
@@ -45,26 +80,46 @@ struct Served {
 }
 
 async fn provider_set(
-    State(relay): State<Arc<Relay>>,
+    State(mirror): State<Mirror>,
     Path((tenant, provider)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     let served = ProviderKey::parse(&tenant, &provider)
         .map_err(Error::from)
-        .and_then(|key| relay.usable(&key))
-        .and_then(|snapshot| single(&snapshot));
+        .and_then(|key| {
+            if !mirror.may_read(&headers, &key.tenant)? {
+                return Err(Error::ProviderNotFound(key));
+            }
+            let served = single(&mirror.relay.usable(&key)?)?;
+            Ok((served, mirror.cacheability(&key.tenant)))
+        });
     respond(served, &headers)
 }
 
 async fn tenant_set(
-    State(relay): State<Arc<Relay>>,
+    State(mirror): State<Mirror>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
 ) -> Response {
     let served = TenantId::parse("tenant", &tenant)
         .map_err(Error::from)
-        .and_then(|tenant| merged(&relay, &tenant));
+        .and_then(|tenant| {
+            if !mirror.may_read(&headers, &tenant)? {
+                return Err(no_usable_provider(&tenant));
+            }
+            Ok((
+                merged(&mirror.relay, &tenant)?,
+                mirror.cacheability(&tenant),
+            ))
+        });
     respond(served, &headers)
+}
+
+fn no_usable_provider(tenant: &TenantId) -> Error {
+    Error::Unavailable(format!(
+        "tenant {} has no provider with usable keys",
+        tenant.as_str()
+    ))
 }
 
 fn keys_of(snapshot: &Snapshot) -> Result<&CurrentKeys, Error> {
@@ -105,10 +160,7 @@ fn merged(relay: &Relay, tenant: &TenantId) -> Result<Served, Error> {
         .filter_map(|listed| relay.usable(&listed.record.registration.key).ok())
         .collect();
     if snapshots.is_empty() {
-        return Err(Error::Unavailable(format!(
-            "tenant {} has no provider with usable keys",
-            tenant.as_str()
-        )));
+        return Err(no_usable_provider(tenant));
     }
     let mut kids = HashSet::new();
     let mut keys: Vec<Value> = Vec::new();
@@ -144,22 +196,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn respond(served: Result<Served, Error>, request: &HeaderMap) -> Response {
-    let served = match served {
+fn respond(served: Result<(Served, &str), Error>, request: &HeaderMap) -> Response {
+    let (served, cacheability) = match served {
         Ok(served) => served,
         Err(err) => {
             let body = json!({ "error": err.to_string() }).to_string();
-            return (
-                err.http_status(),
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response();
+            let status = err.http_status();
+            let mut response =
+                (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return response;
         }
     };
     let max_age = (served.fresh_until - served.at).num_seconds().max(0);
     let mut headers = HeaderMap::new();
-    let cache_control = format!("public, max-age={max_age}");
+    let cache_control = format!("{cacheability}, max-age={max_age}");
     for (name, value) in [
         (header::ETAG, served.etag.as_str()),
         (header::CACHE_CONTROL, &cache_control),

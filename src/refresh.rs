@@ -22,6 +22,7 @@ use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::{
+    access::{Action, AuditEvent, Origin},
     cache::KeyCache,
     clock::Clock,
     cluster::{Cluster, RefreshKind, RefreshRequest, Role},
@@ -354,7 +355,8 @@ impl Refresher {
         if let Change::NewVersion(_) = change {
             parts.metrics.key_set_changed();
         }
-        self.commit(key, next, change, fence.as_ref())
+        let audit = rejection_event(&current, &next, &change);
+        self.commit(key, next, change, fence.as_ref(), audit.as_ref())
             .instrument(tracing::info_span!("keyrelay.publish"))
             .await
     }
@@ -365,9 +367,10 @@ impl Refresher {
         mut next: ProviderRecord,
         change: Change,
         fence: Option<&Fence>,
+        audit: Option<&AuditEvent>,
     ) -> FlightResult {
         let parts = &self.parts;
-        match parts.store.save_refresh(&next, fence).await {
+        match parts.store.save_refresh(&next, fence, audit).await {
             Ok(Some(change_seq)) => next.change_seq = change_seq,
             Ok(None) => {
                 tracing::info!(provider = %key, "refresh result not written: registration changed or lease lost");
@@ -382,6 +385,33 @@ impl Refresher {
         log_change(key, &change, &record);
         Ok(record)
     }
+}
+
+/// The audit event of a key set refused by the guardrails, when the refusal is new: the
+/// same refusal repeated by every retry is recorded once.
+fn rejection_event(
+    current: &ProviderRecord,
+    next: &ProviderRecord,
+    change: &Change,
+) -> Option<AuditEvent> {
+    let Change::Rejected(err) = change else {
+        return None;
+    };
+    if current.status.last_error == next.status.last_error {
+        return None;
+    }
+    let at = next.status.last_attempt_at?;
+    let key = &next.registration.key;
+    Some(AuditEvent {
+        before: Some(serde_json::json!({
+            "version": current.keys.as_ref().map(|keys| keys.version),
+        })),
+        after: Some(serde_json::json!({
+            "reason": err.kind(),
+            "error": err.to_string(),
+        })),
+        ..AuditEvent::provider(at, Origin::service(), Action::RejectKeySet, key)
+    })
 }
 
 /// The metric label of a fetch result.

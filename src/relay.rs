@@ -6,6 +6,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 
 use crate::{
+    access::Origin,
     cache::KeyCache,
     clock::Clock,
     domain::{Kid, Policy, ProviderKey, TenantId},
@@ -94,7 +95,12 @@ impl Relay {
 
     /// Creates or updates a registration and fetches its keys once before answering. The
     /// fetch outcome is in the returned record's status; a failing IdP is not an error here.
-    pub async fn register(&self, registration: NewRegistration) -> Result<(Snapshot, bool), Error> {
+    /// The change is audited as made by `origin`.
+    pub async fn register(
+        &self,
+        registration: NewRegistration,
+        origin: &Origin,
+    ) -> Result<(Snapshot, bool), Error> {
         self.parts
             .defaults
             .with_overrides(&registration.overrides)?;
@@ -104,7 +110,7 @@ impl Relay {
         let registered = self
             .parts
             .store
-            .register(&registration, revision, now, fetch_by)
+            .register(&registration, revision, now, fetch_by, origin)
             .await?;
         let key = registration.key;
         self.parts.cache.apply(registered.record);
@@ -115,9 +121,10 @@ impl Relay {
         Ok((self.get(&key)?, registered.created))
     }
 
-    /// Removes a registration and its keys.
-    pub async fn unregister(&self, key: &ProviderKey) -> Result<(), Error> {
-        let Some(change_seq) = self.parts.store.unregister(key).await? else {
+    /// Removes a registration and its keys, audited as done by `origin`.
+    pub async fn unregister(&self, key: &ProviderKey, origin: &Origin) -> Result<(), Error> {
+        let now = self.parts.clock.now();
+        let Some(change_seq) = self.parts.store.unregister(key, now, origin).await? else {
             return Err(Error::ProviderNotFound(key.clone()));
         };
         self.parts.cache.apply_removal(key, change_seq);

@@ -15,18 +15,19 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
+    access::{AccessControl, AccessRegistry},
     admin_token::AdminToken,
-    api::{AdminApi, AdminAuth, KeyApi, ObserveLayer},
+    api::{AdminApi, AdminAuth, KeyApi, ObserveLayer, VerifierAuth},
     cache::KeyCache,
     clock::Clock,
-    cluster::{self, ChangeFeed, Cluster, LeaseKeeper},
+    cluster::{self, ChangeFeed, Cluster, FeedParts, LeaseKeeper},
     config::ServeConfig,
     dns::SystemLookup,
     domain::{EgressRules, Policy, ValidationError},
     fetch::{FetchSetupError, Fetcher},
     http::HttpServer,
     metrics::Metrics,
-    mirror,
+    mirror::{self, Mirror},
     proto::{
         FILE_DESCRIPTOR_SET,
         server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
@@ -110,7 +111,8 @@ pub struct Application {
     scheduler: Scheduler,
     fleet: Option<FleetTasks>,
     tasks: TaskTracker,
-    admin_token: AdminToken,
+    access: Arc<AccessControl>,
+    mirror: Mirror,
     egress: EgressRules,
     shutdown_grace: Duration,
 }
@@ -138,6 +140,7 @@ impl Application {
         )
         .await?;
         let store = opened.store;
+        let access = Arc::new(AccessRegistry::new(admin_token, store.load_access().await?));
         let records = store.load_all().await?;
         tracing::info!(providers = records.len(), "key sets loaded from the store");
         let cache = Arc::new(KeyCache::with_records(records));
@@ -210,14 +213,15 @@ impl Application {
         let leadership = cluster.leadership().clone();
         let fleet = match fleet_parts {
             Some((pool, mut keeper, nudge)) => {
-                let feed = ChangeFeed::new(
+                let feed = ChangeFeed::new(FeedParts {
                     pool,
-                    Arc::clone(&store),
-                    Arc::clone(&cache),
-                    Arc::clone(&refresher),
-                    Arc::clone(&cluster),
-                    nudge,
-                );
+                    store: Arc::clone(&store),
+                    cache: Arc::clone(&cache),
+                    access: Arc::clone(&access),
+                    refresher: Arc::clone(&refresher),
+                    cluster: Arc::clone(&cluster),
+                    lease_nudge: nudge,
+                });
                 // Follow the feed and take part in the lease before serving, so the first
                 // calls neither miss a change nor wait for a leader that could be this one.
                 let listener = feed.connect().await?;
@@ -248,12 +252,22 @@ impl Application {
             metrics: Arc::clone(&metrics),
             unknown_kid_limiter: UnknownKidLimiter::new(config.unknown_kid_rate),
         }));
+        let mirror = Mirror {
+            relay: Arc::clone(&relay),
+            access: Arc::clone(&access),
+            clock: Arc::clone(&clock),
+        };
         let http = HttpServer::new(
             http_listener,
             Arc::clone(&metrics),
             Arc::clone(&store),
-            mirror::router(Arc::clone(&relay)),
+            mirror::router(mirror.clone()),
         );
+        let access_control = Arc::new(AccessControl::new(
+            Arc::clone(&store),
+            access,
+            Arc::clone(&clock),
+        ));
         Ok(Self {
             incoming,
             local_addr,
@@ -269,7 +283,8 @@ impl Application {
             scheduler,
             fleet,
             tasks,
-            admin_token,
+            access: access_control,
+            mirror,
             egress: config.egress(),
             shutdown_grace: config.shutdown_grace,
         })
@@ -314,9 +329,10 @@ impl Application {
             "HTTP listener",
             tokio::spawn(self.http.run(shutdown.child_token())),
         ));
+        let registry = Arc::clone(self.access.registry());
         let watch = WatchHub::new(
             self.cache,
-            self.clock,
+            Arc::clone(&self.clock),
             self.defaults,
             Arc::clone(&self.metrics),
             shutdown.child_token(),
@@ -341,24 +357,27 @@ impl Application {
         let grpc = Routes::default()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(
-                KeyServiceServer::new(KeyApi::new(Arc::clone(&self.relay), watch))
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
+            .add_service(InterceptedService::new(
+                KeyServiceServer::new(KeyApi::new(
+                    Arc::clone(&self.relay),
+                    watch,
+                    Arc::clone(&registry),
+                ))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+                VerifierAuth::new(Arc::clone(&registry), Arc::clone(&self.clock)),
+            ))
             .add_service(InterceptedService::new(
                 AdminServiceServer::new(AdminApi::new(
                     Arc::clone(&self.relay),
                     Arc::clone(&self.cluster),
                     self.egress,
+                    self.access,
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-                AdminAuth::new(self.admin_token),
+                AdminAuth::new(registry, self.clock),
             ));
         // The JWKS mirror answers plain HTTP/1.1 and HTTP/2 GETs on the same port.
-        let routes = Routes::from(
-            grpc.into_axum_router()
-                .merge(mirror::router(Arc::clone(&self.relay))),
-        );
+        let routes = Routes::from(grpc.into_axum_router().merge(mirror::router(self.mirror)));
         let server = Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

@@ -1,4 +1,6 @@
-//! `keyrelay.v1.AdminService`: register, unregister, inspect, list and refresh providers.
+//! `keyrelay.v1.AdminService`: register, unregister, inspect, list and refresh providers;
+//! issue and revoke access tokens, set tenant access, read the audit log. Every call is
+//! confined to the caller's tenant scope.
 
 use std::sync::Arc;
 
@@ -6,6 +8,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    access::{AccessControl, Origin, Principal, TokenId, ensure_administers, visible_filter},
     cluster::Cluster,
     convert,
     domain::{EgressRules, ProviderKey, TenantId, ValidationError},
@@ -22,16 +25,41 @@ pub struct AdminApi {
     relay: Arc<Relay>,
     cluster: Arc<Cluster>,
     egress: EgressRules,
+    access: Arc<AccessControl>,
 }
 
 impl AdminApi {
-    /// Handlers over `relay` and `cluster`, accepting JWKS URLs that pass `egress`.
-    pub fn new(relay: Arc<Relay>, cluster: Arc<Cluster>, egress: EgressRules) -> Self {
+    /// Handlers over `relay`, `cluster` and `access`, accepting JWKS URLs that pass `egress`.
+    pub fn new(
+        relay: Arc<Relay>,
+        cluster: Arc<Cluster>,
+        egress: EgressRules,
+        access: Arc<AccessControl>,
+    ) -> Self {
         Self {
             relay,
             cluster,
             egress,
+            access,
         }
+    }
+}
+
+/// The caller `AdminAuth` attached, and the origin its changes are audited under.
+fn caller<T>(request: &Request<T>) -> Result<(Principal, Origin), Status> {
+    let caller = super::auth::caller_of(request)
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no caller attached to this admin call"))?;
+    let origin = Origin::caller(&caller, request.remote_addr());
+    Ok((caller, origin))
+}
+
+/// A provider outside the caller's scope is reported as absent: its existence is not told.
+fn ensure_visible(caller: &Principal, key: &ProviderKey) -> Result<(), Error> {
+    if caller.administers(&key.tenant) {
+        Ok(())
+    } else {
+        Err(Error::ProviderNotFound(key.clone()))
     }
 }
 
@@ -70,10 +98,12 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RegisterProviderRequest>,
     ) -> Result<Response<pb::RegisterProviderResponse>, Status> {
-        let request = request.into_inner();
-        let registration = convert::new_registration(request, &self.egress).map_err(Error::from)?;
+        let (caller, origin) = caller(&request)?;
+        let registration =
+            convert::new_registration(request.into_inner(), &self.egress).map_err(Error::from)?;
         super::record_key(&registration.key);
-        let (snapshot, created) = self.relay.register(registration).await?;
+        ensure_administers(&caller, &registration.key.tenant)?;
+        let (snapshot, created) = self.relay.register(registration, &origin).await?;
         Ok(Response::new(pb::RegisterProviderResponse {
             provider: Some(convert::provider(&snapshot)),
             created,
@@ -84,9 +114,11 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::UnregisterProviderRequest>,
     ) -> Result<Response<pb::UnregisterProviderResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
-        self.relay.unregister(&key).await?;
+        ensure_visible(&caller, &key)?;
+        self.relay.unregister(&key, &origin).await?;
         Ok(Response::new(pb::UnregisterProviderResponse {}))
     }
 
@@ -94,8 +126,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::GetProviderRequest>,
     ) -> Result<Response<pb::GetProviderResponse>, Status> {
+        let (caller, _) = caller(&request)?;
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
+        ensure_visible(&caller, &key)?;
         let snapshot = self.relay.get(&key)?;
         Ok(Response::new(pb::GetProviderResponse {
             provider: Some(convert::provider(&snapshot)),
@@ -106,12 +140,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
+        let (caller, _) = caller(&request)?;
         let request = request.into_inner();
-        let tenant = match request.tenant.as_str() {
-            "" => None,
-            tenant => Some(TenantId::parse("tenant", tenant).map_err(Error::from)?),
-        };
+        let tenant = convert::optional_tenant(&request.tenant).map_err(Error::from)?;
         let after = parse_page_token(&request.page_token).map_err(Error::from)?;
+        let Some(tenant) = visible_filter(&caller, tenant) else {
+            return Ok(Response::new(pb::ListProvidersResponse::default()));
+        };
         let page = self.relay.list(
             tenant.as_ref(),
             after.as_ref(),
@@ -127,8 +162,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RefreshProviderRequest>,
     ) -> Result<Response<pb::RefreshProviderResponse>, Status> {
+        let (caller, _) = caller(&request)?;
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
+        ensure_visible(&caller, &key)?;
         let snapshot = self.relay.refresh(&key).await?;
         Ok(Response::new(pb::RefreshProviderResponse {
             provider: Some(convert::provider(&snapshot)),
@@ -137,14 +174,143 @@ impl AdminService for AdminApi {
 
     async fn get_cluster_status(
         &self,
-        _request: Request<pb::GetClusterStatusRequest>,
+        request: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+        let (caller, _) = caller(&request)?;
+        if !caller.administers_everything() {
+            return Err(Error::PermissionDenied(
+                "the cluster status needs a token valid for every tenant".into(),
+            )
+            .into());
+        }
         let status = self.cluster.status().await.map_err(Error::from)?;
         Ok(Response::new(convert::cluster_status(
             &status,
             chrono::Utc::now(),
         )))
     }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let token_request = convert::token_request(request.into_inner()).map_err(Error::from)?;
+        let (record, secret) = self
+            .access
+            .create_token(&caller, &origin, token_request)
+            .await?;
+        tracing::info!(
+            token = record.id.as_str(),
+            actor = origin.actor,
+            "access token issued"
+        );
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(convert::token(&record)),
+            secret,
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let id = TokenId::parse(&request.get_ref().id).map_err(Error::from)?;
+        let record = self.access.revoke_token(&caller, &origin, &id).await?;
+        tracing::info!(
+            token = id.as_str(),
+            actor = origin.actor,
+            "access token revoked"
+        );
+        Ok(Response::new(pb::RevokeTokenResponse {
+            token: Some(convert::token(&record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let (caller, _) = caller(&request)?;
+        let request = request.into_inner();
+        let tenant = convert::optional_tenant(&request.tenant).map_err(Error::from)?;
+        let tokens = self
+            .access
+            .list_tokens(&caller, tenant, request.include_revoked)
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(convert::token).collect(),
+        }))
+    }
+
+    async fn set_tenant_access(
+        &self,
+        request: Request<pb::SetTenantAccessRequest>,
+    ) -> Result<Response<pb::SetTenantAccessResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let request = request.into_inner();
+        let tenant = TenantId::parse("tenant", &request.tenant).map_err(Error::from)?;
+        let access = self
+            .access
+            .set_tenant_access(&caller, &origin, tenant, request.verifier_token_required)
+            .await?;
+        Ok(Response::new(pb::SetTenantAccessResponse {
+            access: Some(convert::tenant_access(&access)),
+        }))
+    }
+
+    async fn get_tenant_access(
+        &self,
+        request: Request<pb::GetTenantAccessRequest>,
+    ) -> Result<Response<pb::GetTenantAccessResponse>, Status> {
+        let (caller, _) = caller(&request)?;
+        let tenant = TenantId::parse("tenant", &request.get_ref().tenant).map_err(Error::from)?;
+        let access = self.access.tenant_access(&caller, &tenant).await?;
+        Ok(Response::new(pb::GetTenantAccessResponse {
+            access: Some(convert::tenant_access(&access)),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let (caller, _) = caller(&request)?;
+        let request = request.into_inner();
+        let tenant = convert::optional_tenant(&request.tenant).map_err(Error::from)?;
+        let before = parse_audit_page_token(&request.page_token).map_err(Error::from)?;
+        let limit = page_size(request.page_size);
+        let events = self
+            .access
+            .audit_events(
+                &caller,
+                tenant,
+                before,
+                u32::try_from(limit).unwrap_or(u32::MAX),
+            )
+            .await?;
+        let next_page_token = match events.last() {
+            Some(last) if events.len() == limit => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.iter().map(convert::audit_event).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn parse_audit_page_token(token: &str) -> Result<Option<u64>, ValidationError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token.parse().map(Some).map_err(|_| {
+        ValidationError::new(
+            "page_token",
+            "not a token from a previous ListAuditEvents response",
+        )
+    })
 }
 
 #[cfg(test)]

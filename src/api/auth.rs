@@ -1,42 +1,86 @@
-//! Bearer-token check for AdminService calls.
+//! Who is calling: interceptors that turn the `authorization` metadata into a `Principal`
+//! attached to the request, required and admin-only on AdminService, optional on KeyService.
+
+use std::sync::Arc;
 
 use tonic::{Request, Status, service::Interceptor};
 
-use crate::admin_token::AdminToken;
+use crate::{
+    access::{AccessRegistry, AuthError, Principal},
+    clock::Clock,
+    error::Error,
+};
 
-/// Rejects calls without `authorization: Bearer <admin token>`.
-#[derive(Debug, Clone)]
+/// Attaches the caller to KeyService requests that present a token; requests without one
+/// pass anonymously (tenants that require a token are checked per call).
+#[derive(Clone)]
+pub struct VerifierAuth {
+    registry: Arc<AccessRegistry>,
+    clock: Arc<dyn Clock>,
+}
+
+impl VerifierAuth {
+    /// Checks tokens against `registry` at `clock`'s time.
+    pub fn new(registry: Arc<AccessRegistry>, clock: Arc<dyn Clock>) -> Self {
+        Self { registry, clock }
+    }
+}
+
+impl Interceptor for VerifierAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(caller) = caller(&self.registry, self.clock.as_ref(), &request)? {
+            request.extensions_mut().insert(caller);
+        }
+        Ok(request)
+    }
+}
+
+/// Requires an admin token on AdminService requests and attaches its holder.
+#[derive(Clone)]
 pub struct AdminAuth {
-    token: AdminToken,
+    verifier: VerifierAuth,
 }
 
 impl AdminAuth {
-    /// Accepts only `token`.
-    pub fn new(token: AdminToken) -> Self {
-        Self { token }
+    /// Checks tokens against `registry` at `clock`'s time.
+    pub fn new(registry: Arc<AccessRegistry>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            verifier: VerifierAuth::new(registry, clock),
+        }
     }
 }
 
 impl Interceptor for AdminAuth {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated(
-                "admin calls need the metadata `authorization: Bearer <admin token>`",
+        let request = self.verifier.call(request)?;
+        match request.extensions().get::<Principal>() {
+            None => Err(Error::from(AuthError::Missing).into()),
+            Some(caller) if !caller.is_admin() => Err(Error::PermissionDenied(
+                "verifier tokens cannot call AdminService; use an admin token".into(),
             )
-        })?;
-        let presented = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization metadata must be `Bearer <admin token>`")
-            })?;
-        if self.token.matches(presented.trim()) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("admin token is not valid"))
+            .into()),
+            Some(_) => Ok(request),
         }
     }
+}
+
+fn caller(
+    registry: &AccessRegistry,
+    clock: &dyn Clock,
+    request: &Request<()>,
+) -> Result<Option<Principal>, Status> {
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .map(|value| value.as_bytes());
+    registry
+        .caller(authorization, clock.now())
+        .map_err(|err| Error::from(err).into())
+}
+
+/// The caller an interceptor attached to `request`.
+pub fn caller_of<T>(request: &Request<T>) -> Option<&Principal> {
+    request.extensions().get::<Principal>()
 }
 
 #[cfg(test)]
@@ -44,24 +88,29 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+    use crate::{access::AccessState, admin_token::AdminToken, clock::SystemClock};
 
-    fn call(header: Option<&str>) -> Result<(), Code> {
+    fn admin_call(header: Option<&str>) -> Result<Principal, Code> {
         let mut request = Request::new(());
         if let Some(value) = header {
             request
                 .metadata_mut()
                 .insert("authorization", value.parse().unwrap());
         }
-        let mut auth = AdminAuth::new(AdminToken::new("t0ken").unwrap());
-        auth.call(request).map(drop).map_err(|status| status.code())
+        let registry =
+            AccessRegistry::new(AdminToken::new("t0ken").unwrap(), AccessState::default());
+        let mut auth = AdminAuth::new(Arc::new(registry), Arc::new(SystemClock));
+        auth.call(request)
+            .map(|request| caller_of(&request).cloned().unwrap())
+            .map_err(|status| status.code())
     }
 
     #[test]
-    fn only_the_right_bearer_token_passes() {
-        assert_eq!(call(Some("Bearer t0ken")), Ok(()));
-        assert_eq!(call(None), Err(Code::Unauthenticated));
-        assert_eq!(call(Some("Bearer wrong")), Err(Code::Unauthenticated));
-        assert_eq!(call(Some("Basic t0ken")), Err(Code::Unauthenticated));
-        assert_eq!(call(Some("t0ken")), Err(Code::Unauthenticated));
+    fn admin_calls_need_the_right_bearer_token() {
+        assert_eq!(admin_call(Some("Bearer t0ken")), Ok(Principal::ServerAdmin));
+        assert_eq!(admin_call(None), Err(Code::Unauthenticated));
+        assert_eq!(admin_call(Some("Bearer wrong")), Err(Code::Unauthenticated));
+        assert_eq!(admin_call(Some("Basic t0ken")), Err(Code::Unauthenticated));
+        assert_eq!(admin_call(Some("t0ken")), Err(Code::Unauthenticated));
     }
 }

@@ -1,4 +1,5 @@
 //! `keyrelay.v1.KeyService`: Resolve from memory, WatchKeys streams from the same state.
+//! Providers of a tenant that requires a verifier token are invisible to callers without one.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -6,6 +7,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    access::AccessRegistry,
     domain::Kid,
     error::Error,
     proto::{server::key_service_server::KeyService, v1 as pb},
@@ -17,12 +19,18 @@ use crate::{
 pub struct KeyApi {
     relay: Arc<Relay>,
     watch: Arc<WatchHub>,
+    access: Arc<AccessRegistry>,
 }
 
 impl KeyApi {
-    /// Handlers over `relay` and `watch`, which share one cache.
-    pub fn new(relay: Arc<Relay>, watch: Arc<WatchHub>) -> Self {
-        Self { relay, watch }
+    /// Handlers over `relay` and `watch`, which share one cache, checking callers against
+    /// `access`.
+    pub fn new(relay: Arc<Relay>, watch: Arc<WatchHub>, access: Arc<AccessRegistry>) -> Self {
+        Self {
+            relay,
+            watch,
+            access,
+        }
     }
 }
 
@@ -35,8 +43,12 @@ impl KeyService for KeyApi {
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<EncodedEvent>, Status> {
         let client = request.remote_addr().map(|addr| addr.ip());
+        let caller = super::auth::caller_of(&request).cloned();
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
+        if !self.access.may_read(caller.as_ref(), &key.tenant) {
+            return Err(Error::ProviderNotFound(key).into());
+        }
         let kid = request
             .kid
             .as_deref()
@@ -66,8 +78,11 @@ impl KeyService for KeyApi {
         &self,
         request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
-        let request =
+        let caller = super::auth::caller_of(&request);
+        let mut parsed =
             WatchRequest::parse(request.get_ref(), self.watch.cache()).map_err(Error::from)?;
+        parsed.retain_tenants(|tenant| self.access.may_read(caller, tenant));
+        let request = parsed;
         let stream = self.watch.subscribe(request).into_stream();
         Ok(Response::new(Box::pin(stream)))
     }

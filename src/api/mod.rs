@@ -7,7 +7,7 @@ mod key_service;
 mod observe;
 
 pub use admin_service::AdminApi;
-pub use auth::AdminAuth;
+pub use auth::{AdminAuth, VerifierAuth};
 pub use key_service::KeyApi;
 pub use observe::{ObserveLayer, code_name};
 

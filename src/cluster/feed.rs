@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, LEASE_CHANNEL, REFRESH_CHANNEL, REFRESH_DONE_CHANNEL, RefreshRequest};
 use crate::{
+    access::AccessRegistry,
     cache::KeyCache,
     domain::ProviderKey,
     refresh::Refresher,
-    store::{CHANGES_CHANNEL, Change, Store, StoreError},
+    store::{ACCESS_CHANNEL, CHANGES_CHANNEL, Change, Store, StoreError},
 };
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -24,14 +25,28 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// a black-holed network must not freeze this replica's view.
 const DATABASE_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Follows the database's change notifications into this replica's cache.
+/// What the change feed reads from and writes to.
+pub struct FeedParts {
+    /// The database.
+    pub pool: PgPool,
+    /// Rows named by notifications are read from here.
+    pub store: Arc<dyn Store>,
+    /// This replica's key sets.
+    pub cache: Arc<KeyCache>,
+    /// This replica's access state, reloaded on every access change.
+    pub access: Arc<AccessRegistry>,
+    /// Serves refresh requests while this replica leads.
+    pub refresher: Arc<Refresher>,
+    /// Receives answers to this replica's own refresh requests.
+    pub cluster: Arc<Cluster>,
+    /// Woken when a leader lets go of the lease.
+    pub lease_nudge: Arc<Notify>,
+}
+
+/// Follows the database's change notifications into this replica's cache and access
+/// registry.
 pub struct ChangeFeed {
-    pool: PgPool,
-    store: Arc<dyn Store>,
-    cache: Arc<KeyCache>,
-    refresher: Arc<Refresher>,
-    cluster: Arc<Cluster>,
-    lease_nudge: Arc<Notify>,
+    parts: FeedParts,
 }
 
 enum Ended {
@@ -40,25 +55,9 @@ enum Ended {
 }
 
 impl ChangeFeed {
-    /// A feed into `cache`, loading rows from `store`, serving refresh requests through
-    /// `refresher` while `cluster` says this replica leads, and passing answers to its own
-    /// requests back to `cluster`.
-    pub fn new(
-        pool: PgPool,
-        store: Arc<dyn Store>,
-        cache: Arc<KeyCache>,
-        refresher: Arc<Refresher>,
-        cluster: Arc<Cluster>,
-        lease_nudge: Arc<Notify>,
-    ) -> Self {
-        Self {
-            pool,
-            store,
-            cache,
-            refresher,
-            cluster,
-            lease_nudge,
-        }
+    /// A feed over `parts`.
+    pub fn new(parts: FeedParts) -> Self {
+        Self { parts }
     }
 
     /// Connects, LISTENs and resynchronises the cache: once this returns, no later change is
@@ -66,12 +65,13 @@ impl ChangeFeed {
     pub async fn connect(&self) -> Result<PgListener, StoreError> {
         let channels = [
             CHANGES_CHANNEL,
+            ACCESS_CHANNEL,
             REFRESH_CHANNEL,
             REFRESH_DONE_CHANNEL,
             LEASE_CHANNEL,
         ];
         let listener = within_deadline(async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
+            let mut listener = PgListener::connect_with(&self.parts.pool).await?;
             listener.listen_all(channels).await?;
             Ok(listener)
         })
@@ -129,9 +129,10 @@ impl ChangeFeed {
             };
             match notification.channel() {
                 CHANGES_CHANNEL => within_deadline(self.apply(notification.payload())).await?,
+                ACCESS_CHANNEL => within_deadline(self.reload_access()).await?,
                 REFRESH_CHANNEL => self.serve_refresh_request(notification.payload()),
-                REFRESH_DONE_CHANNEL => self.cluster.answered(notification.payload()),
-                LEASE_CHANNEL => self.lease_nudge.notify_one(),
+                REFRESH_DONE_CHANNEL => self.parts.cluster.answered(notification.payload()),
+                LEASE_CHANNEL => self.parts.lease_nudge.notify_one(),
                 other => tracing::debug!(channel = other, "ignoring notification"),
             }
         }
@@ -139,11 +140,11 @@ impl ChangeFeed {
 
     async fn apply(&self, payload: &str) -> Result<(), StoreError> {
         match Change::parse(payload) {
-            Some(Change::Updated(key, seq)) if self.cache.change_seq(&key) < seq => {
+            Some(Change::Updated(key, seq)) if self.parts.cache.change_seq(&key) < seq => {
                 self.load(&key, seq).await?;
             }
             Some(Change::Updated(..)) => {}
-            Some(Change::Removed(key, seq)) => self.cache.apply_removal(&key, seq),
+            Some(Change::Removed(key, seq)) => self.parts.cache.apply_removal(&key, seq),
             None => tracing::warn!(payload, "ignoring a malformed change notification"),
         }
         Ok(())
@@ -152,11 +153,11 @@ impl ChangeFeed {
     /// Loads the current row of `key` into the cache; if it is gone, the removal applies at
     /// `seq` (a later state, if any, has a higher sequence and still wins).
     async fn load(&self, key: &ProviderKey, seq: u64) -> Result<(), StoreError> {
-        match self.store.get(key).await? {
+        match self.parts.store.get(key).await? {
             Some(record) => {
-                self.cache.apply(record);
+                self.parts.cache.apply(record);
             }
-            None => self.cache.apply_removal(key, seq),
+            None => self.parts.cache.apply_removal(key, seq),
         }
         Ok(())
     }
@@ -164,22 +165,29 @@ impl ChangeFeed {
     /// Brings the cache in line with the store: newer rows are applied, providers the store
     /// no longer has are removed.
     async fn resync(&self) -> Result<(), StoreError> {
-        let records = self.store.load_all().await?;
+        let records = self.parts.store.load_all().await?;
         let stored: HashSet<ProviderKey> =
             records.iter().map(|r| r.registration.key.clone()).collect();
         for record in records {
-            self.cache.apply(record);
+            self.parts.cache.apply(record);
         }
-        for record in self.cache.all() {
+        for record in self.parts.cache.all() {
             let key = &record.registration.key;
             if !stored.contains(key) {
                 self.load(key, record.change_seq).await?;
             }
         }
+        self.reload_access().await?;
         tracing::info!(
             providers = stored.len(),
             "change feed synchronised with the store"
         );
+        Ok(())
+    }
+
+    async fn reload_access(&self) -> Result<(), StoreError> {
+        let state = self.parts.store.load_access().await?;
+        self.parts.access.replace(state);
         Ok(())
     }
 
@@ -188,8 +196,8 @@ impl ChangeFeed {
             tracing::warn!(payload, "ignoring a malformed refresh request");
             return;
         };
-        if self.cluster.leadership().is_leader() {
-            self.refresher.serve(request);
+        if self.parts.cluster.leadership().is_leader() {
+            self.parts.refresher.serve(request);
         }
     }
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{oneshot, watch};
 
-pub use feed::ChangeFeed;
+pub use feed::{ChangeFeed, FeedParts};
 pub use lease::{LeaseKeeper, LeaseSettings};
 
 use crate::{

@@ -4,9 +4,12 @@
 //! request path never come here; the cache is loaded from the store at start and kept in
 //! step by every write.
 
+mod access;
 mod postgres;
+mod postgres_access;
 mod row;
 mod sqlite;
+mod sqlite_access;
 
 use std::{path::Path, time::Duration};
 
@@ -20,11 +23,14 @@ use sqlx::{
 use std::sync::Arc;
 
 use crate::{
+    access::{AuditEvent, Origin},
     domain::{JwksUrl, PolicyOverrides, ProviderKey},
     provider::ProviderRecord,
 };
 
+pub use access::{AccessStore, AuditQuery};
 pub use postgres::{CHANGES_CHANNEL, Change, PostgresStore};
+pub use postgres_access::ACCESS_CHANNEL;
 pub use sqlite::SqliteStore;
 
 /// File name of the embedded database inside the data directory.
@@ -100,9 +106,9 @@ pub struct Fence {
     pub term: i64,
 }
 
-/// Durable storage of provider records.
+/// Durable storage of provider records, and of access control (`AccessStore`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccessStore + Send + Sync + 'static {
     /// Every stored record, in (tenant, provider) order.
     async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError>;
 
@@ -112,26 +118,35 @@ pub trait Store: Send + Sync + 'static {
     /// Creates or updates a registration under a new `revision`. An update keeps the key set;
     /// when the URL changes it drops the validators so the next fetch is unconditional. The
     /// next refresh is set to `fetch_by`: the registering replica fetches at once, and the
-    /// scheduler steps in only if that fetch never reports.
+    /// scheduler steps in only if that fetch never reports. The audit event (registration
+    /// before and after, by `origin`) is written in the same transaction.
     async fn register(
         &self,
         registration: &NewRegistration,
         revision: i64,
         now: DateTime<Utc>,
         fetch_by: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<Registered, StoreError>;
 
-    /// Removes a registration and its keys. Returns the change sequence of the removal, or
-    /// `None` when there was no such registration.
-    async fn unregister(&self, key: &ProviderKey) -> Result<Option<u64>, StoreError>;
+    /// Removes a registration and its keys, with its audit event. Returns the change
+    /// sequence of the removal, or `None` when there was no such registration.
+    async fn unregister(
+        &self,
+        key: &ProviderKey,
+        now: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<Option<u64>, StoreError>;
 
     /// Writes the key set, validators and status of `record`, only if its registration
     /// revision is still the stored one and, with a `fence`, only while that lease term is
-    /// held. Returns the new change sequence, or `None` when the write did not apply.
+    /// held; `audit`, if any, is appended in the same transaction. Returns the new change
+    /// sequence, or `None` when the write did not apply.
     async fn save_refresh(
         &self,
         record: &ProviderRecord,
         fence: Option<&Fence>,
+        audit: Option<&AuditEvent>,
     ) -> Result<Option<u64>, StoreError>;
 
     /// Checks that the database answers.

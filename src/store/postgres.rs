@@ -8,11 +8,17 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{
-    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError, policy_json,
+    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError,
+    access::{self, registration_json},
+    policy_json,
     row::{ProviderRow, RefreshColumns},
     sequence,
 };
-use crate::{domain::ProviderKey, provider::ProviderRecord};
+use crate::{
+    access::{Action, AuditEvent, Origin},
+    domain::ProviderKey,
+    provider::ProviderRecord,
+};
 
 /// The NOTIFY channel of committed provider changes.
 pub const CHANGES_CHANNEL: &str = "keyrelay_changes";
@@ -40,7 +46,10 @@ WHERE tenant = $1 AND provider = $2";
 
 const DELETE: &str = "\
 DELETE FROM providers WHERE tenant = $1 AND provider = $2
-RETURNING nextval('provider_change_seq')";
+RETURNING nextval('provider_change_seq'), jwks_url, policy";
+
+const SELECT_REGISTRATION_FOR_UPDATE: &str =
+    "SELECT jwks_url, policy FROM providers WHERE tenant = $1 AND provider = $2 FOR UPDATE";
 
 /// A refresh write; `$fence` adds conditions to its WHERE clause.
 macro_rules! save_refresh {
@@ -116,6 +125,33 @@ impl PostgresStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
+
+    /// The connection pool.
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Appends `event` to the audit log within `tx`.
+pub(super) async fn insert_audit(
+    tx: &mut Transaction<'static, Postgres>,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    access::insert_audit(event).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The registration of `key` as stored, locked until `tx` ends; `None` when absent.
+async fn lock_registration(
+    tx: &mut Transaction<'static, Postgres>,
+    key: &ProviderKey,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    let row: Option<(String, String)> = sqlx::query_as(SELECT_REGISTRATION_FOR_UPDATE)
+        .bind(key.tenant.as_str())
+        .bind(key.provider.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|(url, policy)| registration_json(&url, &policy)))
 }
 
 async fn notify(tx: &mut Transaction<'static, Postgres>, change: Change) -> Result<(), StoreError> {
@@ -148,8 +184,10 @@ impl Store for PostgresStore {
         revision: i64,
         now: DateTime<Utc>,
         fetch_by: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<Registered, StoreError> {
         let policy = policy_json(registration)?;
+        let key = &registration.key;
         let bind = |sql| {
             sqlx::query(sql)
                 .bind(registration.key.tenant.as_str())
@@ -161,39 +199,54 @@ impl Store for PostgresStore {
                 .bind(fetch_by)
         };
         let mut tx = self.pool.begin().await?;
-        let created = bind(INSERT_IF_ABSENT)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+        let mut before = lock_registration(&mut tx, key).await?;
+        let created = before.is_none()
+            && bind(INSERT_IF_ABSENT)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
         if !created {
+            // Registered concurrently since the first look: read what is replaced.
+            if before.is_none() {
+                before = lock_registration(&mut tx, key).await?;
+            }
             bind(UPDATE_REGISTRATION).execute(&mut *tx).await?;
         }
         let row: ProviderRow = sqlx::query_as(SELECT_ONE)
-            .bind(registration.key.tenant.as_str())
-            .bind(registration.key.provider.as_str())
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
             .fetch_one(&mut *tx)
             .await?;
         let record = row.into_record()?;
-        notify(
-            &mut tx,
-            Change::Updated(registration.key.clone(), record.change_seq),
-        )
-        .await?;
+        let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
+        event.before = before;
+        event.after = Some(registration_json(registration.url.as_str(), &policy));
+        insert_audit(&mut tx, &event).await?;
+        notify(&mut tx, Change::Updated(key.clone(), record.change_seq)).await?;
         tx.commit().await?;
         Ok(Registered { record, created })
     }
 
-    async fn unregister(&self, key: &ProviderKey) -> Result<Option<u64>, StoreError> {
+    async fn unregister(
+        &self,
+        key: &ProviderKey,
+        now: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let removed: Option<i64> = sqlx::query_scalar(DELETE)
+        let removed: Option<(i64, String, String)> = sqlx::query_as(DELETE)
             .bind(key.tenant.as_str())
             .bind(key.provider.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(change_seq) = removed.map(sequence) else {
+        let Some((change_seq, url, policy)) = removed else {
             return Ok(None);
         };
+        let change_seq = sequence(change_seq);
+        let mut event = AuditEvent::provider(now, origin.clone(), Action::UnregisterProvider, key);
+        event.before = Some(registration_json(&url, &policy));
+        insert_audit(&mut tx, &event).await?;
         notify(&mut tx, Change::Removed(key.clone(), change_seq)).await?;
         tx.commit().await?;
         Ok(Some(change_seq))
@@ -203,6 +256,7 @@ impl Store for PostgresStore {
         &self,
         record: &ProviderRecord,
         fence: Option<&Fence>,
+        audit: Option<&AuditEvent>,
     ) -> Result<Option<u64>, StoreError> {
         let columns = RefreshColumns::from_record(record)?;
         let key = &record.registration.key;
@@ -226,6 +280,9 @@ impl Store for PostgresStore {
         let Some(change_seq) = written.map(sequence) else {
             return Ok(None);
         };
+        if let Some(event) = audit {
+            insert_audit(&mut tx, event).await?;
+        }
         notify(&mut tx, Change::Updated(key.clone(), change_seq)).await?;
         tx.commit().await?;
         Ok(Some(change_seq))

@@ -6,11 +6,17 @@ use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::{
-    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError, policy_json,
+    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError,
+    access::{self, registration_json},
+    policy_json,
     row::{ProviderRow, RefreshColumns},
     sequence,
 };
-use crate::{domain::ProviderKey, provider::ProviderRecord};
+use crate::{
+    access::{Action, AuditEvent, Origin},
+    domain::ProviderKey,
+    provider::ProviderRecord,
+};
 
 const NEXT_SEQUENCE: &str = "UPDATE change_counter SET value = value + 1 RETURNING value";
 
@@ -33,7 +39,11 @@ UPDATE providers SET
     cache_policy = CASE WHEN jwks_url = $3 THEN cache_policy END
 WHERE tenant = $1 AND provider = $2";
 
-const DELETE: &str = "DELETE FROM providers WHERE tenant = $1 AND provider = $2";
+const DELETE: &str =
+    "DELETE FROM providers WHERE tenant = $1 AND provider = $2 RETURNING jwks_url, policy";
+
+const SELECT_REGISTRATION: &str =
+    "SELECT jwks_url, policy FROM providers WHERE tenant = $1 AND provider = $2";
 
 const SAVE_REFRESH: &str = "\
 UPDATE providers SET
@@ -53,12 +63,26 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
     }
+
+    /// The connection pool.
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 async fn next_sequence(tx: &mut Transaction<'static, Sqlite>) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(NEXT_SEQUENCE)
         .fetch_one(&mut **tx)
         .await?)
+}
+
+/// Appends `event` to the audit log within `tx`.
+pub(super) async fn insert_audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    access::insert_audit(event).execute(&mut **tx).await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -83,10 +107,17 @@ impl Store for SqliteStore {
         revision: i64,
         now: DateTime<Utc>,
         fetch_by: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<Registered, StoreError> {
         let policy = policy_json(registration)?;
+        let key = &registration.key;
         let mut tx = self.pool.begin().await?;
         let change_seq = next_sequence(&mut tx).await?;
+        let before: Option<(String, String)> = sqlx::query_as(SELECT_REGISTRATION)
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
         let bind = |sql| {
             sqlx::query(sql)
                 .bind(registration.key.tenant.as_str())
@@ -107,10 +138,14 @@ impl Store for SqliteStore {
             bind(UPDATE_REGISTRATION).execute(&mut *tx).await?;
         }
         let row: ProviderRow = sqlx::query_as(SELECT_ONE)
-            .bind(registration.key.tenant.as_str())
-            .bind(registration.key.provider.as_str())
+            .bind(key.tenant.as_str())
+            .bind(key.provider.as_str())
             .fetch_one(&mut *tx)
             .await?;
+        let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
+        event.before = before.map(|(url, policy)| registration_json(&url, &policy));
+        event.after = Some(registration_json(registration.url.as_str(), &policy));
+        insert_audit(&mut tx, &event).await?;
         tx.commit().await?;
         Ok(Registered {
             record: row.into_record()?,
@@ -118,23 +153,34 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn unregister(&self, key: &ProviderKey) -> Result<Option<u64>, StoreError> {
+    async fn unregister(
+        &self,
+        key: &ProviderKey,
+        now: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let change_seq = next_sequence(&mut tx).await?;
-        let deleted = sqlx::query(DELETE)
+        let deleted: Option<(String, String)> = sqlx::query_as(DELETE)
             .bind(key.tenant.as_str())
             .bind(key.provider.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((url, policy)) = deleted else {
+            return Ok(None);
+        };
+        let mut event = AuditEvent::provider(now, origin.clone(), Action::UnregisterProvider, key);
+        event.before = Some(registration_json(&url, &policy));
+        insert_audit(&mut tx, &event).await?;
         tx.commit().await?;
-        Ok((deleted == 1).then(|| sequence(change_seq)))
+        Ok(Some(sequence(change_seq)))
     }
 
     async fn save_refresh(
         &self,
         record: &ProviderRecord,
         _fence: Option<&Fence>,
+        audit: Option<&AuditEvent>,
     ) -> Result<Option<u64>, StoreError> {
         let columns = RefreshColumns::from_record(record)?;
         let registration = &record.registration;
@@ -149,6 +195,9 @@ impl Store for SqliteStore {
             .bind(change_seq)
             .fetch_optional(&mut *tx)
             .await?;
+        if let (Some(_), Some(event)) = (written, audit) {
+            insert_audit(&mut tx, event).await?;
+        }
         tx.commit().await?;
         Ok(written.map(sequence))
     }

@@ -31,6 +31,14 @@ pub struct WatchRequest {
 }
 
 impl WatchRequest {
+    /// Drops every selector and known version of a tenant `keep` refuses: the stream then
+    /// sees those providers as if they did not exist.
+    pub fn retain_tenants(&mut self, mut keep: impl FnMut(&TenantId) -> bool) {
+        self.tenants.retain(|tenant| keep(tenant));
+        self.providers.retain(|key| keep(&key.tenant));
+        self.known_versions.retain(|key, _| keep(&key.tenant));
+    }
+
     /// Parses and bounds `request`; errors name the offending field.
     pub fn parse(
         request: &pb::WatchKeysRequest,

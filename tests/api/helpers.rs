@@ -237,6 +237,7 @@ impl Interceptor for Bearer {
 }
 
 pub type AdminClient = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+pub type KeysClient = KeyServiceClient<InterceptedService<Channel, Bearer>>;
 
 impl TestApp {
     pub fn endpoint(&self) -> String {
@@ -261,6 +262,22 @@ impl TestApp {
 
     pub async fn admin_with_token(&self, token: Option<&str>) -> AdminClient {
         AdminServiceClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_owned)))
+    }
+
+    /// A KeyService client sending `token` as a bearer token, if any.
+    pub async fn keys_with_token(&self, token: Option<&str>) -> KeysClient {
+        KeyServiceClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_owned)))
+    }
+
+    /// A second server on the same store and clock, running beside this one.
+    pub async fn spawn_peer(&self) -> TestApp {
+        start(
+            self.storage.share(),
+            self.clock.clone(),
+            self.extra_args.clone(),
+            "127.0.0.1:0",
+        )
+        .await
     }
 
     /// Registers `tenant/provider` at `url` with no policy overrides.

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on a random port, real gRPC, a real mock IdP over
 //! HTTP, and real SQLite and Postgres stores. One test binary for all of them.
 
+mod access;
 mod admin;
 mod cli;
 mod egress;

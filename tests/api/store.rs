@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, SubsecRound, Utc};
 use keyrelay::{
+    access::Origin,
     domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey},
     fetch::Validators,
     jwks::KeySetDocument,
@@ -35,8 +36,14 @@ impl RegisterAt for Arc<dyn Store> {
         revision: i64,
         now: chrono::DateTime<Utc>,
     ) -> Result<keyrelay::store::Registered, keyrelay::store::StoreError> {
-        self.register(registration, revision, now, now + Duration::seconds(5))
-            .await
+        self.register(
+            registration,
+            revision,
+            now,
+            now + Duration::seconds(5),
+            &Origin::service(),
+        )
+        .await
     }
 }
 
@@ -164,7 +171,13 @@ async fn refresh_results_read_back_exactly(backend: Backend) {
         .unwrap()
         .record;
     let written = refreshed(&record, 4);
-    assert!(store.save_refresh(&written, None).await.unwrap().is_some());
+    assert!(
+        store
+            .save_refresh(&written, None, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let loaded = store.load_all().await.unwrap();
     assert_eq!(loaded.len(), 1);
@@ -210,7 +223,7 @@ async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backe
         .record;
     assert!(
         store
-            .save_refresh(&refreshed(&record, 1), None)
+            .save_refresh(&refreshed(&record, 1), None, None)
             .await
             .unwrap()
             .is_some()
@@ -269,21 +282,36 @@ async fn refresh_writes_are_fenced_by_the_registration_revision(backend: Backend
         .await
         .unwrap();
     assert_eq!(
-        store.save_refresh(&refreshed(&old, 1), None).await.unwrap(),
+        store
+            .save_refresh(&refreshed(&old, 1), None, None)
+            .await
+            .unwrap(),
         None,
         "a stale revision writes nothing"
     );
     assert!(store.load_all().await.unwrap()[0].keys.is_none());
 
     let key = ProviderKey::parse("acme", "okta").unwrap();
-    assert!(store.unregister(&key).await.unwrap().is_some());
-    assert_eq!(store.unregister(&key).await.unwrap(), None);
+    assert!(
+        store
+            .unregister(&key, Utc::now(), &Origin::service())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .unregister(&key, Utc::now(), &Origin::service())
+            .await
+            .unwrap(),
+        None
+    );
     let current = ProviderRecord {
         registration: old.registration.clone(),
         ..refreshed(&old, 1)
     };
     assert_eq!(
-        store.save_refresh(&current, None).await.unwrap(),
+        store.save_refresh(&current, None, None).await.unwrap(),
         None,
         "nothing resurrects a removed provider"
     );
@@ -329,7 +357,7 @@ async fn every_write_takes_a_newer_change_sequence(backend: Backend) {
         .unwrap()
         .record;
     let refreshed_seq = store
-        .save_refresh(&refreshed(&first, 1), None)
+        .save_refresh(&refreshed(&first, 1), None, None)
         .await
         .unwrap()
         .expect("written");
@@ -342,7 +370,11 @@ async fn every_write_takes_a_newer_change_sequence(backend: Backend) {
         .await
         .unwrap()
         .record;
-    let removed = store.unregister(&key).await.unwrap().expect("removed");
+    let removed = store
+        .unregister(&key, Utc::now(), &Origin::service())
+        .await
+        .unwrap()
+        .expect("removed");
     assert!(
         first.change_seq < refreshed_seq
             && refreshed_seq < again.change_seq
@@ -434,14 +466,14 @@ mod postgres_fleet {
         set_lease(&database.url, "replica-a", 7, 30.0).await;
         assert!(
             store
-                .save_refresh(&refreshed(&record, 1), Some(&fence("replica-a", 7)))
+                .save_refresh(&refreshed(&record, 1), Some(&fence("replica-a", 7)), None)
                 .await
                 .unwrap()
                 .is_some()
         );
         assert_eq!(
             store
-                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 6)))
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 6)), None)
                 .await
                 .unwrap(),
             None,
@@ -449,7 +481,7 @@ mod postgres_fleet {
         );
         assert_eq!(
             store
-                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-b", 7)))
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-b", 7)), None)
                 .await
                 .unwrap(),
             None,
@@ -458,7 +490,7 @@ mod postgres_fleet {
         set_lease(&database.url, "replica-a", 7, -1.0).await;
         assert_eq!(
             store
-                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 7)))
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 7)), None)
                 .await
                 .unwrap(),
             None,
@@ -495,11 +527,15 @@ mod postgres_fleet {
             .unwrap()
             .record;
         let seq = store
-            .save_refresh(&refreshed(&record, 1), None)
+            .save_refresh(&refreshed(&record, 1), None, None)
             .await
             .unwrap()
             .unwrap();
-        let removed = store.unregister(&key).await.unwrap().unwrap();
+        let removed = store
+            .unregister(&key, Utc::now(), &Origin::service())
+            .await
+            .unwrap()
+            .unwrap();
         let mut received = Vec::new();
         for _ in 0..3 {
             let notification =

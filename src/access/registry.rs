@@ -1,0 +1,235 @@
+//! The access state every call is checked against, held in memory: the active tokens and the
+//! tenants that require a verifier token. Loaded from the store at start and reloaded after
+//! every access change (on a fleet, announced to every replica through the change feed).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{PoisonError, RwLock},
+};
+
+use chrono::{DateTime, Utc};
+
+use super::{Principal, TokenId, TokenRecord, split_bearer};
+use crate::{admin_token::AdminToken, domain::TenantId};
+
+/// One tenant's access settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantAccess {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Whether reading its keys needs a verifier (or admin) token.
+    pub verifier_token_required: bool,
+    /// When the settings last changed; `None` if they never did.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Why the credentials a caller presented are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// An admin call without credentials.
+    #[error("this call needs the metadata `authorization: Bearer <token>`")]
+    Missing,
+    /// Not of the form `Bearer <token>`.
+    #[error("authorization must be `Bearer <token>`")]
+    Malformed,
+    /// Unknown, revoked or expired.
+    #[error("the bearer token is not valid: unknown, revoked or expired")]
+    Rejected,
+}
+
+/// Access state as stored.
+#[derive(Debug, Clone, Default)]
+pub struct AccessState {
+    /// Tokens not revoked (expired ones included: expiry is checked per call).
+    pub tokens: Vec<TokenRecord>,
+    /// Tenants whose keys need a token.
+    pub protected_tenants: Vec<TenantId>,
+}
+
+#[derive(Default)]
+struct Indexed {
+    tokens: HashMap<TokenId, TokenRecord>,
+    protected_tenants: HashSet<TenantId>,
+}
+
+/// The in-memory access state and the server's own admin token.
+pub struct AccessRegistry {
+    server_admin: AdminToken,
+    state: RwLock<Indexed>,
+}
+
+impl AccessRegistry {
+    /// A registry accepting `server_admin` and the tokens of `state`.
+    pub fn new(server_admin: AdminToken, state: AccessState) -> Self {
+        let registry = Self {
+            server_admin,
+            state: RwLock::default(),
+        };
+        registry.replace(state);
+        registry
+    }
+
+    /// Installs a freshly loaded state.
+    pub fn replace(&self, state: AccessState) {
+        let indexed = Indexed {
+            tokens: state
+                .tokens
+                .into_iter()
+                .map(|token| (token.id.clone(), token))
+                .collect(),
+            protected_tenants: state.protected_tenants.into_iter().collect(),
+        };
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = indexed;
+    }
+
+    /// The caller presenting the `authorization` value (`Bearer <token>`) at `now`; `None`
+    /// without one.
+    pub fn caller(
+        &self,
+        authorization: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Principal>, AuthError> {
+        let Some(value) = authorization else {
+            return Ok(None);
+        };
+        let bearer = std::str::from_utf8(value)
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(AuthError::Malformed)?;
+        self.authenticate(bearer.trim(), now)
+            .map(Some)
+            .ok_or(AuthError::Rejected)
+    }
+
+    /// Who presents `bearer` at `now`; `None` if nobody valid does.
+    pub fn authenticate(&self, bearer: &str, now: DateTime<Utc>) -> Option<Principal> {
+        let Some((id, secret)) = split_bearer(bearer) else {
+            return self
+                .server_admin
+                .matches(bearer)
+                .then_some(Principal::ServerAdmin);
+        };
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let token = state.tokens.get(&id)?;
+        (token.digest.matches(secret) && token.is_active(now)).then(|| Principal::Token {
+            id,
+            role: token.role,
+            tenant: token.tenant.clone(),
+        })
+    }
+
+    /// Whether `caller` may read the keys of `tenant`: always, unless the tenant requires a
+    /// token, in which case the caller's token must cover the tenant.
+    pub fn may_read(&self, caller: Option<&Principal>, tenant: &TenantId) -> bool {
+        if caller.is_some_and(|caller| caller.covers(tenant)) {
+            return true;
+        }
+        !self
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .protected_tenants
+            .contains(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+
+    use super::*;
+    use crate::access::{GeneratedToken, Role};
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse("tenant", name).unwrap()
+    }
+
+    fn issued(role: Role, scope: Option<&str>, now: DateTime<Utc>) -> (String, TokenRecord) {
+        let generated = GeneratedToken::generate();
+        let record = TokenRecord {
+            id: generated.id,
+            digest: generated.digest,
+            role,
+            tenant: scope.map(tenant),
+            description: "test".into(),
+            created_at: now,
+            created_by: "admin".into(),
+            expires_at: Some(now + Duration::hours(1)),
+            revoked_at: None,
+        };
+        (generated.bearer, record)
+    }
+
+    fn registry(tokens: Vec<TokenRecord>, protected: &[&str]) -> AccessRegistry {
+        AccessRegistry::new(
+            AdminToken::new("server-admin").unwrap(),
+            AccessState {
+                tokens,
+                protected_tenants: protected.iter().copied().map(tenant).collect(),
+            },
+        )
+    }
+
+    #[test]
+    fn tokens_authenticate_until_they_expire_or_are_dropped() {
+        let now = Utc::now();
+        let (bearer, record) = issued(Role::Verifier, Some("acme"), now);
+        let id = record.id.clone();
+        let registry = registry(vec![record], &[]);
+        let expected = Principal::Token {
+            id,
+            role: Role::Verifier,
+            tenant: Some(tenant("acme")),
+        };
+        assert_eq!(registry.authenticate(&bearer, now), Some(expected));
+        assert_eq!(
+            registry.authenticate(&bearer, now + Duration::hours(1)),
+            None
+        );
+        assert_eq!(registry.authenticate(&format!("{bearer}x"), now), None);
+        assert_eq!(
+            registry.authenticate("server-admin", now),
+            Some(Principal::ServerAdmin)
+        );
+        assert_eq!(registry.authenticate("server-admin2", now), None);
+        registry.replace(AccessState::default());
+        assert_eq!(registry.authenticate(&bearer, now), None);
+    }
+
+    #[test]
+    fn authorization_values_must_be_valid_bearer_tokens() {
+        let registry = registry(Vec::new(), &[]);
+        let now = Utc::now();
+        let caller = |value: Option<&str>| registry.caller(value.map(str::as_bytes), now);
+        assert_eq!(caller(None), Ok(None));
+        assert_eq!(
+            caller(Some("Bearer server-admin")),
+            Ok(Some(Principal::ServerAdmin))
+        );
+        assert_eq!(caller(Some("Bearer wrong")), Err(AuthError::Rejected));
+        assert_eq!(
+            caller(Some("Basic server-admin")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(caller(Some("server-admin")), Err(AuthError::Malformed));
+        assert_eq!(
+            registry.caller(Some(b"Bearer \xff"), now),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn protected_tenants_are_read_only_with_a_covering_token() {
+        let now = Utc::now();
+        let (acme_bearer, acme) = issued(Role::Verifier, Some("acme"), now);
+        let (globex_bearer, globex) = issued(Role::Verifier, Some("globex"), now);
+        let registry = registry(vec![acme, globex], &["acme"]);
+        let acme_caller = registry.authenticate(&acme_bearer, now);
+        let globex_caller = registry.authenticate(&globex_bearer, now);
+        assert!(registry.may_read(acme_caller.as_ref(), &tenant("acme")));
+        assert!(!registry.may_read(globex_caller.as_ref(), &tenant("acme")));
+        assert!(!registry.may_read(None, &tenant("acme")));
+        assert!(registry.may_read(None, &tenant("globex")));
+        assert!(registry.may_read(Some(&Principal::ServerAdmin), &tenant("acme")));
+    }
+}
