@@ -263,14 +263,11 @@ impl TestApp {
     }
 
     pub async fn channel(&self) -> Channel {
-        let endpoint = Channel::from_shared(self.endpoint()).expect("endpoint");
-        let endpoint = match &self.client_tls {
-            Some(tls) => endpoint
-                .tls_config(tls.clone())
-                .expect("client TLS settings"),
-            None => endpoint,
-        };
-        endpoint.connect().await.expect("connect to keyrelay")
+        keyrelay_verifier::endpoint(self.endpoint(), self.client_tls.clone())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to keyrelay")
     }
 
     pub async fn keys(&self) -> KeyServiceClient<Channel> {

@@ -11,9 +11,10 @@ use std::{
 };
 
 use keyrelay::tls::TlsError;
+use keyrelay_verifier::{Expectations, Verifier};
 use tempfile::TempDir;
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::mpsc};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
@@ -21,6 +22,8 @@ use crate::{
     helpers::{Backend, TestApp, selector, spawn_app_with},
     mock_idp::MockIdp,
     pki::{Leaf, TestCa},
+    signing::{ED_1, claims},
+    verifiers::{keyrelay, rotate},
 };
 
 /// The names the server's certificates carry.
@@ -90,16 +93,25 @@ fn presenting(ca: &TestCa, leaf: &Leaf) -> ClientTlsConfig {
     trusting(ca).identity(Identity::from_pem(&leaf.chain_pem, &leaf.key_pem))
 }
 
-/// A server with a certificate from a new CA, whose helpers connect trusting that CA.
-async fn serve_tls(extra_args: &[&str]) -> (TestCa, ServerFiles, TestApp) {
+/// A server with a certificate from a new CA, whose helpers connect trusting that CA. With
+/// `clients`, the server requires certificates from that client CA, and the helpers present
+/// that certificate.
+async fn serve_tls(
+    clients: Option<(&TestCa, &Leaf)>,
+    extra_args: &[&str],
+) -> (TestCa, ServerFiles, TestApp) {
     let ca = TestCa::new("keyrelay test CA");
     let files = ServerFiles::issued_by(&ca);
-    let mut args = files.args(None);
+    let mut args = files.args(clients.map(|(client_ca, _)| client_ca));
     args.extend(extra_args.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tls = match clients {
+        Some((_, client)) => presenting(&ca, client),
+        None => trusting(&ca),
+    };
     let app = spawn_app_with(Backend::Sqlite, &args)
         .await
-        .with_client_tls(trusting(&ca));
+        .with_client_tls(tls);
     (ca, files, app)
 }
 
@@ -121,11 +133,7 @@ async fn assert_reloads_counted(app: &TestApp, outcome: &str, count: u32) {
 /// A health check over a new connection to `addr`: TLS with `tls`, or plaintext.
 async fn health_over(addr: &str, tls: Option<ClientTlsConfig>) -> Result<(), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let endpoint = Channel::from_shared(format!("{scheme}://{addr}")).unwrap();
-    let endpoint = match tls {
-        Some(tls) => endpoint.tls_config(tls).unwrap(),
-        None => endpoint,
-    };
+    let endpoint = keyrelay_verifier::endpoint(format!("{scheme}://{addr}"), tls).unwrap();
     let call = async {
         let channel = endpoint.connect().await.map_err(|err| format!("{err:?}"))?;
         HealthClient::new(channel)
@@ -145,7 +153,7 @@ fn refused(outcome: Result<(), String>, what: &str) {
 
 #[tokio::test]
 async fn a_client_trusting_the_ca_resolves_and_watches_over_tls() {
-    let (_ca, _files, app) = serve_tls(&[]).await;
+    let (_ca, _files, app) = serve_tls(None, &[]).await;
     register_okta(&app).await;
     let set = app.resolve("acme", "okta", None).await.expect("resolved");
     assert_eq!(set.version, 1);
@@ -156,7 +164,7 @@ async fn a_client_trusting_the_ca_resolves_and_watches_over_tls() {
 
 #[tokio::test]
 async fn a_plaintext_client_is_refused() {
-    let (ca, _files, app) = serve_tls(&[]).await;
+    let (ca, _files, app) = serve_tls(None, &[]).await;
     let addr = app.addr.to_string();
     refused(health_over(&addr, None).await, "a plaintext client");
     health_over(&addr, Some(trusting(&ca))).await.unwrap();
@@ -164,7 +172,7 @@ async fn a_plaintext_client_is_refused() {
 
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_ca_is_refused() {
-    let (_ca, _files, app) = serve_tls(&[]).await;
+    let (_ca, _files, app) = serve_tls(None, &[]).await;
     let stranger = TestCa::new("someone else's CA");
     let outcome = health_over(&app.addr.to_string(), Some(trusting(&stranger))).await;
     refused(outcome, "a client trusting another CA");
@@ -172,13 +180,10 @@ async fn a_client_that_does_not_trust_the_ca_is_refused() {
 
 #[tokio::test]
 async fn with_a_client_ca_only_clients_with_a_certificate_from_it_get_in() {
-    let ca = TestCa::new("keyrelay test CA");
     let client_ca = TestCa::new("client CA");
+    let good = client_ca.leaf(&["client"]);
+    let (ca, _files, app) = serve_tls(Some((&client_ca, &good)), &[]).await;
     let stranger = TestCa::new("someone else's CA");
-    let files = ServerFiles::issued_by(&ca);
-    let args = files.args(Some(&client_ca));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let app = spawn_app_with(Backend::Sqlite, &args).await;
     let addr = app.addr.to_string();
 
     refused(
@@ -190,15 +195,77 @@ async fn with_a_client_ca_only_clients_with_a_certificate_from_it_get_in() {
         health_over(&addr, Some(presenting(&ca, &foreign))).await,
         "a client with a certificate from another CA",
     );
-    let good = client_ca.leaf(&["client"]);
     health_over(&addr, Some(presenting(&ca, &good)))
         .await
         .expect("a client with a certificate from the client CA gets in");
 }
 
+// Multi-threaded: the CLI runs as blocking child processes while the server must answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_the_sdk_connect_with_a_ca_and_a_client_certificate() {
+    let client_ca = TestCa::new("client CA");
+    let client = client_ca.leaf(&["client"]);
+    let (ca, files, app) = serve_tls(Some((&client_ca, &client)), &[]).await;
+    let idp = MockIdp::start(app.clock.clone()).await;
+    rotate(&idp, &[&ED_1]);
+    app.register("acme", "okta", &idp.jwks_url()).await;
+    files.write("ca.pem", &ca.pem());
+    files.write("client.pem", &client.chain_pem);
+    files.write("client.key", &client.key_pem);
+    let (ca_pem, client_pem, client_key) = (
+        arg(&files.path("ca.pem")),
+        arg(&files.path("client.pem")),
+        arg(&files.path("client.key")),
+    );
+    let server = format!("https://127.0.0.1:{}", app.addr.port());
+    let tls = ["--server", &server, "--ca-cert", &ca_pem];
+    let mtls = [
+        &tls[..],
+        &["--client-cert", &client_pem, "--client-key", &client_key],
+    ]
+    .concat();
+
+    let resolved = keyrelay(&[&["resolve", "acme", "okta", "--json"], &mtls[..]].concat());
+    let stdout = String::from_utf8_lossy(&resolved.stdout);
+    assert!(resolved.status.success(), "{resolved:?}");
+    let resolved: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(resolved["version"], 1);
+    let token = ED_1.sign(&claims("erin"));
+    let verify = [
+        "verify",
+        "--tenant",
+        "acme",
+        "--audience",
+        "api",
+        "--json",
+        &token,
+    ];
+    let verified = keyrelay(&[&verify[..], &mtls[..]].concat());
+    assert!(verified.status.success(), "{verified:?}");
+
+    assert!(!keyrelay(&[&["health"], &tls[..]].concat()).status.success());
+    let plain = format!("http://{}", app.addr);
+    let mismatched = keyrelay(&["health", "--server", &plain, "--ca-cert", &ca_pem]);
+    assert!(
+        String::from_utf8_lossy(&mismatched.stderr).contains("need an https:// endpoint"),
+        "{mismatched:?}"
+    );
+
+    let verifier = Verifier::builder(server, "acme")
+        .tls(presenting(&ca, &client))
+        .connect()
+        .await
+        .expect("the SDK syncs over mutual TLS");
+    let claims: serde_json::Value = verifier
+        .verify(&token, &Expectations::new().audience("api"))
+        .await
+        .expect("valid");
+    assert_eq!(claims["sub"], "erin");
+}
+
 #[tokio::test]
 async fn the_mirror_moves_to_the_tls_port_and_metrics_stay_on_plain_http() {
-    let (ca, _files, app) = serve_tls(&[]).await;
+    let (ca, _files, app) = serve_tls(None, &[]).await;
     register_okta(&app).await;
 
     let mut roots = rustls::RootCertStore::empty();
@@ -227,7 +294,7 @@ async fn the_mirror_moves_to_the_tls_port_and_metrics_stay_on_plain_http() {
 
 #[tokio::test]
 async fn a_reload_gives_new_connections_the_new_certificate_and_keeps_open_streams() {
-    let (old_ca, files, app) = serve_tls(&[]).await;
+    let (old_ca, files, app) = serve_tls(None, &[]).await;
     let new_ca = TestCa::new("new CA");
     let idp = register_okta(&app).await;
     let mut watch = app.watch(vec![selector("acme", "")], vec![]).await;
@@ -255,7 +322,7 @@ async fn a_reload_gives_new_connections_the_new_certificate_and_keeps_open_strea
 
 #[tokio::test]
 async fn a_broken_file_on_reload_keeps_the_old_certificate_and_counts_an_error() {
-    let (ca, files, app) = serve_tls(&[]).await;
+    let (ca, files, app) = serve_tls(None, &[]).await;
     files.write("cert.pem", "not a certificate\n");
     let error = app.tls.as_ref().unwrap().reload().await.unwrap_err();
     assert!(
@@ -271,7 +338,7 @@ async fn a_broken_file_on_reload_keeps_the_old_certificate_and_counts_an_error()
 
 #[tokio::test]
 async fn changed_files_are_picked_up_without_a_signal() {
-    let (_old_ca, files, app) = serve_tls(&["--tls-reload-interval", "20ms"]).await;
+    let (_old_ca, files, app) = serve_tls(None, &["--tls-reload-interval", "20ms"]).await;
     let new_ca = TestCa::new("new CA");
     let mut configs = app.tls.as_ref().unwrap().subscribe();
     configs.borrow_and_update();
@@ -288,7 +355,7 @@ async fn changed_files_are_picked_up_without_a_signal() {
 
 #[tokio::test]
 async fn a_silent_client_does_not_hold_up_another_clients_handshake() {
-    let (ca, _files, app) = serve_tls(&[]).await;
+    let (ca, _files, app) = serve_tls(None, &[]).await;
     // The start of a TLS record announcing 128 bytes that never come.
     let mut silent = TcpStream::connect(app.addr).await.unwrap();
     silent
