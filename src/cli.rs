@@ -127,6 +127,26 @@ pub struct ClientOptions {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM CA certificate(s) to trust for an https:// --server, instead of the system's roots.
+    #[arg(long, env = "KEYRELAY_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate chain to present to a server that requires one (mutual TLS).
+    #[arg(
+        long,
+        env = "KEYRELAY_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "KEYRELAY_CLIENT_KEY",
+        hide_env_values = true,
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 /// `keyrelay providers ...`

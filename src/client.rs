@@ -1,7 +1,7 @@
 //! The command-line client: `keyrelay providers ...` and `keyrelay resolve`, printing text
 //! for people or JSON with `--json`.
 
-use std::io;
+use std::{io, path::Path};
 
 use chrono::DateTime;
 use prost_types::{Duration as PbDuration, Timestamp};
@@ -10,7 +10,7 @@ use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
     service::Interceptor,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
 use keyrelay_verifier::{Expectations, Verifier};
@@ -26,13 +26,24 @@ use crate::{
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server address is malformed or unreachable.
+    /// The server is unreachable.
     #[error("cannot reach keyrelay at {server}: {source}")]
     Connect {
         /// The address.
         server: String,
         /// The transport failure.
         source: tonic::transport::Error,
+    },
+    /// The server address or the TLS settings are unusable.
+    #[error(transparent)]
+    Endpoint(#[from] keyrelay_verifier::ConnectError),
+    /// A certificate or key file could not be read.
+    #[error("cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// The I/O failure.
+        source: io::Error,
     },
     /// No admin token could be found.
     #[error(
@@ -66,15 +77,42 @@ impl Interceptor for BearerToken {
 }
 
 async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
-    let connect_error = |source| ClientError::Connect {
-        server: options.server.clone(),
-        source,
-    };
-    Endpoint::from_shared(options.server.clone())
-        .map_err(connect_error)?
+    keyrelay_verifier::endpoint(options.server.clone(), client_tls(options).await?)?
         .connect()
         .await
-        .map_err(connect_error)
+        .map_err(|source| ClientError::Connect {
+            server: options.server.clone(),
+            source,
+        })
+}
+
+/// TLS settings from `--ca-cert`, `--client-cert` and `--client-key`; none without them.
+async fn client_tls(options: &ClientOptions) -> Result<Option<ClientTlsConfig>, ClientError> {
+    if options.ca_cert.is_none() && options.client_cert.is_none() {
+        return Ok(None);
+    }
+    let tls = match &options.ca_cert {
+        Some(path) => {
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path).await?))
+        }
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    let tls = match (&options.client_cert, &options.client_key) {
+        (Some(cert), Some(key)) => {
+            tls.identity(Identity::from_pem(read(cert).await?, read(key).await?))
+        }
+        _ => tls,
+    };
+    Ok(Some(tls))
+}
+
+async fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| ClientError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 fn admin_token(options: &ClientOptions) -> Result<AdminToken, ClientError> {
@@ -292,6 +330,9 @@ pub enum VerifyFailure {
     /// The verifier could not reach keyrelay.
     #[error(transparent)]
     Connect(#[from] keyrelay_verifier::ConnectError),
+    /// The connection settings are unusable.
+    #[error(transparent)]
+    Options(#[from] ClientError),
     /// The token was refused.
     #[error("token refused: {0}")]
     Refused(#[from] keyrelay_verifier::VerifyError),
@@ -307,6 +348,9 @@ pub async fn verify(
     token: &str,
 ) -> Result<(), VerifyFailure> {
     let mut builder = Verifier::builder(options.server.clone(), tenant);
+    if let Some(tls) = client_tls(options).await? {
+        builder = builder.tls(tls);
+    }
     let mut expected = Expectations::new();
     if let Some(provider) = provider {
         builder = builder.provider(provider.clone());

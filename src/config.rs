@@ -13,6 +13,7 @@ use crate::{
     domain::{EgressRules, Policy, ValidationError},
     fetch::FetchSettings,
     freshness::Backoff,
+    tls::{TlsFiles, TlsSettings},
     upstream_tls::{self, UpstreamTlsError, UpstreamTrustRoots},
 };
 
@@ -35,6 +36,25 @@ pub struct ServeConfig {
     /// Address of the HTTP listener for /metrics, /healthz and /readyz.
     #[arg(long, env = "KEYRELAY_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+
+    /// PEM certificate chain (leaf first) for the gRPC listener. With --tls-key, that
+    /// listener speaks TLS only, and the JWKS mirror is served there only, not on the plain
+    /// HTTP listener. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "KEYRELAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KEYRELAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of CA certificates: clients must present a certificate issued by one of
+    /// them (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(long, env = "KEYRELAY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "KEYRELAY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
 
     /// Directory for the embedded database and the generated admin token.
     #[arg(long, env = "KEYRELAY_DATA_DIR", default_value = "keyrelay-data")]
@@ -194,6 +214,36 @@ impl ServeConfig {
         }
     }
 
+    /// TLS of the gRPC listener; none for plain TCP. Certificate and key come together.
+    pub fn listener_tls(&self) -> Result<Option<TlsSettings>, ValidationError> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (Some(cert), Some(key), _) => (cert.clone(), key.clone()),
+            (None, None, None) => return Ok(None),
+            (None, None, Some(_)) => {
+                return Err(ValidationError::new(
+                    "tls-client-ca",
+                    "needs --tls-cert and --tls-key",
+                ));
+            }
+            (Some(_), None, _) => return Err(ValidationError::new("tls-cert", "needs --tls-key")),
+            (None, Some(_), _) => return Err(ValidationError::new("tls-key", "needs --tls-cert")),
+        };
+        if self.tls_reload_interval.is_zero() {
+            return Err(ValidationError::new(
+                "tls-reload-interval",
+                "must be above zero",
+            ));
+        }
+        Ok(Some(TlsSettings {
+            files: TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca.clone(),
+            },
+            reload_interval: self.tls_reload_interval,
+        }))
+    }
+
     /// Transport settings of the fetcher, resolving names through `lookup`; reads the IdP
     /// CA bundle.
     pub fn fetch_settings(
@@ -237,5 +287,65 @@ impl ServeConfig {
             initial: self.backoff_initial,
             max: self.backoff_max,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+
+    fn listener_tls(args: &[&str]) -> Result<Option<TlsSettings>, ValidationError> {
+        let args = std::iter::once("keyrelay").chain(args.iter().copied());
+        Serve::try_parse_from(args).unwrap().config.listener_tls()
+    }
+
+    fn refused(args: &[&str]) -> String {
+        listener_tls(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_listener_is_plain_unless_a_certificate_and_key_are_given() {
+        assert_eq!(listener_tls(&[]), Ok(None));
+        let settings = listener_tls(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]);
+        let settings = settings.unwrap().unwrap();
+        assert_eq!(settings.files.cert, PathBuf::from("c.pem"));
+        assert_eq!(settings.files.client_ca, None);
+        assert_eq!(settings.reload_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tls_flags_that_cannot_work_alone_are_refused() {
+        assert_eq!(
+            refused(&["--tls-cert", "c.pem"]),
+            "invalid tls-cert: needs --tls-key"
+        );
+        assert_eq!(
+            refused(&["--tls-key", "k.pem"]),
+            "invalid tls-key: needs --tls-cert"
+        );
+        assert_eq!(
+            refused(&["--tls-client-ca", "ca.pem"]),
+            "invalid tls-client-ca: needs --tls-cert and --tls-key"
+        );
+        let zero = [
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--tls-reload-interval",
+            "0s",
+        ];
+        assert_eq!(
+            refused(&zero),
+            "invalid tls-reload-interval: must be above zero"
+        );
     }
 }

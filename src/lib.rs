@@ -36,5 +36,6 @@ pub mod staleness;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream_tls;
 pub mod watch;

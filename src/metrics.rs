@@ -78,6 +78,7 @@ pub struct Metrics {
     watch_subscribers: Gauge,
     watch_events: Counter,
     watch_resyncs: Counter,
+    tls_reloads: Family<OutcomeLabels, Counter>,
     registry: Registry,
 }
 
@@ -106,6 +107,7 @@ impl Metrics {
             watch_subscribers: Gauge::default(),
             watch_events: Counter::default(),
             watch_resyncs: Counter::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +167,11 @@ impl Metrics {
             "watch_resyncs",
             "WatchKeys streams that fell behind the change feed and skipped to the latest state",
             metrics.watch_resyncs.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the listener's TLS certificate, key and client CA: ok, or error (the previous configuration stays)",
+            metrics.tls_reloads.clone(),
         );
         registry.register_collector(Box::new(StateCollector {
             cluster,
@@ -241,6 +248,14 @@ impl Metrics {
     /// A WatchKeys stream fell behind the change feed.
     pub fn watch_resynced(&self) {
         self.watch_resyncs.inc();
+    }
+
+    /// The listener's TLS files were reloaded, or failed to.
+    pub fn tls_reloaded(&self, succeeded: bool) {
+        let outcome = if succeeded { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 }
 

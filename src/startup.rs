@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sqlx::postgres::PgListener;
-use tokio::task::JoinHandle;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
@@ -38,6 +38,7 @@ use crate::{
     schedule::Scheduler,
     staleness::StalenessTimer,
     store::{self, Store, StoreError},
+    tls::{ReloadHandle, TlsError, TlsListener},
     watch::WatchHub,
 };
 
@@ -86,6 +87,15 @@ pub enum StartupError {
     /// The reflection service could not be built.
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's TLS files are unusable.
+    #[error("listener TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// The gRPC listener: plain TCP, or TLS.
+enum Listener {
+    Plain(TcpIncoming),
+    Tls(TlsListener),
 }
 
 /// Background work that runs on Postgres only.
@@ -97,7 +107,7 @@ struct FleetTasks {
 
 /// A server ready to run: store loaded, listener bound.
 pub struct Application {
-    incoming: TcpIncoming,
+    listener: Listener,
     local_addr: SocketAddr,
     http: HttpServer,
     http_addr: SocketAddr,
@@ -123,15 +133,14 @@ impl Application {
         install_crypto_provider();
         let defaults = config.policy_defaults()?;
         let lease = config.lease_settings()?;
+        let tls = config.listener_tls()?;
         let admin_token = admin_token(&config)?;
         let bind_error = |source| StartupError::Bind {
             addr: config.listen,
             source,
         };
-        let incoming = TcpIncoming::bind(config.listen)
-            .map_err(bind_error)?
-            .with_nodelay(Some(true));
-        let local_addr = incoming.local_addr().map_err(bind_error)?;
+        let tcp = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+        let local_addr = tcp.local_addr().map_err(bind_error)?;
         let opened = store::open(
             config.database_url.as_deref(),
             &config.data_dir,
@@ -183,6 +192,13 @@ impl Application {
             Arc::clone(&clock),
             defaults,
         );
+        // Before taking part in the fleet, so bad TLS files fail the start cleanly.
+        let listener = match tls {
+            Some(settings) => {
+                Listener::Tls(TlsListener::new(tcp, settings, Arc::clone(&metrics)).await?)
+            }
+            None => Listener::Plain(TcpIncoming::from(tcp).with_nodelay(Some(true))),
+        };
         let http_error = |source| StartupError::Bind {
             addr: config.http_listen,
             source,
@@ -257,11 +273,17 @@ impl Application {
             access: Arc::clone(&access),
             clock: Arc::clone(&clock),
         };
+        // With TLS on, keys are served over TLS only (and to clients with a certificate, when
+        // one is required): the plain HTTP listener keeps metrics and health.
+        let http_mirror = match listener {
+            Listener::Plain(_) => mirror::router(mirror.clone()),
+            Listener::Tls(_) => axum::Router::new(),
+        };
         let http = HttpServer::new(
             http_listener,
             Arc::clone(&metrics),
             Arc::clone(&store),
-            mirror::router(mirror.clone()),
+            http_mirror,
         );
         let access_control = Arc::new(AccessControl::new(
             Arc::clone(&store),
@@ -269,7 +291,7 @@ impl Application {
             Arc::clone(&clock),
         ));
         Ok(Self {
-            incoming,
+            listener,
             local_addr,
             http,
             http_addr,
@@ -293,6 +315,14 @@ impl Application {
     /// The address the gRPC listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reloads the listener's TLS files the way SIGHUP does; none without TLS.
+    pub fn tls_reload_handle(&self) -> Option<ReloadHandle> {
+        match &self.listener {
+            Listener::Plain(_) => None,
+            Listener::Tls(tls) => Some(tls.reload_handle()),
+        }
     }
 
     /// The address the HTTP listener (metrics, health) is bound to.
@@ -387,9 +417,19 @@ impl Application {
                 Arc::clone(&self.metrics),
                 self.local_addr,
             ))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(self.incoming, stop_signal);
-        let served = drain_within(server, &shutdown, self.shutdown_grace).await;
+            .add_routes(routes);
+        let served = match self.listener {
+            Listener::Plain(incoming) => {
+                let server = server.serve_with_incoming_shutdown(incoming, stop_signal);
+                drain_within(server, &shutdown, self.shutdown_grace).await
+            }
+            Listener::Tls(tls) => {
+                let (incoming, tasks) = tls.start(&shutdown);
+                background.extend(tasks);
+                let server = server.serve_with_incoming_shutdown(incoming, stop_signal);
+                drain_within(server, &shutdown, self.shutdown_grace).await
+            }
+        };
         for (name, task) in background {
             if task.await.is_err() {
                 tracing::error!(task = name, "background task panicked");

@@ -11,9 +11,9 @@ use keyrelay::clock::ManualClock;
 
 use crate::mock_idp::MockIdp;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
 
-struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

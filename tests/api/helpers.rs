@@ -11,6 +11,7 @@ use keyrelay::{
         self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
     },
     startup::Application,
+    tls::ReloadHandle,
 };
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use tempfile::TempDir;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
+    transport::{Channel, ClientTlsConfig},
 };
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -124,6 +125,10 @@ pub struct TestApp {
     pub http_addr: SocketAddr,
     pub clock: ManualClock,
     pub storage: Storage,
+    /// Reloads the listener's TLS files, when the server has TLS.
+    pub tls: Option<ReloadHandle>,
+    /// How the helpers' clients connect: plaintext, or TLS with these settings.
+    client_tls: Option<ClientTlsConfig>,
     extra_args: Vec<String>,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
@@ -199,6 +204,7 @@ async fn start(
         .expect("server builds");
     let addr = app.local_addr();
     let http_addr = app.http_addr();
+    let tls = app.tls_reload_handle();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -209,6 +215,8 @@ async fn start(
         http_addr,
         clock,
         storage,
+        tls,
+        client_tls: None,
         extra_args,
         shutdown,
         server,
@@ -240,12 +248,23 @@ pub type AdminClient = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 pub type KeysClient = KeyServiceClient<InterceptedService<Channel, Bearer>>;
 
 impl TestApp {
+    /// The helpers' clients connect over TLS with `tls` from now on.
+    pub fn with_client_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.client_tls = Some(tls);
+        self
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint())
+        keyrelay_verifier::endpoint(self.endpoint(), self.client_tls.clone())
             .expect("endpoint")
             .connect()
             .await

@@ -18,6 +18,7 @@ mod revalidation;
 mod server;
 mod signing;
 mod store;
+mod tls;
 mod upstream_tls;
 mod verifiers;
 mod watch;

@@ -14,10 +14,12 @@ pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
-/// A leaf certificate, the chain a server presents with it, and its key.
+/// A leaf certificate, the chain a server presents with it, and its key, in DER and PEM.
 pub struct Leaf {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivatePkcs8KeyDer<'static>,
+    pub chain_pem: String,
+    pub key_pem: String,
 }
 
 impl TestCa {
@@ -59,6 +61,8 @@ impl TestCa {
         Leaf {
             chain: vec![cert.der().clone(), self.cert()],
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            chain_pem: format!("{}{}", cert.pem(), self.pem()),
+            key_pem: key.serialize_pem(),
         }
     }
 }

@@ -26,7 +26,7 @@ async fn serve(keys: &[&SigningKey]) -> (TestApp, MockIdp) {
     (app, idp)
 }
 
-fn rotate(idp: &MockIdp, keys: &[&SigningKey]) {
+pub(crate) fn rotate(idp: &MockIdp, keys: &[&SigningKey]) {
     idp.set_document(Document {
         body: jwks(keys),
         cache_control: Some("max-age=600".into()),
@@ -299,7 +299,7 @@ async fn json_of<T: serde::de::DeserializeOwned>(response: reqwest::Response) ->
     serde_json::from_slice(&response.bytes().await.unwrap()).expect("JSON body")
 }
 
-fn keyrelay(args: &[&str]) -> std::process::Output {
+pub(crate) fn keyrelay(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keyrelay"))
         .args(args)
         .env_remove("KEYRELAY_ADMIN_TOKEN")

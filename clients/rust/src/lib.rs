@@ -19,8 +19,26 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Over TLS, with the CA to trust and, where keyrelay requires one, a client certificate:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use keyrelay_verifier::{Certificate, ClientTlsConfig, Identity, Verifier};
+//!
+//! let tls = ClientTlsConfig::new()
+//!     .ca_certificate(Certificate::from_pem(std::fs::read("ca.pem")?))
+//!     .identity(Identity::from_pem(std::fs::read("client.pem")?, std::fs::read("client.key")?));
+//! let verifier = Verifier::builder("https://keyrelay.internal:50051", "acme")
+//!     .tls(tls)
+//!     .connect()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod algorithms;
+mod endpoint;
 mod keys;
 mod verify;
 mod watch;
@@ -31,6 +49,8 @@ pub mod proto {
     tonic::include_proto!("keyrelay.v1");
 }
 
+pub use endpoint::endpoint;
 pub use keys::{ProviderKeys, Status};
+pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 pub use verify::{Expectations, VerifyError};
 pub use watch::{ConnectError, Verifier, VerifierBuilder};

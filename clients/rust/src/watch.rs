@@ -12,9 +12,10 @@ use std::{
 };
 
 use tokio::{sync::watch, task::JoinHandle};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::{
+    endpoint::endpoint,
     keys::{KeySets, ProviderKeys, Status},
     proto::{self, key_service_client::KeyServiceClient, watch_keys_response::Event},
 };
@@ -27,9 +28,12 @@ const RESOLVE_COOLDOWN: Duration = Duration::from_secs(1);
 /// Why a verifier could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The endpoint is not a valid URI.
-    #[error("invalid keyrelay endpoint: {0}")]
+    /// The endpoint is not a valid URI, or the TLS settings are unusable.
+    #[error("invalid keyrelay endpoint or TLS settings: {0}")]
     Endpoint(#[from] tonic::transport::Error),
+    /// TLS settings were given for an `http://` endpoint.
+    #[error("TLS settings need an https:// endpoint, not {0}")]
+    TlsNeedsHttps(String),
     /// No complete view arrived in time.
     #[error("no key sets from keyrelay within {0:?}")]
     NotSynced(Duration),
@@ -42,6 +46,7 @@ pub struct VerifierBuilder {
     tenant: String,
     providers: Vec<String>,
     first_sync: Duration,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl VerifierBuilder {
@@ -58,9 +63,17 @@ impl VerifierBuilder {
         self
     }
 
+    /// TLS settings for an `https://` endpoint: the CA to trust (`ca_certificate`) and, for a
+    /// server that requires client certificates, the certificate to present (`identity`).
+    /// Without them, an `https://` endpoint is checked against the system's roots.
+    pub fn tls(mut self, config: ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Opens the stream and waits for the first complete view of the selected key sets.
     pub async fn connect(self) -> Result<Verifier, ConnectError> {
-        let channel = Endpoint::from_shared(self.endpoint)?.connect_lazy();
+        let channel = endpoint(self.endpoint, self.tls)?.connect_lazy();
         let shared = Arc::new(Shared {
             client: KeyServiceClient::new(channel),
             tenant: self.tenant,
@@ -116,6 +129,7 @@ impl Verifier {
             tenant: tenant.into(),
             providers: Vec::new(),
             first_sync: Duration::from_secs(10),
+            tls: None,
         }
     }
 
