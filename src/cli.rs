@@ -82,6 +82,39 @@ pub enum Command {
         /// The token.
         token: String,
     },
+    /// Issue, list and revoke access tokens.
+    Tokens {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: TokensCommand,
+    },
+    /// Show whether a tenant's keys need a verifier token, or change it.
+    TenantAccess {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// Tenant identifier.
+        tenant: String,
+        /// Require (true) or stop requiring (false) a verifier token for Resolve, WatchKeys
+        /// and the JWKS mirror; omitted: only show the setting.
+        #[arg(long)]
+        require_verifier_token: Option<bool>,
+    },
+    /// Print the audit log, newest first.
+    Audit {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// Only this tenant's events.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Most events printed.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Print the current key set of a provider.
     Resolve {
         /// Connection settings.
@@ -108,7 +141,8 @@ pub struct ClientOptions {
         global = true
     )]
     pub server: String,
-    /// Admin token; defaults to the one kept in <data-dir>/admin-token.
+    /// Admin token, or an admin access token; defaults to the one kept in
+    /// <data-dir>/admin-token.
     #[arg(
         long,
         env = "KEYRELAY_ADMIN_TOKEN",
@@ -116,6 +150,15 @@ pub struct ClientOptions {
         global = true
     )]
     pub admin_token: Option<String>,
+    /// Access token sent on Resolve, WatchKeys and verify calls, for tenants that require
+    /// a verifier token.
+    #[arg(
+        long,
+        env = "KEYRELAY_ACCESS_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub access_token: Option<String>,
     /// The server's data directory, to read the generated admin token from.
     #[arg(
         long,
@@ -190,6 +233,49 @@ pub enum ProvidersCommand {
         tenant: String,
         /// Provider identifier.
         provider: String,
+    },
+}
+
+/// What an access token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRoleArg {
+    /// AdminService calls within the token's tenant (or every tenant without one).
+    Admin,
+    /// Reading the keys of the token's tenant.
+    Verifier,
+}
+
+/// `keyrelay tokens ...`
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue a token; its secret is printed once.
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        role: TokenRoleArg,
+        /// Tenant the token is scoped to (required for verifier tokens).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Who or what holds the token.
+        #[arg(long)]
+        description: String,
+        /// How long the token is valid (e.g. 90days); until revoked when omitted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this tenant's tokens.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Also list revoked tokens.
+        #[arg(long)]
+        include_revoked: bool,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// The token id.
+        id: String,
     },
 }
 

@@ -1,5 +1,9 @@
-//! The command-line client: `keyrelay providers ...` and `keyrelay resolve`, printing text
-//! for people or JSON with `--json`.
+//! The command-line client: `keyrelay providers ...`, `keyrelay resolve` and the rest,
+//! printing text for people or JSON with `--json`.
+
+mod access;
+
+pub use access::{audit, tenant_access, tokens};
 
 use std::{io, path::Path};
 
@@ -9,7 +13,7 @@ use serde_json::{Value, json};
 use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, errors::InvalidMetadataValue},
-    service::Interceptor,
+    service::{Interceptor, interceptor::InterceptedService},
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
@@ -63,18 +67,23 @@ pub enum ClientError {
     Call(#[from] Status),
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
 #[derive(Clone)]
-struct BearerToken(AsciiMetadataValue);
+struct BearerToken(Option<AsciiMetadataValue>);
 
 impl Interceptor for BearerToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         Ok(request)
     }
 }
+
+type AdminClient = AdminServiceClient<InterceptedService<Channel, BearerToken>>;
+type KeysClient = KeyServiceClient<InterceptedService<Channel, BearerToken>>;
 
 async fn connect(options: &ClientOptions) -> Result<Channel, ClientError> {
     keyrelay_verifier::endpoint(options.server.clone(), client_tls(options).await?)?
@@ -115,6 +124,29 @@ async fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
         })
 }
 
+/// An AdminService client sending the admin token.
+async fn admin_client(options: &ClientOptions) -> Result<AdminClient, ClientError> {
+    let token = admin_token(options)?;
+    let bearer = BearerToken(Some(format!("Bearer {}", token.expose()).parse()?));
+    Ok(AdminServiceClient::with_interceptor(
+        connect(options).await?,
+        bearer,
+    ))
+}
+
+/// A KeyService client sending the access token, if one is given.
+async fn keys_client(options: &ClientOptions) -> Result<KeysClient, ClientError> {
+    let bearer = options
+        .access_token
+        .as_deref()
+        .map(|token| format!("Bearer {token}").parse())
+        .transpose()?;
+    Ok(KeyServiceClient::with_interceptor(
+        connect(options).await?,
+        BearerToken(bearer),
+    ))
+}
+
 fn admin_token(options: &ClientOptions) -> Result<AdminToken, ClientError> {
     if let Some(token) = options.admin_token.as_deref().and_then(AdminToken::new) {
         return Ok(token);
@@ -130,9 +162,7 @@ pub async fn providers(
     options: &ClientOptions,
     action: ProvidersCommand,
 ) -> Result<(), ClientError> {
-    let token = admin_token(options)?;
-    let bearer = BearerToken(format!("Bearer {}", token.expose()).parse()?);
-    let mut admin = AdminServiceClient::with_interceptor(connect(options).await?, bearer);
+    let mut admin = admin_client(options).await?;
     let provider = match action {
         ProvidersCommand::Add {
             tenant,
@@ -185,13 +215,7 @@ pub async fn providers(
     Ok(())
 }
 
-async fn list(
-    admin: &mut AdminServiceClient<
-        tonic::service::interceptor::InterceptedService<Channel, BearerToken>,
-    >,
-    tenant: String,
-    as_json: bool,
-) -> Result<(), ClientError> {
+async fn list(admin: &mut AdminClient, tenant: String, as_json: bool) -> Result<(), ClientError> {
     let mut page_token = String::new();
     loop {
         let request = pb::ListProvidersRequest {
@@ -238,9 +262,7 @@ pub async fn health(options: &ClientOptions) -> Result<(), ClientError> {
 
 /// Runs `keyrelay cluster`.
 pub async fn cluster(options: &ClientOptions) -> Result<(), ClientError> {
-    let token = admin_token(options)?;
-    let bearer = BearerToken(format!("Bearer {}", token.expose()).parse()?);
-    let mut admin = AdminServiceClient::with_interceptor(connect(options).await?, bearer);
+    let mut admin = admin_client(options).await?;
     let status = admin
         .get_cluster_status(pb::GetClusterStatusRequest {})
         .await?
@@ -272,7 +294,7 @@ pub async fn watch(
         selectors,
         known_versions: Vec::new(),
     };
-    let mut keys = KeyServiceClient::new(connect(options).await?);
+    let mut keys = keys_client(options).await?;
     let mut stream = keys.watch_keys(request).await?.into_inner();
     while let Some(message) = stream.message().await? {
         match message.event {
@@ -304,9 +326,7 @@ pub async fn watch(
 }
 
 async fn all_tenants(options: &ClientOptions) -> Result<Vec<String>, ClientError> {
-    let token = admin_token(options)?;
-    let bearer = BearerToken(format!("Bearer {}", token.expose()).parse()?);
-    let mut admin = AdminServiceClient::with_interceptor(connect(options).await?, bearer);
+    let mut admin = admin_client(options).await?;
     let mut tenants = std::collections::BTreeSet::new();
     let mut page_token = String::new();
     loop {
@@ -351,6 +371,9 @@ pub async fn verify(
     if let Some(tls) = client_tls(options).await? {
         builder = builder.tls(tls);
     }
+    if let Some(token) = &options.access_token {
+        builder = builder.access_token(token.clone());
+    }
     let mut expected = Expectations::new();
     if let Some(provider) = provider {
         builder = builder.provider(provider.clone());
@@ -382,7 +405,7 @@ pub async fn resolve(
     provider: String,
     kid: Option<String>,
 ) -> Result<(), ClientError> {
-    let mut keys = KeyServiceClient::new(connect(options).await?);
+    let mut keys = keys_client(options).await?;
     let request = pb::ResolveRequest {
         tenant,
         provider,

@@ -43,6 +43,23 @@ async fn main() -> ExitCode {
         } => client::verify(&client, tenant, provider, issuer, audience, &token)
             .await
             .map_err(anyhow::Error::from),
+        Command::Tokens { client, action } => client::tokens(&client, action)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::TenantAccess {
+            client,
+            tenant,
+            require_verifier_token,
+        } => client::tenant_access(&client, tenant, require_verifier_token)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Audit {
+            client,
+            tenant,
+            limit,
+        } => client::audit(&client, tenant, limit)
+            .await
+            .map_err(anyhow::Error::from),
         Command::Resolve {
             client,
             tenant,

@@ -35,6 +35,7 @@ fn cli(server: &str, data_dir: &str, args: &[&str]) -> Output {
         .args(args)
         .args(["--server", server, "--data-dir", data_dir])
         .env_remove("KEYRELAY_ADMIN_TOKEN")
+        .env_remove("KEYRELAY_ACCESS_TOKEN")
         .output()
         .expect("run keyrelay")
 }
@@ -138,6 +139,67 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
     let missing = cli(&endpoint, data, &["providers", "get", "acme", "nope"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not registered"));
+
+    let created = stdout(&cli(
+        &endpoint,
+        data,
+        &[
+            "tokens",
+            "create",
+            "--role",
+            "verifier",
+            "--tenant",
+            "acme",
+            "--description",
+            "payments api",
+            "--json",
+        ],
+    ));
+    let created: serde_json::Value = serde_json::from_str(created.trim()).unwrap();
+    let (id, secret) = (
+        created["id"].as_str().unwrap(),
+        created["secret"].as_str().unwrap(),
+    );
+    let protected = stdout(&cli(
+        &endpoint,
+        data,
+        &["tenant-access", "acme", "--require-verifier-token", "true"],
+    ));
+    assert!(
+        protected.contains("acme: verifier token required"),
+        "{protected}"
+    );
+    let anonymous = cli(&endpoint, data, &["resolve", "acme", "okta"]);
+    assert!(!anonymous.status.success());
+    let with_token = stdout(&cli(
+        &endpoint,
+        data,
+        &["resolve", "acme", "okta", "--access-token", secret],
+    ));
+    assert!(with_token.contains("k1"), "{with_token}");
+    stdout(&cli(&endpoint, data, &["tokens", "revoke", id]));
+    let listed = stdout(&cli(
+        &endpoint,
+        data,
+        &["tokens", "list", "--include-revoked", "--json"],
+    ));
+    let listed: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert!(listed["revoked_at"].is_string(), "{listed}");
+    let audit = stdout(&cli(
+        &endpoint,
+        data,
+        &["audit", "--tenant", "acme", "--limit", "3"],
+    ));
+    let actions: Vec<&str> = audit
+        .lines()
+        .filter(|line| !line.starts_with(' '))
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(
+        actions,
+        ["token.revoke", "tenant.set_access", "token.create"],
+        "{audit}"
+    );
 
     let wrong_dir = tempfile::tempdir().unwrap();
     let no_token = cli(

@@ -5,6 +5,7 @@ use std::{process::Command, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+use keyrelay::proto::v1 as pb;
 use keyrelay_verifier::{Expectations, Verifier, VerifyError};
 use serde_json::{Value, json};
 
@@ -377,4 +378,47 @@ async fn the_cli_watches_and_prints_events() {
         (Some("key_set"), Some(1))
     );
     assert_eq!(events[1]["event"], "synced");
+}
+
+#[tokio::test]
+async fn the_sdk_sends_its_access_token_to_a_tenant_that_requires_one() {
+    let (app, _idp) = serve(&[&ED_1]).await;
+    let mut admin = app.admin().await;
+    let created = admin
+        .create_token(pb::CreateTokenRequest {
+            role: pb::TokenRole::Verifier.into(),
+            tenant: "acme".into(),
+            description: "sdk".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    admin
+        .set_tenant_access(pb::SetTenantAccessRequest {
+            tenant: "acme".into(),
+            verifier_token_required: true,
+        })
+        .await
+        .unwrap();
+    let token = ED_1.sign(&claims("alice"));
+
+    let anonymous = Verifier::builder(app.endpoint(), "acme")
+        .connect()
+        .await
+        .expect("a stream that sees nothing still syncs");
+    assert!(
+        anonymous
+            .verify::<Value>(&token, &expected())
+            .await
+            .is_err()
+    );
+
+    let verifier = Verifier::builder(app.endpoint(), "acme")
+        .access_token(created.secret)
+        .connect()
+        .await
+        .unwrap();
+    let claims: Value = verifier.verify(&token, &expected()).await.expect("valid");
+    assert_eq!(claims["sub"], "alice");
 }

@@ -12,7 +12,12 @@ use std::{
 };
 
 use tokio::{sync::watch, task::JoinHandle};
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::{
+    Request,
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, ClientTlsConfig},
+};
 
 use crate::{
     endpoint::endpoint,
@@ -34,6 +39,9 @@ pub enum ConnectError {
     /// TLS settings were given for an `http://` endpoint.
     #[error("TLS settings need an https:// endpoint, not {0}")]
     TlsNeedsHttps(String),
+    /// The access token cannot be sent as metadata.
+    #[error("the access token has characters that cannot be sent as gRPC metadata")]
+    InvalidToken,
     /// No complete view arrived in time.
     #[error("no key sets from keyrelay within {0:?}")]
     NotSynced(Duration),
@@ -47,6 +55,22 @@ pub struct VerifierBuilder {
     providers: Vec<String>,
     first_sync: Duration,
     tls: Option<ClientTlsConfig>,
+    access_token: Option<String>,
+}
+
+/// Sends `authorization: Bearer <access token>` on every call, when there is a token.
+#[derive(Debug, Clone)]
+pub(crate) struct AccessToken(Option<AsciiMetadataValue>);
+
+impl Interceptor for AccessToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl VerifierBuilder {
@@ -71,11 +95,23 @@ impl VerifierBuilder {
         self
     }
 
+    /// A verifier (or admin) access token for the tenant, for tenants that require one
+    /// (`keyrelay tokens create --role verifier`).
+    pub fn access_token(mut self, token: impl Into<String>) -> Self {
+        self.access_token = Some(token.into());
+        self
+    }
+
     /// Opens the stream and waits for the first complete view of the selected key sets.
     pub async fn connect(self) -> Result<Verifier, ConnectError> {
         let channel = endpoint(self.endpoint, self.tls)?.connect_lazy();
+        let token = self
+            .access_token
+            .map(|token| format!("Bearer {token}").parse())
+            .transpose()
+            .map_err(|_| ConnectError::InvalidToken)?;
         let shared = Arc::new(Shared {
-            client: KeyServiceClient::new(channel),
+            client: KeyServiceClient::with_interceptor(channel, AccessToken(token)),
             tenant: self.tenant,
             providers: self.providers,
             keys: KeySets::default(),
@@ -96,7 +132,7 @@ impl VerifierBuilder {
 }
 
 pub(crate) struct Shared {
-    client: KeyServiceClient<Channel>,
+    client: KeyServiceClient<InterceptedService<Channel, AccessToken>>,
     pub(crate) tenant: String,
     pub(crate) providers: Vec<String>,
     pub(crate) keys: KeySets,
@@ -130,6 +166,7 @@ impl Verifier {
             providers: Vec::new(),
             first_sync: Duration::from_secs(10),
             tls: None,
+            access_token: None,
         }
     }
 
