@@ -392,6 +392,7 @@ impl Application {
                     Arc::clone(&self.relay),
                     watch,
                     Arc::clone(&registry),
+                    Arc::clone(&self.clock),
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
                 VerifierAuth::new(Arc::clone(&registry), Arc::clone(&self.clock)),

@@ -8,6 +8,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 
 use super::{Principal, TokenId, TokenRecord, split_bearer};
 use crate::{admin_token::AdminToken, domain::TenantId};
@@ -56,6 +57,8 @@ struct Indexed {
 pub struct AccessRegistry {
     server_admin: AdminToken,
     state: RwLock<Indexed>,
+    /// Counts replacements of the state, for streams that re-check their caller.
+    changes: watch::Sender<u64>,
 }
 
 impl AccessRegistry {
@@ -64,6 +67,7 @@ impl AccessRegistry {
         let registry = Self {
             server_admin,
             state: RwLock::default(),
+            changes: watch::Sender::new(0),
         };
         registry.replace(state);
         registry
@@ -80,6 +84,34 @@ impl AccessRegistry {
             protected_tenants: state.protected_tenants.into_iter().collect(),
         };
         *self.state.write().unwrap_or_else(PoisonError::into_inner) = indexed;
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Wakes whenever the state is replaced.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether `caller`, authenticated earlier, would still be accepted at `now`.
+    pub fn still_accepts(&self, caller: &Principal, now: DateTime<Utc>) -> bool {
+        let Principal::Token { id, .. } = caller else {
+            return true;
+        };
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state
+            .tokens
+            .get(id)
+            .is_some_and(|token| token.is_active(now))
+    }
+
+    /// When `caller`'s token expires, if it does.
+    pub fn expiry(&self, caller: &Principal) -> Option<DateTime<Utc>> {
+        let Principal::Token { id, .. } = caller else {
+            return None;
+        };
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state.tokens.get(id).and_then(|token| token.expires_at)
     }
 
     /// The caller presenting the `authorization` value (`Bearer <token>`) at `now`; `None`
@@ -192,8 +224,16 @@ mod tests {
             Some(Principal::ServerAdmin)
         );
         assert_eq!(registry.authenticate("server-admin2", now), None);
+        let caller = registry.authenticate(&bearer, now).unwrap();
+        assert!(registry.still_accepts(&caller, now));
+        assert_eq!(registry.expiry(&caller), Some(now + Duration::hours(1)));
+        assert!(!registry.still_accepts(&caller, now + Duration::hours(1)));
+        let changes = registry.changes();
         registry.replace(AccessState::default());
+        assert!(changes.has_changed().unwrap());
         assert_eq!(registry.authenticate(&bearer, now), None);
+        assert!(!registry.still_accepts(&caller, now));
+        assert!(registry.still_accepts(&Principal::ServerAdmin, now));
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::{pin::Pin, sync::Arc};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
+use super::watch_access::WatchAccess;
 use crate::{
     access::AccessRegistry,
+    clock::Clock,
     domain::Kid,
     error::Error,
     proto::{server::key_service_server::KeyService, v1 as pb},
@@ -20,16 +22,23 @@ pub struct KeyApi {
     relay: Arc<Relay>,
     watch: Arc<WatchHub>,
     access: Arc<AccessRegistry>,
+    clock: Arc<dyn Clock>,
 }
 
 impl KeyApi {
     /// Handlers over `relay` and `watch`, which share one cache, checking callers against
-    /// `access`.
-    pub fn new(relay: Arc<Relay>, watch: Arc<WatchHub>, access: Arc<AccessRegistry>) -> Self {
+    /// `access` at `clock`'s time.
+    pub fn new(
+        relay: Arc<Relay>,
+        watch: Arc<WatchHub>,
+        access: Arc<AccessRegistry>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             relay,
             watch,
             access,
+            clock,
         }
     }
 }
@@ -78,12 +87,17 @@ impl KeyService for KeyApi {
         &self,
         request: Request<pb::WatchKeysRequest>,
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
-        let caller = super::auth::caller_of(&request);
+        let caller = super::auth::caller_of(&request).cloned();
         let mut parsed =
             WatchRequest::parse(request.get_ref(), self.watch.cache()).map_err(Error::from)?;
-        parsed.retain_tenants(|tenant| self.access.may_read(caller, tenant));
-        let request = parsed;
-        let stream = self.watch.subscribe(request).into_stream();
-        Ok(Response::new(Box::pin(stream)))
+        parsed.retain_tenants(|tenant| self.access.may_read(caller.as_ref(), tenant));
+        let access = WatchAccess {
+            registry: Arc::clone(&self.access),
+            clock: Arc::clone(&self.clock),
+            caller,
+            tenants: parsed.selected_tenants(),
+        };
+        let stream = self.watch.subscribe(parsed).into_stream();
+        Ok(Response::new(Box::pin(access.guard(stream))))
     }
 }

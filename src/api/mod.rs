@@ -5,6 +5,7 @@ mod admin_service;
 mod auth;
 mod key_service;
 mod observe;
+mod watch_access;
 
 pub use admin_service::AdminApi;
 pub use auth::{AdminAuth, VerifierAuth};

@@ -31,6 +31,13 @@ pub struct WatchRequest {
 }
 
 impl WatchRequest {
+    /// Every tenant the request selects, whole or through one of its providers.
+    pub fn selected_tenants(&self) -> BTreeSet<TenantId> {
+        let mut tenants = self.tenants.clone();
+        tenants.extend(self.providers.iter().map(|key| key.tenant.clone()));
+        tenants
+    }
+
     /// Drops every selector and known version of a tenant `keep` refuses: the stream then
     /// sees those providers as if they did not exist.
     pub fn retain_tenants(&mut self, mut keep: impl FnMut(&TenantId) -> bool) {

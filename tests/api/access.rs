@@ -563,3 +563,77 @@ async fn access_changes_reach_a_peer_replica() {
         wait_until(|| async { resolve_with(&peer, None, "globex", "auth0").await.err() }).await;
     assert_eq!(hidden.code(), Code::NotFound);
 }
+
+/// A WatchKeys stream on `tenant`, read up to its `synced`.
+async fn synced_watch(
+    app: &TestApp,
+    token: Option<&str>,
+    tenant: &str,
+) -> tonic::Streaming<pb::WatchKeysResponse> {
+    let request = pb::WatchKeysRequest {
+        selectors: vec![pb::WatchSelector {
+            tenant: tenant.into(),
+            provider: String::new(),
+        }],
+        known_versions: Vec::new(),
+    };
+    let mut stream = app
+        .keys_with_token(token)
+        .await
+        .watch_keys(request)
+        .await
+        .expect("watch starts")
+        .into_inner();
+    while !matches!(
+        stream.message().await.unwrap().unwrap().event,
+        Some(Event::Synced(_))
+    ) {}
+    stream
+}
+
+async fn ended_with(stream: &mut tonic::Streaming<pb::WatchKeysResponse>) -> Code {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends within 10 s")
+        .expect_err("the stream ends with an error")
+        .code()
+}
+
+#[tokio::test]
+async fn open_streams_end_when_their_access_does() {
+    let (app, idp) = app_with_two_tenants(Backend::Sqlite).await;
+    set_protected(&app, "acme", true).await;
+    let revoked = issue(&app, pb::TokenRole::Verifier, "acme").await;
+    let mut stream = synced_watch(&app, Some(&revoked.secret), "acme").await;
+    app.admin()
+        .await
+        .revoke_token(pb::RevokeTokenRequest { id: revoked.id })
+        .await
+        .unwrap();
+    assert_eq!(ended_with(&mut stream).await, Code::Unauthenticated);
+
+    let expiring = try_issue(
+        &mut app.admin().await,
+        pb::TokenRole::Verifier,
+        "acme",
+        Some(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let mut stream = synced_watch(&app, Some(&expiring.secret), "acme").await;
+    app.advance(Duration::from_secs(60));
+    assert_eq!(ended_with(&mut stream).await, Code::Unauthenticated);
+
+    let mut anonymous = synced_watch(&app, None, "globex").await;
+    let lasting = issue(&app, pb::TokenRole::Verifier, "globex").await;
+    let mut holder = synced_watch(&app, Some(&lasting.secret), "globex").await;
+    set_protected(&app, "globex", true).await;
+    assert_eq!(ended_with(&mut anonymous).await, Code::Unavailable);
+    idp.serve_kids(&["k1", "k2"], Some("max-age=600"));
+    app.refresh("globex", "auth0").await;
+    let next = holder
+        .message()
+        .await
+        .expect("the token holder keeps its stream");
+    assert!(matches!(next.unwrap().event, Some(Event::KeySet(set)) if set.version == 2));
+}
