@@ -17,9 +17,11 @@ from keyrelay.v1 import key_service_pb2_grpc as pb_grpc
 class KeyWatcher:
     """Holds a tenant's key sets, kept current by one WatchKeys stream."""
 
-    def __init__(self, target, tenant, provider=""):
+    def __init__(self, target, tenant, provider="", access_token=None):
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.KeyServiceStub(self._channel)
+        # Tenants that require a verifier token see nothing without one.
+        self._metadata = [("authorization", f"Bearer {access_token}")] if access_token else []
         self._tenant = tenant
         self._provider = provider
         self._keys = {}  # provider -> (version, {kid: jwk dict})
@@ -43,7 +45,7 @@ class KeyWatcher:
 
     def _follow(self):
         try:
-            for event in self._stub.WatchKeys(self._request()):
+            for event in self._stub.WatchKeys(self._request(), metadata=self._metadata):
                 kind = event.WhichOneof("event")
                 if kind == "key_set":
                     self._hold(event.key_set)
@@ -77,7 +79,8 @@ class KeyWatcher:
             providers = [self._provider] if self._provider else list(self._keys)
         for provider in providers:
             try:
-                answer = self._stub.Resolve(pb.ResolveRequest(tenant=self._tenant, provider=provider, kid=kid))
+                request = pb.ResolveRequest(tenant=self._tenant, provider=provider, kid=kid)
+                answer = self._stub.Resolve(request, metadata=self._metadata)
             except grpc.RpcError:
                 continue
             if answer.WhichOneof("result") == "key_set":

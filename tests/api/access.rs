@@ -66,17 +66,6 @@ fn get_request(tenant: &str, provider: &str) -> pb::GetProviderRequest {
     }
 }
 
-async fn set_protected(app: &TestApp, tenant: &str, required: bool) {
-    app.admin()
-        .await
-        .set_tenant_access(pb::SetTenantAccessRequest {
-            tenant: tenant.into(),
-            verifier_token_required: required,
-        })
-        .await
-        .expect("set tenant access");
-}
-
 async fn audit(
     admin: &mut AdminClient,
     tenant: &str,
@@ -295,7 +284,7 @@ async fn a_tenant_requiring_verifier_tokens_is_invisible_without_one() {
         resolve_with(&app, None, "acme", "okta").await.is_ok(),
         "open by default"
     );
-    set_protected(&app, "acme", true).await;
+    app.require_verifier_token("acme", true).await;
 
     let hidden = resolve_with(&app, None, "acme", "okta").await.unwrap_err();
     let absent = resolve_with(&app, None, "acme", "nope").await.unwrap_err();
@@ -372,7 +361,7 @@ async fn a_tenant_requiring_verifier_tokens_is_invisible_without_one() {
     let cache_control = public.headers()["cache-control"].to_str().unwrap();
     assert!(cache_control.starts_with("public,"), "{cache_control}");
 
-    set_protected(&app, "acme", false).await;
+    app.require_verifier_token("acme", false).await;
     assert!(resolve_with(&app, None, "acme", "okta").await.is_ok());
 }
 
@@ -400,7 +389,7 @@ async fn every_admin_change_is_audited_with_before_and_after(backend: Backend) {
         })
         .await
         .expect("revoke");
-    set_protected(&app, "acme", true).await;
+    app.require_verifier_token("acme", true).await;
 
     let mut admin = app.admin().await;
     let events = audit(&mut admin, "acme", 100).await.events;
@@ -558,7 +547,7 @@ async fn access_changes_reach_a_peer_replica() {
     let refused = wait_until(|| async { accepted_by_peer().await.err() }).await;
     assert_eq!(refused.code(), Code::Unauthenticated);
 
-    set_protected(&app, "globex", true).await;
+    app.require_verifier_token("globex", true).await;
     let hidden =
         wait_until(|| async { resolve_with(&peer, None, "globex", "auth0").await.err() }).await;
     assert_eq!(hidden.code(), Code::NotFound);
@@ -602,7 +591,7 @@ async fn ended_with(stream: &mut tonic::Streaming<pb::WatchKeysResponse>) -> Cod
 #[tokio::test]
 async fn open_streams_end_when_their_access_does() {
     let (app, idp) = app_with_two_tenants(Backend::Sqlite).await;
-    set_protected(&app, "acme", true).await;
+    app.require_verifier_token("acme", true).await;
     let revoked = issue(&app, pb::TokenRole::Verifier, "acme").await;
     let mut stream = synced_watch(&app, Some(&revoked.secret), "acme").await;
     app.admin()
@@ -627,7 +616,7 @@ async fn open_streams_end_when_their_access_does() {
     let mut anonymous = synced_watch(&app, None, "globex").await;
     let lasting = issue(&app, pb::TokenRole::Verifier, "globex").await;
     let mut holder = synced_watch(&app, Some(&lasting.secret), "globex").await;
-    set_protected(&app, "globex", true).await;
+    app.require_verifier_token("globex", true).await;
     assert_eq!(ended_with(&mut anonymous).await, Code::Unavailable);
     idp.serve_kids(&["k1", "k2"], Some("max-age=600"));
     app.refresh("globex", "auth0").await;

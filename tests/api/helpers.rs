@@ -288,6 +288,28 @@ impl TestApp {
         KeyServiceClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_owned)))
     }
 
+    /// Issues a verifier token for `tenant` and returns its bearer secret.
+    pub async fn verifier_token(&self, tenant: &str) -> String {
+        let request = pb::CreateTokenRequest {
+            role: pb::TokenRole::Verifier.into(),
+            tenant: tenant.into(),
+            description: format!("test verifier of {tenant}"),
+            ttl: None,
+        };
+        let created = self.admin().await.create_token(request).await;
+        created.expect("create token").into_inner().secret
+    }
+
+    /// Makes reading `tenant`'s keys need a verifier token, or stop needing one.
+    pub async fn require_verifier_token(&self, tenant: &str, required: bool) {
+        let request = pb::SetTenantAccessRequest {
+            tenant: tenant.into(),
+            verifier_token_required: required,
+        };
+        let set = self.admin().await.set_tenant_access(request).await;
+        set.expect("set tenant access");
+    }
+
     /// A second server on the same store and clock, running beside this one.
     pub async fn spawn_peer(&self) -> TestApp {
         start(

@@ -21,13 +21,15 @@ fn python() -> (String, String) {
     (python, stubs)
 }
 
-fn example(addr: &str, token: &str, audience: &str) -> std::process::Output {
+fn example(addr: &str, token: &str, audience: &str, extra: &[&str]) -> std::process::Output {
     let (python, stubs) = python();
     let client = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
     Command::new(python)
         .arg(format!("{client}/example.py"))
         .args([addr, "acme", token, "--audience", audience])
+        .args(extra)
         .env("PYTHONPATH", format!("{stubs}:{client}"))
+        .env_remove("KEYRELAY_ACCESS_TOKEN")
         .output()
         .expect("run the Python client")
 }
@@ -51,7 +53,7 @@ async fn the_python_client_verifies_a_token_from_a_rotated_key_over_grpc() {
 
     let verified = tokio::task::spawn_blocking({
         let (addr, token) = (addr.clone(), token.clone());
-        move || example(&addr, &token, "api")
+        move || example(&addr, &token, "api", &[])
     })
     .await
     .unwrap();
@@ -63,13 +65,36 @@ async fn the_python_client_verifies_a_token_from_a_rotated_key_over_grpc() {
     let printed: Value = serde_json::from_slice(&verified.stdout).expect("claims as JSON");
     assert_eq!(printed["sub"], "grace");
 
-    let refused = tokio::task::spawn_blocking(move || example(&addr, &token, "billing"))
-        .await
-        .unwrap();
+    let refused = tokio::task::spawn_blocking({
+        let (addr, token) = (addr.clone(), token.clone());
+        move || example(&addr, &token, "billing", &[])
+    })
+    .await
+    .unwrap();
     assert_eq!(refused.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("token refused"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let verifier = app.verifier_token("acme").await;
+    app.require_verifier_token("acme", true).await;
+    let anonymous = tokio::task::spawn_blocking({
+        let (addr, token) = (addr.clone(), token.clone());
+        move || example(&addr, &token, "api", &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(anonymous.status.code(), Some(1), "the tenant looks empty");
+    let with_token = tokio::task::spawn_blocking(move || {
+        example(&addr, &token, "api", &["--access-token", &verifier])
+    })
+    .await
+    .unwrap();
+    assert!(
+        with_token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_token.stderr)
     );
 }

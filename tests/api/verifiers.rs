@@ -5,7 +5,6 @@ use std::{process::Command, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
-use keyrelay::proto::v1 as pb;
 use keyrelay_verifier::{Expectations, Verifier, VerifyError};
 use serde_json::{Value, json};
 
@@ -383,24 +382,8 @@ async fn the_cli_watches_and_prints_events() {
 #[tokio::test]
 async fn the_sdk_sends_its_access_token_to_a_tenant_that_requires_one() {
     let (app, _idp) = serve(&[&ED_1]).await;
-    let mut admin = app.admin().await;
-    let created = admin
-        .create_token(pb::CreateTokenRequest {
-            role: pb::TokenRole::Verifier.into(),
-            tenant: "acme".into(),
-            description: "sdk".into(),
-            ttl: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    admin
-        .set_tenant_access(pb::SetTenantAccessRequest {
-            tenant: "acme".into(),
-            verifier_token_required: true,
-        })
-        .await
-        .unwrap();
+    let secret = app.verifier_token("acme").await;
+    app.require_verifier_token("acme", true).await;
     let token = ED_1.sign(&claims("alice"));
 
     let anonymous = Verifier::builder(app.endpoint(), "acme")
@@ -415,7 +398,7 @@ async fn the_sdk_sends_its_access_token_to_a_tenant_that_requires_one() {
     );
 
     let verifier = Verifier::builder(app.endpoint(), "acme")
-        .access_token(created.secret)
+        .access_token(secret)
         .connect()
         .await
         .unwrap();
