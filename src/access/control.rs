@@ -1,11 +1,12 @@
 //! The access-management operations behind AdminService: issuing and revoking tokens,
 //! tenant access settings and reading the audit log, each checked against the caller's
-//! scope, written with its audit event, then loaded into the registry.
+//! scope, written with its audit event, then applied to the registry.
 
 use std::{sync::Arc, time::Duration};
 
 use super::{
-    AccessRegistry, GeneratedToken, Origin, Principal, Role, TenantAccess, TokenId, TokenRecord,
+    AccessChange, AccessRegistry, GeneratedToken, Origin, Principal, Role, TenantAccess, TokenId,
+    TokenRecord,
 };
 use crate::{
     access::AuditRecord,
@@ -101,7 +102,7 @@ impl AccessControl {
             revoked_at: None,
         };
         self.store.create_token(&record, origin).await?;
-        self.reload().await?;
+        self.registry.apply(AccessChange::Issued(record.clone()));
         Ok((record, generated.bearer))
     }
 
@@ -117,7 +118,7 @@ impl AccessControl {
             .revoke_token(id, caller.tenant_scope(), self.clock.now(), origin)
             .await?
             .ok_or_else(|| Error::TokenNotFound(id.as_str().to_owned()))?;
-        self.reload().await?;
+        self.registry.apply(AccessChange::Revoked(id.clone()));
         Ok(revoked)
     }
 
@@ -162,7 +163,7 @@ impl AccessControl {
             updated_at: Some(self.clock.now()),
         };
         let stored = self.store.set_tenant_access(&access, origin).await?;
-        self.reload().await?;
+        self.registry.apply(AccessChange::Tenant(stored.clone()));
         Ok(stored)
     }
 
@@ -183,12 +184,6 @@ impl AccessControl {
             limit,
         };
         Ok(self.store.audit_events(&query).await?)
-    }
-
-    /// Loads the stored access state into the registry.
-    pub async fn reload(&self) -> Result<(), Error> {
-        self.registry.replace(self.store.load_access().await?);
-        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ mod token;
 pub use audit::{Action, AuditEvent, AuditRecord, Origin};
 pub use control::{AccessControl, TokenRequest, ensure_administers, visible_filter};
 pub use principal::Principal;
-pub use registry::{AccessRegistry, AccessState, AuthError, TenantAccess};
+pub use registry::{AccessChange, AccessRegistry, AccessState, AuthError, TenantAccess};
 pub use token::{
     GeneratedToken, Role, SecretDigest, TokenId, TokenRecord, parse_description, split_bearer,
 };

@@ -1,6 +1,7 @@
 //! The access state every call is checked against, held in memory: the active tokens and the
-//! tenants that require a verifier token. Loaded from the store at start and reloaded after
-//! every access change (on a fleet, announced to every replica through the change feed).
+//! tenants that require a verifier token. Loaded from the store at start; a change committed
+//! here is applied at once, and reloaded from the store on every replica of a fleet when the
+//! change feed announces it.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,6 +37,17 @@ pub enum AuthError {
     /// Unknown, revoked or expired.
     #[error("the bearer token is not valid: unknown, revoked or expired")]
     Rejected,
+}
+
+/// One committed change of the access state.
+#[derive(Debug, Clone)]
+pub enum AccessChange {
+    /// A token was issued.
+    Issued(TokenRecord),
+    /// A token was revoked.
+    Revoked(TokenId),
+    /// A tenant's settings changed.
+    Tenant(TenantAccess),
 }
 
 /// Access state as stored.
@@ -88,7 +100,30 @@ impl AccessRegistry {
             .send_modify(|count| *count = count.wrapping_add(1));
     }
 
-    /// Wakes whenever the state is replaced.
+    /// Applies a change this replica has just committed, without reading the store back.
+    pub fn apply(&self, change: AccessChange) {
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            match change {
+                AccessChange::Issued(token) => {
+                    state.tokens.insert(token.id.clone(), token);
+                }
+                AccessChange::Revoked(id) => {
+                    state.tokens.remove(&id);
+                }
+                AccessChange::Tenant(access) if access.verifier_token_required => {
+                    state.protected_tenants.insert(access.tenant);
+                }
+                AccessChange::Tenant(access) => {
+                    state.protected_tenants.remove(&access.tenant);
+                }
+            }
+        }
+        self.changes
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Wakes whenever the state changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -229,11 +264,23 @@ mod tests {
         assert_eq!(registry.expiry(&caller), Some(now + Duration::hours(1)));
         assert!(!registry.still_accepts(&caller, now + Duration::hours(1)));
         let changes = registry.changes();
-        registry.replace(AccessState::default());
+        registry.apply(AccessChange::Revoked(caller_id(&caller)));
         assert!(changes.has_changed().unwrap());
+        assert_eq!(registry.authenticate(&bearer, now), None);
+        let (again, record) = issued(Role::Verifier, Some("acme"), now);
+        registry.apply(AccessChange::Issued(record));
+        assert!(registry.authenticate(&again, now).is_some());
+        registry.replace(AccessState::default());
         assert_eq!(registry.authenticate(&bearer, now), None);
         assert!(!registry.still_accepts(&caller, now));
         assert!(registry.still_accepts(&Principal::ServerAdmin, now));
+    }
+
+    fn caller_id(caller: &Principal) -> TokenId {
+        match caller {
+            Principal::Token { id, .. } => id.clone(),
+            Principal::ServerAdmin => panic!("not a token"),
+        }
     }
 
     #[test]
@@ -271,5 +318,17 @@ mod tests {
         assert!(!registry.may_read(None, &tenant("acme")));
         assert!(registry.may_read(None, &tenant("globex")));
         assert!(registry.may_read(Some(&Principal::ServerAdmin), &tenant("acme")));
+        registry.apply(AccessChange::Tenant(TenantAccess {
+            tenant: tenant("globex"),
+            verifier_token_required: true,
+            updated_at: None,
+        }));
+        assert!(!registry.may_read(None, &tenant("globex")));
+        registry.apply(AccessChange::Tenant(TenantAccess {
+            tenant: tenant("acme"),
+            verifier_token_required: false,
+            updated_at: None,
+        }));
+        assert!(registry.may_read(None, &tenant("acme")));
     }
 }
