@@ -399,7 +399,14 @@ fn is_supported_public_key(entry: &Value) -> bool {
             .and_then(Value::as_str)
             .is_some_and(|text| !text.is_empty() && URL_SAFE_NO_PAD.decode(text).is_ok())
     };
-    members.iter().all(is_base64url) && serde_json::from_value::<Jwk>(entry.clone()).is_ok()
+    // Material given in another JSON type (a numeric `crv`, say) is no key a JOSE library
+    // can use, and numbers do not survive re-serialization byte for byte.
+    let material_is_text = MATERIAL_MEMBERS
+        .iter()
+        .all(|member| entry.get(*member).is_none_or(Value::is_string));
+    material_is_text
+        && members.iter().all(is_base64url)
+        && serde_json::from_value::<Jwk>(entry.clone()).is_ok()
 }
 
 fn public_key(object: &Map<String, Value>) -> PublicKey {
@@ -435,6 +442,21 @@ mod tests {
 
     fn parse(doc: Value) -> Result<Parsed, JwksError> {
         KeySetDocument::parse(doc.to_string().as_bytes())
+    }
+
+    /// Found by the `jwks_document` fuzz target: a numeric `crv` was published, and read
+    /// back from the store it no longer matched the fetched key.
+    #[test]
+    fn material_of_another_json_type_is_skipped_and_numbers_survive_a_round_trip() {
+        let body = br#"{"keys":[{"kty":"OKP","crv":112222222222222222222222222222222222222222222222222222222222,"x":"0YKxCPcHURo"}]}"#;
+        let parsed = KeySetDocument::parse(body).unwrap();
+        assert_eq!((parsed.document.keys().len(), parsed.skipped), (0, 1));
+
+        let with_number = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"0YKxCPcHURo","ext":112222222222222222222222222222222222222222222222222222222222}]}"#;
+        let first = KeySetDocument::parse(with_number).unwrap().document;
+        let again = KeySetDocument::parse(first.json()).unwrap().document;
+        assert!(again.same_keys_as(&first));
+        assert_eq!(again.json(), first.json());
     }
 
     #[test]
