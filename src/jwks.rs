@@ -445,14 +445,15 @@ mod tests {
     }
 
     /// Found by the `jwks_document` fuzz target: a numeric `crv` was published, and read
-    /// back from the store it no longer matched the fetched key.
+    /// back from the store it no longer matched the fetched key; a large number in any
+    /// member re-serialized to a different value (serde_json's `float_roundtrip` fixes it).
     #[test]
     fn material_of_another_json_type_is_skipped_and_numbers_survive_a_round_trip() {
         let body = br#"{"keys":[{"kty":"OKP","crv":112222222222222222222222222222222222222222222222222222222222,"x":"0YKxCPcHURo"}]}"#;
         let parsed = KeySetDocument::parse(body).unwrap();
         assert_eq!((parsed.document.keys().len(), parsed.skipped), (0, 1));
 
-        let with_number = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"0YKxCPcHURo","ext":112222222222222222222222222222222222222222222222222222222222}]}"#;
+        let with_number = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"0YKxCPcHURo","ext":444444444444440000000000000000004129827551997706128}]}"#;
         let first = KeySetDocument::parse(with_number).unwrap().document;
         let again = KeySetDocument::parse(first.json()).unwrap().document;
         assert!(again.same_keys_as(&first));
