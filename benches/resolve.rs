@@ -70,7 +70,7 @@ fn jwks() -> String {
     let keys: Vec<_> = (0..4u8)
         .map(|i| {
             serde_json::json!({"kty": "RSA", "kid": format!("key-{i}"), "alg": "RS256", "use": "sig",
-                "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([i + 1; 256])})
+                "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([0x80 | (i + 1); 256])})
         })
         .collect();
     serde_json::json!({ "keys": keys }).to_string()

@@ -59,7 +59,7 @@ fn cpu_time(pid: u32) -> Duration {
 fn jwks(i: u64) -> String {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     let keys: Vec<_> = (0..2u8)
-        .map(|k| serde_json::json!({"kty": "RSA", "kid": format!("p{i}-k{k}"), "alg": "RS256", "use": "sig", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([k + 1; 256])}))
+        .map(|k| serde_json::json!({"kty": "RSA", "kid": format!("p{i}-k{k}"), "alg": "RS256", "use": "sig", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([0x80 | (k + 1); 256])}))
         .collect();
     serde_json::json!({ "keys": keys }).to_string()
 }

@@ -68,7 +68,7 @@ fn cpu_time(pid: &str) -> Duration {
 }
 
 fn jwks(kid: &str) -> String {
-    let modulus = |seed: u8| URL_SAFE_NO_PAD.encode([seed; 256]);
+    let modulus = |seed: u8| URL_SAFE_NO_PAD.encode([0x80 | seed; 256]);
     serde_json::json!({"keys": [
         {"kty": "RSA", "kid": "stable", "alg": "RS256", "use": "sig", "e": "AQAB", "n": modulus(7)},
         {"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "e": "AQAB", "n": modulus(9)},
