@@ -19,6 +19,7 @@ use keyrelay::{
     clock::SystemClock,
     proto::v1::{self as pb, watch_keys_response::Event},
 };
+use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::Channel;
@@ -159,9 +160,13 @@ impl Replica {
     }
 
     async fn admin(&self) -> AdminClient {
+        self.admin_with(ADMIN_TOKEN).await
+    }
+
+    async fn admin_with(&self, token: &str) -> AdminClient {
         pb::admin_service_client::AdminServiceClient::with_interceptor(
             self.channel().await,
-            Bearer::for_token(ADMIN_TOKEN),
+            Bearer::for_token(token),
         )
     }
 
@@ -611,6 +616,25 @@ async fn reads_survive_a_database_outage_and_the_feed_resynchronises_after_it() 
     .execute(&mut direct)
     .await
     .unwrap();
+    // An access token issued meanwhile: replicas learn of it only by resynchronising.
+    let (token_id, secret) = ("00000000000000ab", "issued-during-the-outage");
+    sqlx::query(
+        "INSERT INTO access_tokens (id, secret_sha256, role, tenant, description, created_at, created_by)
+         VALUES ($1, $2, 'admin', NULL, 'outage', now(), 'test')",
+    )
+    .bind(token_id)
+    .bind(Sha256::digest(secret.as_bytes()).to_vec())
+    .execute(&mut direct)
+    .await
+    .unwrap();
+    let bearer = format!("krt_{token_id}_{secret}");
+    let listing = || pb::ListProvidersRequest::default();
+    let refused = replicas[0]
+        .admin_with(&bearer)
+        .await
+        .list_providers(listing())
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
 
     proxy.up();
     for replica in &replicas {
@@ -626,6 +650,11 @@ async fn reads_survive_a_database_outage_and_the_feed_resynchronises_after_it() 
             let gone = replica.resolve("gone", None).await;
             (okta.version == 7 && gone.is_err_and(|s| s.code() == tonic::Code::NotFound))
                 .then_some(())
+        })
+        .await;
+        within(Duration::from_secs(15), "access state reloaded", || async {
+            let mut admin = replica.admin_with(&bearer).await;
+            admin.list_providers(listing()).await.ok()
         })
         .await;
         eprintln!(
