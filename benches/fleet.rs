@@ -9,6 +9,11 @@
 //! - graceful handover: SIGTERM of the leader until another replica holds the lease;
 //! - upstream fetches in WINDOW seconds with one replica and with three (2 s key lifetime).
 
+#[allow(dead_code)]
+mod support;
+
+use support::env_or;
+
 use std::{
     net::TcpListener as StdListener,
     process::{Child, Command, Stdio},
@@ -37,13 +42,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn start(id: &str, database_url: &str, extra: &[&str]) -> Replica {
@@ -188,8 +186,8 @@ async fn register(replica: &Replica, provider: &str, url: &str) {
 
 #[tokio::main]
 async fn main() {
-    let rotations = env_or("ROTATIONS", 200);
-    let window = Duration::from_secs(env_or("WINDOW", 20) as u64);
+    let rotations = env_or::<usize>("ROTATIONS", 200);
+    let window = Duration::from_secs(env_or("WINDOW", 20));
     let document = Arc::new(Mutex::new(jwks("k0")));
     let fetches = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

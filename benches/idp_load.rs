@@ -8,9 +8,12 @@
 //! the bench counts the IdP's requests; then it rotates a new key in, hands every verifier a
 //! token signed with it, and measures how long each takes to accept it.
 
+#[allow(dead_code)]
+mod support;
+
+use support::{TOKEN, env_or, free_port};
+
 use std::{
-    net::TcpListener as StdListener,
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -25,7 +28,6 @@ use keyrelay_verifier::{Expectations, Verifier};
 use serde_json::{Value, json};
 use tonic::Request;
 
-const TOKEN: &str = "bench-token";
 const OLD_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGU0ZA4nd57WJxsUZM/iR4fnh60njuVi2Bz2OW9VJjFA\n-----END PRIVATE KEY-----\n";
 const NEW_PEM: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKToznNCFzcr5w3jtnurvbSWIl7Uf/UlIrZTci+R94/I\n-----END PRIVATE KEY-----\n";
 
@@ -55,13 +57,6 @@ fn token(kid: &str, pem: &str) -> String {
         &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
     )
     .unwrap()
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 struct Idp {
@@ -164,7 +159,7 @@ fn describe(times: &[Duration]) -> String {
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let verifiers = env_or("VERIFIERS", 50) as usize;
+    let verifiers = env_or::<usize>("VERIFIERS", 50);
     let interval = Duration::from_secs(env_or("INTERVAL_SECS", 2));
     let window = Duration::from_secs(env_or("WINDOW_SECS", 20));
     println!("{verifiers} verifiers, key refresh every {interval:?}, counted over {window:?}:");
@@ -218,41 +213,23 @@ async fn main() {
 
     // On keyrelay.
     let relayed = idp().await;
-    let port = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let data_dir = tempfile::tempdir().unwrap();
-    let mut server: Child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--admin-token",
-            TOKEN,
-            "--dev-allow-http-loopback",
-            "--data-dir",
-            data_dir.path().to_str().unwrap(),
-        ])
-        .args([
+    let default_ttl = format!("{}s", interval.as_secs());
+    let server = support::keyrelay(
+        port,
+        data_dir.path(),
+        &[
             "--min-ttl",
             "1s",
             "--default-ttl",
-            &format!("{}s", interval.as_secs()),
+            &default_ttl,
             "--refresh-early",
             "1s",
-        ])
-        .args(["--unknown-kid-cooldown", "1s"])
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start keyrelay");
+            "--unknown-kid-cooldown",
+            "1s",
+        ],
+    );
     let endpoint = format!("http://127.0.0.1:{port}");
     let channel = loop {
         match tonic::transport::Channel::from_shared(endpoint.clone())
@@ -318,6 +295,5 @@ async fn main() {
         per_hour(relayed_count),
         describe(&times)
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

@@ -8,9 +8,13 @@
 //! saturated rate, latency measured from each call's scheduled start. Both processes share
 //! the machine's cores: the CPU each process used is reported next to the numbers.
 
+#[allow(dead_code)]
+mod support;
+
+use support::{Server, TOKEN, cpu_time, env_or, free_port};
+
 use std::{
-    net::TcpListener as StdListener,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -26,44 +30,7 @@ use keyrelay::{
 use prost::Message;
 use tonic::{Request, Response, Status, transport::Channel};
 
-const TOKEN: &str = "bench-token";
 const BASELINE_ROLE: &str = "KEYRELAY_BENCH_BASELINE";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let ticks: u64 = after_name
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
 
 /// About 2 KB: four 2048-bit RSA public keys.
 fn jwks() -> String {
@@ -220,11 +187,11 @@ async fn measure(endpoint: &str, pid: u32) -> Measured {
     let seconds = Duration::from_secs(env_or("DURATION_SECS", 10));
     let channels = channels(endpoint, connections).await;
     saturate(&channels, concurrency, Duration::from_secs(2)).await;
-    let (server_before, client_before) = (cpu_time(pid), cpu_time(std::process::id()));
+    let (server_before, client_before) = (cpu_time(&pid.to_string()), cpu_time("self"));
     let (rate, latencies) = saturate(&channels, concurrency, seconds).await;
     let (server_cpu, client_cpu) = (
-        cpu_time(pid) - server_before,
-        cpu_time(std::process::id()) - client_before,
+        cpu_time(&pid.to_string()) - server_before,
+        cpu_time("self") - client_before,
     );
     let half = paced(&channels, rate / 2.0, seconds).await;
     Measured {
@@ -263,28 +230,7 @@ async fn run() {
 
     let port = free_port();
     let data_dir = tempfile::tempdir().unwrap();
-    let keyrelay = Server(
-        Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--admin-token",
-                TOKEN,
-                "--dev-allow-http-loopback",
-                "--data-dir",
-                data_dir.path().to_str().unwrap(),
-            ])
-            .env("RUST_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start keyrelay"),
-    );
+    let keyrelay = support::keyrelay(port, data_dir.path(), &[]);
     let endpoint = format!("http://127.0.0.1:{port}");
     let channel = channels(&endpoint, 1).await.remove(0);
     let mut admin =

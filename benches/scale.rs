@@ -4,9 +4,12 @@
 //! SERVING), resident memory, and over STEADY_SECS of steady state (a mock IdP answering
 //! 304 with max-age=3600) its CPU use and the refreshes it writes per second.
 
+#[allow(dead_code)]
+mod support;
+
+use support::{cpu_time, env_or, free_port, rss_kib};
+
 use std::{
-    net::TcpListener as StdListener,
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -27,34 +30,6 @@ use tonic_health::pb::{
 };
 
 const ETAG: &str = "\"v1\"";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let ticks: u64 = after_name
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse::<u64>().unwrap_or(0))
-        .sum();
-    Duration::from_millis(ticks * 10)
-}
 
 fn jwks(i: u64) -> String {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -152,32 +127,9 @@ async fn main() {
     seed(data_dir.path(), count, &url).await;
     println!("{count} providers seeded in {:.1?}", seeding.elapsed());
 
-    let port = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--admin-token",
-            "bench",
-            "--dev-allow-http-loopback",
-            "--data-dir",
-            data_dir.path().to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start keyrelay");
+    let server = support::keyrelay(port, data_dir.path(), &[]);
     let endpoint = format!("http://127.0.0.1:{port}");
     loop {
         if let Ok(channel) = tonic::transport::Channel::from_shared(endpoint.clone())
@@ -197,15 +149,16 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let warm_start = started.elapsed();
-    let pid = server.id();
+    let pid = server.0.id();
     println!(
         "warm start (process start to SERVING): {warm_start:.2?}; resident memory {} MiB",
         rss_kib(pid) / 1024
     );
 
-    let (cpu_before, requests_before) = (cpu_time(pid), requests.load(Ordering::Relaxed));
+    let (cpu_before, requests_before) =
+        (cpu_time(&pid.to_string()), requests.load(Ordering::Relaxed));
     tokio::time::sleep(steady).await;
-    let cpu = cpu_time(pid) - cpu_before;
+    let cpu = cpu_time(&pid.to_string()) - cpu_before;
     let refreshes = requests.load(Ordering::Relaxed) - requests_before;
     println!(
         "steady state over {steady:?}: CPU {:.1}% of one core, {refreshes} refreshes (304) = {:.1} store writes/s; resident memory {} MiB",
@@ -213,6 +166,4 @@ async fn main() {
         refreshes as f64 / steady.as_secs_f64(),
         rss_kib(pid) / 1024
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }

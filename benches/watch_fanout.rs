@@ -9,9 +9,12 @@
 //! Environment: STREAMS (10000), CONNECTIONS (16; at most 1024 streams per connection),
 //! ROTATIONS (5).
 
+#[allow(dead_code)]
+mod support;
+
+use support::{TOKEN, cpu_time, env_or, free_port, rss_kib};
+
 use std::{
-    net::TcpListener as StdListener,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -24,48 +27,6 @@ use keyrelay::proto::v1::{
 };
 use tokio::sync::mpsc;
 use tonic::{Request, transport::Channel};
-
-const TOKEN: &str = "bench-token";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status")
-}
-
-/// Two 2048-bit RSA public keys (random moduli: nothing is verified with them), about 1 KB.
-/// CPU time (user + system) a process has used, from /proc/<pid>/stat.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let fields: Vec<u64> = after_name
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // Clock ticks are 1/100 s on Linux.
-    Duration::from_millis((fields[0] + fields[1]) * 10)
-}
 
 fn jwks(kid: &str) -> String {
     let modulus = |seed: u8| URL_SAFE_NO_PAD.encode([0x80 | seed; 256]);
@@ -97,31 +58,9 @@ async fn main() {
     );
     tokio::spawn(async move { axum::serve(idp, app).await });
 
-    let port = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let data_dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-token",
-            TOKEN,
-        ])
-        .args([
-            "--dev-allow-http-loopback",
-            "--data-dir",
-            data_dir.path().to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start keyrelay");
-    let server = Server(child);
+    let server = support::keyrelay(port, data_dir.path(), &[]);
     let pid = server.0.id();
     let endpoint = format!("http://127.0.0.1:{port}");
     let channel = loop {
