@@ -4,6 +4,8 @@
 # Runs, in order and stopping at the first failure:
 #   the Python client's virtual environment and stubs (target/python-venv, target/python-gen)
 #   buf lint and buf breaking against proto/baseline/keyrelay-v1.json (buf from npm)
+#   ruff on the Python code; hadolint on the Dockerfile, and its build stage rebuilt from
+#       exactly what its COPY lines bring (scripts/docker_context.py); tools in target/tools-venv
 #   cargo fmt --all -- --check
 #   cargo clippy --workspace --all-targets --locked -- -D warnings
 #   cargo test --workspace --locked "$@"   (unit and integration tests of the server and
@@ -187,19 +189,26 @@ fi
 [[ -n "${TEST_DATABASE_URL:-}" ]] || die "no Postgres available; refusing to run the tests"
 export TEST_DATABASE_URL
 
+# A virtual environment at $1 with the packages of requirements file $2 from PyPI, rebuilt
+# when the requirements change.
+python_venv() {
+  local venv="$1" requirements="$2"
+  if ! cmp -s "$requirements" "$venv/requirements.txt"; then
+    log "building the Python virtual environment in $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/requirements.txt"
+  fi
+}
+
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # The Python client's test environment (tests/api/python.rs): a virtual environment with the
 # client's requirements from PyPI, and stubs generated from proto/. Rebuilt when the
 # requirements change.
 PY_VENV=target/python-venv
-if ! cmp -s clients/python/requirements.txt "$PY_VENV/requirements.txt"; then
-  log "building the Python virtual environment in $PY_VENV"
-  rm -rf "$PY_VENV"
-  python3 -m venv "$PY_VENV"
-  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check -r clients/python/requirements.txt
-  cp clients/python/requirements.txt "$PY_VENV/requirements.txt"
-fi
+python_venv "$PY_VENV" clients/python/requirements.txt
 mkdir -p target/python-gen
 "$PY_VENV/bin/python" -m grpc_tools.protoc -I proto --python_out=target/python-gen \
   --grpc_python_out=target/python-gen proto/keyrelay/v1/*.proto
@@ -215,6 +224,15 @@ if [[ ! -x "$BUF" ]]; then
 fi
 "$BUF" lint
 "$BUF" breaking --against proto/baseline/keyrelay-v1.json
+
+# Python (scripts, clients) with ruff; the container image, checked without a Docker engine:
+# hadolint, then the build stage rebuilt from exactly the context its COPY lines bring.
+TOOLS=target/tools-venv
+python_venv "$TOOLS" scripts/requirements-tools.txt
+"$TOOLS/bin/ruff" check scripts clients/python
+"$TOOLS/bin/ruff" format --check scripts clients/python
+"$TOOLS/bin/hadolint" Dockerfile
+"$TOOLS/bin/python" scripts/docker_context.py
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -10,7 +10,6 @@ import os
 import sys
 
 import jwt
-
 from keyrelay_client import KeyWatcher
 
 

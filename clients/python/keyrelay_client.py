@@ -9,7 +9,6 @@ import threading
 
 import grpc
 import jwt
-
 from keyrelay.v1 import key_service_pb2 as pb
 from keyrelay.v1 import key_service_pb2_grpc as pb_grpc
 
