@@ -563,6 +563,7 @@ fn cluster_text(status: &pb::GetClusterStatusResponse) -> String {
             "no active leader (last: {} term {})",
             lease.holder, lease.term
         ),
+        None if status.single_node => "single node, leading without a lease".to_owned(),
         None => "no leader yet".to_owned(),
     };
     let mut text = format!(
@@ -585,6 +586,7 @@ fn cluster_json(status: &pb::GetClusterStatusResponse) -> Value {
     json!({
         "replica_id": status.replica_id,
         "store": status.store,
+        "single_node": status.single_node,
         "lease": status.lease.as_ref().map(|lease| json!({
             "holder": lease.holder,
             "term": lease.term,

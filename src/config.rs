@@ -166,6 +166,11 @@ pub struct ServeConfig {
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_RATE", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
     pub unknown_kid_rate: NonZeroU32,
 
+    /// Failed AdminService authentications one client address may make per second (bursts
+    /// of twice that); beyond, its calls answer RESOURCE_EXHAUSTED until the bucket refills.
+    #[arg(long, env = "KEYRELAY_ADMIN_AUTH_FAILURE_RATE", default_value_t = NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))]
+    pub admin_auth_failure_rate: NonZeroU32,
+
     /// How long a Resolve with an unknown kid waits for the refresh it triggered.
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_WAIT", default_value = "6s", value_parser = humantime::parse_duration)]
     pub unknown_kid_wait: Duration,

@@ -21,10 +21,24 @@ use crate::{
     store::NewRegistration,
 };
 
+/// `0001-01-01T00:00:00Z`, the earliest instant a `google.protobuf.Timestamp` may carry.
+pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// `9999-12-31T23:59:59Z`, the latest second a `google.protobuf.Timestamp` may carry.
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// `at` on the wire, clamped into the range `google.protobuf.Timestamp` documents (clients
+/// such as Python's `json_format` refuse anything outside it).
 pub(crate) fn timestamp(at: DateTime<Utc>) -> Timestamp {
+    let seconds = at.timestamp();
+    if seconds > MAX_TIMESTAMP_SECONDS {
+        return Timestamp {
+            seconds: MAX_TIMESTAMP_SECONDS,
+            nanos: 999_999_999,
+        };
+    }
     Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+        seconds: seconds.max(MIN_TIMESTAMP_SECONDS),
+        nanos: i32::try_from(at.timestamp_subsec_nanos().min(999_999_999)).unwrap_or(0),
     }
 }
 
@@ -148,6 +162,16 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
             u32::try_from(k.document.keys().len()).unwrap_or(u32::MAX)
         }),
         usable_until: keys.map(|k| timestamp(k.usable_until(&snapshot.policy))),
+        skipped_keys: keys.map_or_else(Vec::new, |k| {
+            k.skipped
+                .iter()
+                .map(|skipped| pb::SkippedKey {
+                    kid: skipped.kid.clone().unwrap_or_default(),
+                    reason: skipped.reason.to_string(),
+                    kind: skipped.reason.kind().to_owned(),
+                })
+                .collect()
+        }),
     };
     pb::Provider {
         tenant: registration.key.tenant.as_str().to_owned(),
@@ -198,9 +222,12 @@ pub(crate) fn cluster_status(
     now: DateTime<Utc>,
 ) -> pb::GetClusterStatusResponse {
     let active = status.lease.as_ref().filter(|lease| lease.expires_at > now);
+    let leads =
+        |replica: &str| status.single_node || active.is_some_and(|lease| lease.holder == replica);
     pb::GetClusterStatusResponse {
         replica_id: status.replica_id.clone(),
         store: status.store.to_owned(),
+        single_node: status.single_node,
         lease: status.lease.as_ref().map(|lease| pb::Lease {
             holder: lease.holder.clone(),
             term: u64::try_from(lease.term).unwrap_or_default(),
@@ -215,7 +242,7 @@ pub(crate) fn cluster_status(
                 address: replica.address.clone(),
                 started_at: Some(timestamp(replica.started_at)),
                 heartbeat_at: Some(timestamp(replica.heartbeat_at)),
-                leader: active.is_some_and(|lease| lease.holder == replica.id),
+                leader: leads(&replica.id),
             })
             .collect(),
     }

@@ -37,6 +37,9 @@ pub enum Error {
     /// A client asked for unknown kids faster than allowed.
     #[error("too many lookups of unknown kids from this client; retry in {0:?}")]
     RateLimited(std::time::Duration),
+    /// A client failed to authenticate on AdminService too often.
+    #[error("too many failed authentications from this address; retry in {0:?}")]
+    TooManyAuthFailures(std::time::Duration),
     /// The request cannot be served as asked (kids colliding across a tenant's providers).
     #[error("{0}")]
     Conflict(String),
@@ -74,7 +77,7 @@ fn code_of(err: &Error) -> Code {
         ) => Code::Unavailable,
         Error::Refresh(RefreshError::Superseded) => Code::Aborted,
         Error::Conflict(_) => Code::FailedPrecondition,
-        Error::RateLimited(_) => Code::ResourceExhausted,
+        Error::RateLimited(_) | Error::TooManyAuthFailures(_) => Code::ResourceExhausted,
         Error::Store(_) => Code::Internal,
     }
 }

@@ -20,38 +20,42 @@ pub const MAX_KEY_BYTES: usize = 16 * 1024;
 /// Smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
 
-/// `alg` values of public keys (JWS signature and JWE key-management algorithms). A key
-/// naming anything else is refused: it is a typo, or a symmetric algorithm on a public key.
-const KNOWN_ALGORITHMS: [&str; 22] = [
+/// The members that are a key's material: a kid whose material changes is a different key.
+const MATERIAL_MEMBERS: [&str; 6] = ["kty", "crv", "n", "e", "x", "y"];
+
+/// RSA algorithms (JWS signatures and JWE key management) a published RSA key may name.
+const RSA_ALGORITHMS: [&str; 11] = [
     "RS256",
     "RS384",
     "RS512",
     "PS256",
     "PS384",
     "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
-    "ES256K",
-    "EdDSA",
-    "Ed25519",
-    "Ed448",
     "RSA-OAEP",
     "RSA-OAEP-256",
     "RSA-OAEP-384",
     "RSA-OAEP-512",
     "RSA1_5",
+];
+
+/// Key agreement algorithms any published EC key may name, whatever its curve.
+const ECDH_ALGORITHMS: [&str; 4] = [
     "ECDH-ES",
     "ECDH-ES+A128KW",
     "ECDH-ES+A192KW",
     "ECDH-ES+A256KW",
 ];
 
-/// The members that are a key's material: a kid whose material changes is a different key.
-const MATERIAL_MEMBERS: [&str; 6] = ["kty", "crv", "n", "e", "x", "y"];
+/// Curves keyrelay publishes, by key type, with the signature algorithms each fits. These are
+/// the curves the `jsonwebtoken` JWK model (what the Rust SDK verifies with) can represent.
+const CURVES: [(&str, &str, &[&str]); 4] = [
+    ("EC", "P-256", &["ES256"]),
+    ("EC", "P-384", &["ES384"]),
+    ("EC", "P-521", &["ES512"]),
+    ("OKP", "Ed25519", &["EdDSA", "Ed25519"]),
+];
 
 /// Key types keyrelay publishes, with the members each must carry as base64url text.
-/// Keys of other types, or missing a member, are skipped, not fatal.
 const REQUIRED_MEMBERS: [(&str, &[&str]); 3] =
     [("RSA", &["n", "e"]), ("EC", &["x", "y"]), ("OKP", &["x"])];
 
@@ -107,14 +111,6 @@ pub enum JwksError {
         /// Its modulus size.
         bits: usize,
     },
-    /// A key names an algorithm keyrelay does not know for public keys.
-    #[error("key {kid:?} names unknown algorithm {alg:?}")]
-    UnknownAlgorithm {
-        /// The key's id, or `<none>`.
-        kid: String,
-        /// The `alg` value.
-        alg: String,
-    },
     /// A kid of the last good set now names different key material.
     #[error(
         "kid {0:?} now names different key material; a kid may be reused only after its old key has been withdrawn"
@@ -142,9 +138,53 @@ impl JwksError {
             JwksError::TooManyKeys { .. } => "too_many_keys",
             JwksError::KeyTooLarge { .. } => "key_too_large",
             JwksError::WeakRsaKey { .. } => "weak_rsa_key",
-            JwksError::UnknownAlgorithm { .. } => "unknown_algorithm",
             JwksError::KidReused(_) => "kid_reused",
             JwksError::UnconfirmedReplacement { .. } => "unconfirmed_replacement",
+        }
+    }
+}
+
+/// A key of the document that keyrelay left out of the published set: it is of a type, curve
+/// or algorithm keyrelay does not publish (a newer kind of key, for instance), or it is
+/// malformed. Skipping such keys is never a reason to refuse the others.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkippedKey {
+    /// The key's `kid`, when it has one.
+    pub kid: Option<String>,
+    /// Why it was left out.
+    pub reason: SkipReason,
+}
+
+/// Why a key was left out of the published set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum SkipReason {
+    /// The entry of `keys` is not a JSON object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// `kty` is missing or names a type keyrelay does not publish (`AKP`, say).
+    #[error("key type {0:?} is not published by keyrelay")]
+    UnsupportedKeyType(String),
+    /// `crv` is missing or names a curve keyrelay does not publish for this key type.
+    #[error("curve {0:?} is not published by keyrelay")]
+    UnsupportedCurve(String),
+    /// `alg` names an algorithm keyrelay does not know for this key (`ML-DSA-44`, `HS256`).
+    #[error("algorithm {0:?} is not one keyrelay publishes for this key type and curve")]
+    UnsupportedAlgorithm(String),
+    /// A required member is missing, or a member is not what JOSE says it must be.
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+impl SkipReason {
+    /// A short name for the skipped-keys metric's `reason` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SkipReason::NotAnObject => "not_an_object",
+            SkipReason::UnsupportedKeyType(_) => "unsupported_key_type",
+            SkipReason::UnsupportedCurve(_) => "unsupported_curve",
+            SkipReason::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            SkipReason::Malformed(_) => "malformed",
         }
     }
 }
@@ -171,13 +211,13 @@ pub struct KeySetDocument {
     keys: Vec<PublicKey>,
 }
 
-/// The outcome of parsing a body: the sanitized set and how many keys were left out.
+/// The outcome of parsing a body: the sanitized set and the keys left out of it.
 #[derive(Debug)]
 pub struct Parsed {
     /// The sanitized set.
     pub document: KeySetDocument,
-    /// Keys skipped because their type is unsupported or their members are malformed.
-    pub skipped: usize,
+    /// Keys left out, in the document's order.
+    pub skipped: Vec<SkippedKey>,
 }
 
 impl KeySetDocument {
@@ -197,24 +237,34 @@ impl KeySetDocument {
         }
         let mut seen_kids = HashSet::new();
         let mut accepted = Vec::with_capacity(entries.len());
+        let mut skipped = Vec::new();
         for entry in entries {
             let Some(object) = entry.as_object() else {
+                skipped.push(SkippedKey {
+                    kid: None,
+                    reason: SkipReason::NotAnObject,
+                });
                 continue;
             };
             reject_oversized(object)?;
             reject_private_material(object)?;
-            reject_unknown_algorithm(object)?;
-            if let Some(kid) = object.get("kid").and_then(Value::as_str)
+            let kid = object.get("kid").and_then(Value::as_str);
+            if let Some(kid) = kid
                 && !seen_kids.insert(kid.to_owned())
             {
                 return Err(JwksError::DuplicateKid(kid.to_owned()));
             }
-            if is_supported_public_key(entry) {
-                reject_weak_rsa(object)?;
-                accepted.push(object.clone());
+            match publishable(object) {
+                Ok(()) => {
+                    reject_weak_rsa(object)?;
+                    accepted.push(object.clone());
+                }
+                Err(reason) => skipped.push(SkippedKey {
+                    kid: kid.map(str::to_owned),
+                    reason,
+                }),
             }
         }
-        let skipped = entries.len() - accepted.len();
         Ok(Parsed {
             document: Self::from_objects(accepted),
             skipped,
@@ -336,19 +386,6 @@ fn reject_oversized(object: &Map<String, Value>) -> Result<(), JwksError> {
     Ok(())
 }
 
-fn reject_unknown_algorithm(object: &Map<String, Value>) -> Result<(), JwksError> {
-    match object.get("alg") {
-        None => Ok(()),
-        Some(Value::String(alg)) if KNOWN_ALGORITHMS.contains(&alg.as_str()) => Ok(()),
-        Some(other) => Err(JwksError::UnknownAlgorithm {
-            kid: kid_of(object),
-            alg: other
-                .as_str()
-                .map_or_else(|| other.to_string(), str::to_owned),
-        }),
-    }
-}
-
 fn reject_weak_rsa(object: &Map<String, Value>) -> Result<(), JwksError> {
     if object.get("kty").and_then(Value::as_str) != Some("RSA") {
         return Ok(());
@@ -386,27 +423,71 @@ fn reject_private_material(object: &Map<String, Value>) -> Result<(), JwksError>
     }
 }
 
-/// A key of a supported type whose members are present and well-formed, and which the
-/// `jsonwebtoken` JWK model (what the Rust SDK hands to verification) accepts.
-fn is_supported_public_key(entry: &Value) -> bool {
-    let kty = entry.get("kty").and_then(Value::as_str);
-    let Some((_, members)) = REQUIRED_MEMBERS.iter().find(|(t, _)| Some(*t) == kty) else {
-        return false;
+/// Whether keyrelay publishes this key: a type, curve and algorithm it knows, with members
+/// present and well-formed, that the `jsonwebtoken` JWK model (what the Rust SDK hands to
+/// verification) accepts. Otherwise, why not.
+fn publishable(object: &Map<String, Value>) -> Result<(), SkipReason> {
+    let text = |member: &str| object.get(member).and_then(Value::as_str);
+    let shown = |member: &str| object.get(member).map_or_else(String::new, value_text);
+    let missing = |member: &str| SkipReason::Malformed(format!("{member} is missing"));
+    let kty = match object.get("kty") {
+        None => return Err(missing("kty")),
+        Some(kty) => kty
+            .as_str()
+            .ok_or_else(|| SkipReason::UnsupportedKeyType(value_text(kty)))?,
     };
-    let is_base64url = |member: &&str| {
-        entry
-            .get(*member)
-            .and_then(Value::as_str)
-            .is_some_and(|text| !text.is_empty() && URL_SAFE_NO_PAD.decode(text).is_ok())
+    let Some((_, members)) = REQUIRED_MEMBERS.iter().find(|(t, _)| *t == kty) else {
+        return Err(SkipReason::UnsupportedKeyType(kty.to_owned()));
     };
+    let curve_algorithms = match kty {
+        "RSA" => &[][..],
+        _ => {
+            object.get("crv").ok_or_else(|| missing("crv"))?;
+            let curve = CURVES
+                .iter()
+                .find(|(t, crv, _)| *t == kty && Some(*crv) == text("crv"));
+            let Some((_, _, algorithms)) = curve else {
+                return Err(SkipReason::UnsupportedCurve(shown("crv")));
+            };
+            algorithms
+        }
+    };
+    if let Some(alg) = object.get("alg") {
+        let fits = |name: &str| match kty {
+            "RSA" => RSA_ALGORITHMS.contains(&name),
+            "EC" => curve_algorithms.contains(&name) || ECDH_ALGORITHMS.contains(&name),
+            _ => curve_algorithms.contains(&name),
+        };
+        if !alg.as_str().is_some_and(fits) {
+            return Err(SkipReason::UnsupportedAlgorithm(value_text(alg)));
+        }
+    }
     // Material given in another JSON type (a numeric `crv`, say) is no key a JOSE library
     // can use, and numbers do not survive re-serialization byte for byte.
-    let material_is_text = MATERIAL_MEMBERS
+    if let Some(member) = MATERIAL_MEMBERS
         .iter()
-        .all(|member| entry.get(*member).is_none_or(Value::is_string));
-    material_is_text
-        && members.iter().all(is_base64url)
-        && serde_json::from_value::<Jwk>(entry.clone()).is_ok()
+        .find(|member| object.get(**member).is_some_and(|v| !v.is_string()))
+    {
+        return Err(SkipReason::Malformed(format!("{member} is not a string")));
+    }
+    let is_base64url = |member: &&str| {
+        text(member).is_some_and(|text| !text.is_empty() && URL_SAFE_NO_PAD.decode(text).is_ok())
+    };
+    if let Some(member) = members.iter().find(|member| !is_base64url(member)) {
+        return Err(SkipReason::Malformed(format!(
+            "{member} is missing or not base64url"
+        )));
+    }
+    serde_json::from_value::<Jwk>(Value::Object(object.clone()))
+        .map(drop)
+        .map_err(|err| SkipReason::Malformed(err.to_string()))
+}
+
+/// A member's value as text: strings as they are, anything else as JSON.
+fn value_text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned)
 }
 
 fn public_key(object: &Map<String, Value>) -> PublicKey {
@@ -451,7 +532,20 @@ mod tests {
     fn material_of_another_json_type_is_skipped_and_numbers_survive_a_round_trip() {
         let body = br#"{"keys":[{"kty":"OKP","crv":112222222222222222222222222222222222222222222222222222222222,"x":"0YKxCPcHURo"}]}"#;
         let parsed = KeySetDocument::parse(body).unwrap();
-        assert_eq!((parsed.document.keys().len(), parsed.skipped), (0, 1));
+        assert!(parsed.document.keys().is_empty());
+        assert!(matches!(
+            parsed.skipped.as_slice(),
+            [SkippedKey {
+                kid: None,
+                reason: SkipReason::UnsupportedCurve(_)
+            }]
+        ));
+        let numeric_x = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"n","x":12}]}"#;
+        let parsed = KeySetDocument::parse(numeric_x).unwrap();
+        assert_eq!(
+            parsed.skipped[0].reason,
+            SkipReason::Malformed("x is not a string".into())
+        );
 
         let with_number = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"0YKxCPcHURo","ext":444444444444440000000000000000004129827551997706128}]}"#;
         let first = KeySetDocument::parse(with_number).unwrap().document;
@@ -464,7 +558,7 @@ mod tests {
     fn a_valid_set_is_sanitized_and_indexed() {
         let ec = json!({"kty": "EC", "kid": "e1", "crv": "P-256", "x": "f83O", "y": "x_FE"});
         let parsed = parse(json!({"keys": [rsa("r1"), ec], "extra": true})).unwrap();
-        assert_eq!(parsed.skipped, 0);
+        assert_eq!(parsed.skipped, []);
         let doc = parsed.document;
         assert!(doc.contains_kid("r1") && doc.contains_kid("e1") && !doc.contains_kid("x"));
         assert_eq!(doc.keys()[0].alg.as_deref(), Some("RS256"));
@@ -476,17 +570,117 @@ mod tests {
         );
     }
 
+    fn skipped(kid: &str, reason: SkipReason) -> SkippedKey {
+        SkippedKey {
+            kid: Some(kid.into()),
+            reason,
+        }
+    }
+
     #[test]
-    fn unsupported_and_malformed_keys_are_skipped_not_fatal() {
+    fn keys_keyrelay_does_not_know_are_skipped_with_a_reason_and_the_rest_published() {
+        let mut wrong_curve_alg =
+            json!({"kty": "EC", "kid": "e384", "crv": "P-256", "x": "f83O", "y": "x_FE"});
+        wrong_curve_alg["alg"] = json!("ES384");
+        let mut unknown_alg = rsa("typo");
+        unknown_alg["alg"] = json!("RS257");
+        let mut hmac_on_rsa = rsa("hmac");
+        hmac_on_rsa["alg"] = json!("HS256");
+        let mut numeric_alg = rsa("numeric");
+        numeric_alg["alg"] = json!(256);
         let parsed = parse(json!({"keys": [
+            {"kty": "AKP", "kid": "pq", "alg": "ML-DSA-44", "pub": "c29tZSBrZXk"},
             rsa("r1"),
-            {"kty": "FUTURE", "kid": "f1"},
-            {"kty": "RSA", "kid": "broken"},
+            {"kty": "EC", "kid": "k1", "crv": "secp256k1", "x": "f83O", "y": "x_FE"},
+            {"kty": "OKP", "kid": "x1", "crv": "X25519", "x": "f83O"},
+            unknown_alg,
+            hmac_on_rsa,
+            numeric_alg,
+            wrong_curve_alg,
+            {"kty": "RSA", "kid": "no-n", "e": "AQAB"},
+            {"kid": "no-kty"},
             "not an object",
         ]}))
         .unwrap();
-        assert_eq!(parsed.skipped, 3);
         assert_eq!(parsed.document.keys().len(), 1);
+        assert!(parsed.document.contains_kid("r1"));
+        let unsupported = |alg: &str| SkipReason::UnsupportedAlgorithm(alg.into());
+        assert_eq!(
+            parsed.skipped,
+            [
+                skipped("pq", SkipReason::UnsupportedKeyType("AKP".into())),
+                skipped("k1", SkipReason::UnsupportedCurve("secp256k1".into())),
+                skipped("x1", SkipReason::UnsupportedCurve("X25519".into())),
+                skipped("typo", unsupported("RS257")),
+                skipped("hmac", unsupported("HS256")),
+                skipped("numeric", unsupported("256")),
+                skipped("e384", unsupported("ES384")),
+                skipped(
+                    "no-n",
+                    SkipReason::Malformed("n is missing or not base64url".into())
+                ),
+                skipped("no-kty", SkipReason::Malformed("kty is missing".into())),
+                SkippedKey {
+                    kid: None,
+                    reason: SkipReason::NotAnObject
+                },
+            ]
+        );
+        assert_eq!(
+            parsed.skipped[0].reason.to_string(),
+            "key type \"AKP\" is not published by keyrelay"
+        );
+    }
+
+    #[test]
+    fn every_algorithm_that_fits_its_key_is_published() {
+        let mut keys = Vec::new();
+        for alg in RSA_ALGORITHMS {
+            let mut key = rsa(alg);
+            key["alg"] = json!(alg);
+            keys.push(key);
+        }
+        for (crv, alg) in [("P-256", "ES256"), ("P-384", "ES384"), ("P-521", "ES512")]
+            .into_iter()
+            .chain(ECDH_ALGORITHMS.map(|alg| ("P-256", alg)))
+        {
+            keys.push(json!({"kty": "EC", "kid": format!("{crv}-{alg}"), "crv": crv, "alg": alg, "x": "f83O", "y": "x_FE"}));
+        }
+        for alg in ["EdDSA", "Ed25519"] {
+            keys.push(json!({"kty": "OKP", "kid": alg, "crv": "Ed25519", "alg": alg, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}));
+        }
+        let count = keys.len();
+        let parsed = parse(json!({ "keys": keys })).unwrap();
+        assert_eq!(parsed.skipped, []);
+        assert_eq!(parsed.document.keys().len(), count);
+    }
+
+    #[test]
+    fn a_set_with_fewer_known_keys_than_before_still_replaces_it() {
+        let before = parse(json!({"keys": [rsa("a"), rsa("b")]}))
+            .unwrap()
+            .document;
+        let mut b_now_post_quantum =
+            json!({"kty": "AKP", "kid": "b", "alg": "ML-DSA-44", "pub": "cHVi"});
+        b_now_post_quantum["use"] = json!("sig");
+        let after = parse(json!({"keys": [rsa("a"), b_now_post_quantum]})).unwrap();
+        assert_eq!(after.skipped.len(), 1);
+        assert_eq!(after.document.keys().len(), 1);
+        assert_eq!(after.document.may_replace(Some(&before)), Ok(()));
+        assert!(!after.document.replaces_every_key_of(&before));
+    }
+
+    #[test]
+    fn a_document_of_unknown_keys_only_never_replaces_known_ones() {
+        let before = parse(json!({"keys": [rsa("a")]})).unwrap().document;
+        let after = parse(
+            json!({"keys": [{"kty": "AKP", "kid": "pq", "alg": "ML-DSA-65", "pub": "cHVi"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            after.document.may_replace(Some(&before)),
+            Err(JwksError::EmptyReplacesNonEmpty { previous: 1 })
+        );
     }
 
     #[test]
@@ -559,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn weak_rsa_keys_and_unknown_algorithms_are_rejected() {
+    fn weak_rsa_keys_are_rejected() {
         let mut weak = rsa("weak");
         weak["n"] = json!(modulus(0xc5, 128));
         assert_eq!(
@@ -579,21 +773,15 @@ mod tests {
                 bits: 2047
             }
         );
-        let mut odd = rsa("odd");
-        odd["alg"] = json!("RS257");
+    }
+
+    #[test]
+    fn duplicate_kids_are_rejected_even_when_one_key_is_skipped() {
         assert_eq!(
-            parse(json!({"keys": [odd]})).unwrap_err(),
-            JwksError::UnknownAlgorithm {
-                kid: "odd".into(),
-                alg: "RS257".into()
-            }
+            parse(json!({"keys": [rsa("a"), {"kty": "AKP", "kid": "a", "pub": "cHVi"}]}))
+                .unwrap_err(),
+            JwksError::DuplicateKid("a".into())
         );
-        let mut hmac = rsa("hmac");
-        hmac["alg"] = json!("HS256");
-        assert!(matches!(
-            parse(json!({"keys": [hmac]})).unwrap_err(),
-            JwksError::UnknownAlgorithm { .. }
-        ));
     }
 
     #[test]

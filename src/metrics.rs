@@ -8,7 +8,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text},
     metrics::{
         MetricType,
-        counter::Counter,
+        counter::{ConstCounter, Counter},
         family::Family,
         gauge::ConstGauge,
         gauge::Gauge,
@@ -22,7 +22,9 @@ use crate::{
     clock::Clock,
     cluster::{Cluster, Role},
     domain::Policy,
+    jwks::SkippedKey,
     provider::ProviderState,
+    store::UnreadableRows,
 };
 
 /// Providers exported one series each in `keyrelay_provider_time_until_unusable_seconds`: the
@@ -53,6 +55,12 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
 /// How a Resolve was answered from the cache.
 #[derive(Debug, Clone, Copy)]
 pub enum CacheResult {
@@ -75,10 +83,12 @@ pub struct Metrics {
     fetched_bytes: Counter,
     key_set_changes: Counter,
     key_set_rejections: Family<ReasonLabels, Counter>,
+    keys_skipped: Family<ReasonLabels, Counter>,
     watch_subscribers: Gauge,
     watch_events: Counter,
     watch_resyncs: Counter,
     tls_reloads: Family<OutcomeLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
     registry: Registry,
 }
 
@@ -87,12 +97,14 @@ fn seconds_buckets() -> Histogram {
 }
 
 impl Metrics {
-    /// The instruments, plus a collector of the state of `cluster` and `cache`.
+    /// The instruments, plus a collector of the state of `cluster` and `cache` and of the
+    /// store's `unreadable` rows.
     pub fn new(
         cluster: Arc<Cluster>,
         cache: Arc<KeyCache>,
         clock: Arc<dyn Clock>,
         defaults: Policy,
+        unreadable: Arc<UnreadableRows>,
     ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("keyrelay");
         let metrics = Self {
@@ -104,10 +116,12 @@ impl Metrics {
             fetched_bytes: Counter::default(),
             key_set_changes: Counter::default(),
             key_set_rejections: Family::default(),
+            keys_skipped: Family::default(),
             watch_subscribers: Gauge::default(),
             watch_events: Counter::default(),
             watch_resyncs: Counter::default(),
             tls_reloads: Family::default(),
+            auth_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +168,11 @@ impl Metrics {
             metrics.key_set_rejections.clone(),
         );
         registry.register(
+            "keys_skipped",
+            "Keys left out of fetched documents (unknown type, curve or algorithm, or malformed), by reason; counted per fetched document",
+            metrics.keys_skipped.clone(),
+        );
+        registry.register(
             "watch_subscribers",
             "Open WatchKeys streams",
             metrics.watch_subscribers.clone(),
@@ -173,11 +192,17 @@ impl Metrics {
             "Reloads of the listener's TLS certificate, key and client CA: ok, or error (the previous configuration stays)",
             metrics.tls_reloads.clone(),
         );
+        registry.register(
+            "auth_failures",
+            "Failed authentications by service (admin, key, mirror) and reason (missing, malformed, rejected, verifier_token, rate_limited)",
+            metrics.auth_failures.clone(),
+        );
         registry.register_collector(Box::new(StateCollector {
             cluster,
             cache,
             clock,
             defaults,
+            unreadable,
         }));
         Arc::new(Self {
             registry,
@@ -234,6 +259,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A fetched document was published without the keys in `skipped`.
+    pub fn keys_skipped(&self, skipped: &[SkippedKey]) {
+        for key in skipped {
+            let reason = key.reason.kind();
+            self.keys_skipped
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+    }
+
     /// A WatchKeys stream opened; the guard counts it closed when dropped.
     pub fn watch_opened(self: &Arc<Self>) -> WatchGuard {
         self.watch_subscribers.inc();
@@ -250,6 +285,13 @@ impl Metrics {
         self.watch_resyncs.inc();
     }
 
+    /// A caller failed to authenticate on `service` for `reason`.
+    pub fn auth_failed(&self, service: &'static str, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels { service, reason })
+            .inc();
+    }
+
     /// The listener's TLS files were reloaded, or failed to.
     pub fn tls_reloaded(&self, succeeded: bool) {
         let outcome = if succeeded { "ok" } else { "error" };
@@ -257,6 +299,19 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
+}
+
+/// Metrics over an empty single-node state, for unit tests.
+#[cfg(test)]
+pub(crate) fn for_tests(cache: Arc<KeyCache>, clock: Arc<dyn Clock>) -> Arc<Metrics> {
+    let cluster = Cluster::single_node("test".into(), "test".into(), clock.now());
+    Metrics::new(
+        Arc::new(cluster),
+        cache,
+        clock,
+        crate::domain::documented_defaults(),
+        Arc::default(),
+    )
 }
 
 /// Counts one open WatchKeys stream while alive.
@@ -275,6 +330,7 @@ struct StateCollector {
     cache: Arc<KeyCache>,
     clock: Arc<dyn Clock>,
     defaults: Policy,
+    unreadable: Arc<UnreadableRows>,
 }
 
 impl std::fmt::Debug for StateCollector {
@@ -292,6 +348,11 @@ struct ProviderLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
 }
 
 fn gauge(
@@ -325,6 +386,21 @@ impl prometheus_client::collector::Collector for StateCollector {
             None,
             term,
         )?;
+
+        {
+            let mut rows = encoder.encode_descriptor(
+                "store_unreadable_rows",
+                "Stored rows found unreadable when read, by part: registration (row left out), key_set (provider quarantined and fetched again), validators, skipped_keys, access_token (token refused), tenant_access",
+                None,
+                MetricType::Counter,
+            )?;
+            for (part, count) in self.unreadable.counts() {
+                let labels = PartLabels {
+                    part: part.as_str(),
+                };
+                ConstCounter::new(count).encode(rows.encode_family(&labels)?)?;
+            }
+        }
 
         let now = self.clock.now();
         let records = self.cache.all();

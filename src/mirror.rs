@@ -7,12 +7,16 @@
 //! served only to `Authorization: Bearer` holders of one (privately cacheable), and looks
 //! absent to everyone else.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Router,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{ConnectInfo, Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -20,9 +24,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::{
-    access::AccessRegistry,
+    access::{AccessRegistry, AuthFailures, Service},
     clock::Clock,
     domain::{ProviderKey, TenantId},
     error::Error,
@@ -41,15 +46,24 @@ pub struct Mirror {
     pub access: Arc<AccessRegistry>,
     /// Time for token expiry.
     pub clock: Arc<dyn Clock>,
+    /// Where failed authentications are reported.
+    pub failures: Arc<AuthFailures>,
 }
 
 impl Mirror {
     /// Whether the caller presenting `headers` may read `tenant`; `Ok(false)` hides it.
-    fn may_read(&self, headers: &HeaderMap, tenant: &TenantId) -> Result<bool, Error> {
-        let authorization = headers
+    fn may_read(&self, request: &Parts, tenant: &TenantId) -> Result<bool, Error> {
+        let authorization = request
+            .headers
             .get(header::AUTHORIZATION)
             .map(HeaderValue::as_bytes);
-        let caller = self.access.caller(authorization, self.clock.now())?;
+        let caller = self
+            .access
+            .caller(authorization, self.clock.now())
+            .inspect_err(|err| {
+                let client = client_ip(&request.extensions);
+                self.failures.failed(Service::Mirror, err.kind(), client);
+            })?;
         Ok(self.access.may_read(caller.as_ref(), tenant))
     }
 
@@ -61,6 +75,23 @@ impl Mirror {
             "private"
         }
     }
+}
+
+/// The address of the client of an HTTP request, on the gRPC listener (plain or TLS) and on
+/// the HTTP listener.
+fn client_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    let tcp = |info: &TcpConnectInfo| info.remote_addr().map(|addr| addr.ip());
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(tcp)
+        .or_else(|| {
+            let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
+            tcp(tls.get_ref())
+        })
+        .or_else(|| {
+            let ConnectInfo(addr) = extensions.get::<ConnectInfo<SocketAddr>>()?;
+            Some(addr.ip())
+        })
 }
 
 /// The mirror's routes, served on the gRPC listener and on the HTTP listener.
@@ -82,29 +113,29 @@ struct Served {
 async fn provider_set(
     State(mirror): State<Mirror>,
     Path((tenant, provider)): Path<(String, String)>,
-    headers: HeaderMap,
+    request: Parts,
 ) -> Response {
     let served = ProviderKey::parse(&tenant, &provider)
         .map_err(Error::from)
         .and_then(|key| {
-            if !mirror.may_read(&headers, &key.tenant)? {
+            if !mirror.may_read(&request, &key.tenant)? {
                 return Err(Error::ProviderNotFound(key));
             }
             let served = single(&mirror.relay.usable(&key)?)?;
             Ok((served, mirror.cacheability(&key.tenant)))
         });
-    respond(served, &headers)
+    respond(served, &request.headers)
 }
 
 async fn tenant_set(
     State(mirror): State<Mirror>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    request: Parts,
 ) -> Response {
     let served = TenantId::parse("tenant", &tenant)
         .map_err(Error::from)
         .and_then(|tenant| {
-            if !mirror.may_read(&headers, &tenant)? {
+            if !mirror.may_read(&request, &tenant)? {
                 return Err(no_usable_provider(&tenant));
             }
             Ok((
@@ -112,7 +143,7 @@ async fn tenant_set(
                 mirror.cacheability(&tenant),
             ))
         });
-    respond(served, &headers)
+    respond(served, &request.headers)
 }
 
 fn no_usable_provider(tenant: &TenantId) -> Error {

@@ -11,7 +11,7 @@ use crate::{
     domain::Policy,
     fetch::{CacheFacts, FetchError, FetchOutcome, Validators},
     freshness::{self, Backoff, Retry},
-    jwks::{JwksError, KeySetDocument},
+    jwks::{JwksError, KeySetDocument, Parsed, SkippedKey},
     provider::{CurrentKeys, ProviderRecord, RefreshStatus},
 };
 
@@ -48,16 +48,16 @@ pub fn apply<R: Rng>(
 ) -> (ProviderRecord, Change) {
     match (result, current.keys.as_ref()) {
         (Ok(FetchOutcome::Modified { body, cache }), previous) => match accept(current, &body) {
-            Ok(document) if is_unconfirmed_replacement(current, &document) => {
+            Ok(parsed) if is_unconfirmed_replacement(current, &parsed.document) => {
                 let previous = previous.map_or(0, |keys| keys.document.keys().len());
                 let held = JwksError::UnconfirmedReplacement { previous };
                 let (mut record, change) = reject(current, held, Retry::Soon { after: None }, ctx);
-                record.pending_replacement = Some(document.fingerprint());
+                record.pending_replacement = Some(parsed.document.fingerprint());
                 (record, change)
             }
-            Ok(document) => {
-                let keys = versioned(previous, document);
-                succeed(current, keys, cache, ctx)
+            Ok(parsed) => {
+                let (keys, change) = versioned(current, parsed);
+                succeed(current, keys, change, cache, ctx)
             }
             Err(err) => reject(current, err, Retry::Later, ctx),
         },
@@ -65,9 +65,9 @@ pub fn apply<R: Rng>(
             let keys = (
                 previous.version,
                 Arc::clone(&previous.document),
-                Change::Unchanged,
+                Arc::clone(&previous.skipped),
             );
-            succeed(current, keys, cache, ctx)
+            succeed(current, keys, Change::Unchanged, cache, ctx)
         }
         (Ok(FetchOutcome::NotModified { .. }), None) => {
             let reason = "304 Not Modified but no key set is stored; will fetch it whole".into();
@@ -95,39 +95,46 @@ fn is_unconfirmed_replacement(current: &ProviderRecord, document: &KeySetDocumen
     replaces_all && current.pending_replacement != Some(document.fingerprint())
 }
 
-fn accept(current: &ProviderRecord, body: &[u8]) -> Result<KeySetDocument, JwksError> {
+fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
     let parsed = KeySetDocument::parse(body)?;
     let previous = current.keys.as_ref().map(|keys| keys.document.as_ref());
     parsed.document.may_replace(previous)?;
-    if parsed.skipped > 0 {
+    if !parsed.skipped.is_empty() {
         tracing::info!(
             provider = %current.registration.key,
-            skipped = parsed.skipped,
-            "left out keys of unsupported types"
+            skipped = parsed.skipped.len(),
+            "left out keys keyrelay does not publish (see the provider's status)"
         );
     }
-    Ok(parsed.document)
+    Ok(parsed)
 }
 
-/// The version a fetched document gets: the previous one when the keys are the same.
-fn versioned(
-    previous: Option<&CurrentKeys>,
-    document: KeySetDocument,
-) -> (u64, Arc<KeySetDocument>, Change) {
-    match previous {
-        Some(prev) if document.same_keys_as(&prev.document) => {
-            (prev.version, Arc::clone(&prev.document), Change::Unchanged)
-        }
-        prev => {
-            let version = prev.map_or(1, |p| p.version + 1);
-            (version, Arc::new(document), Change::NewVersion(version))
+/// The keys a fetched document becomes: the previous version when the keys are the same,
+/// the next one (continuing from a dropped version, if any) when they are not.
+fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
+    let skipped = Arc::from(parsed.skipped);
+    match &current.keys {
+        Some(prev) if parsed.document.same_keys_as(&prev.document) => (
+            (prev.version, Arc::clone(&prev.document), skipped),
+            Change::Unchanged,
+        ),
+        _ => {
+            let version = current.version() + 1;
+            (
+                (version, Arc::new(parsed.document), skipped),
+                Change::NewVersion(version),
+            )
         }
     }
 }
+
+/// A version, its document and the keys left out of it.
+type Versioned = (u64, Arc<KeySetDocument>, Arc<[SkippedKey]>);
 
 fn succeed<R: Rng>(
     current: &ProviderRecord,
-    (version, document, change): (u64, Arc<KeySetDocument>, Change),
+    (version, document, skipped): Versioned,
+    change: Change,
     cache: CacheFacts,
     ctx: Context<'_, R>,
 ) -> (ProviderRecord, Change) {
@@ -141,6 +148,7 @@ fn succeed<R: Rng>(
             document,
             fetched_at: ctx.now,
             fresh_until: fresh.fresh_until,
+            skipped,
         }),
         validators: cache.validators,
         status: RefreshStatus {
@@ -149,6 +157,7 @@ fn succeed<R: Rng>(
             consecutive_failures: 0,
             next_refresh_at: Some(fresh.next_refresh_at),
         },
+        dropped_version: 0,
         pending_replacement: None,
     };
     (record, change)
@@ -189,6 +198,7 @@ fn fail<R: Rng>(
             consecutive_failures: failures,
             next_refresh_at: Some(next),
         },
+        dropped_version: current.dropped_version,
         pending_replacement: current.pending_replacement,
     };
     (record, Change::Failed(reason))
@@ -273,6 +283,53 @@ mod tests {
         let (rotated, change) = step(&same, modified(&["a", "b"], "\"3\""));
         assert_eq!(change, Change::NewVersion(2));
         assert!(rotated.keys.unwrap().document.contains_kid("b"));
+    }
+
+    #[test]
+    fn a_provider_whose_stored_keys_were_dropped_continues_from_their_version() {
+        let mut quarantined = registered();
+        quarantined.dropped_version = 5;
+        quarantined.status.last_error = Some("stored key set is unreadable".into());
+        let (failed, _) = step(
+            &quarantined,
+            Err(FetchError::Status {
+                code: 503,
+                retry_after: None,
+            }),
+        );
+        assert_eq!(failed.version(), 5, "a failed refetch keeps it");
+        let (recovered, change) = step(&failed, modified(&["a"], "\"1\""));
+        assert_eq!(change, Change::NewVersion(6));
+        assert_eq!((recovered.version(), recovered.dropped_version), (6, 0));
+        assert_eq!(recovered.status.last_error, None);
+    }
+
+    #[test]
+    fn keys_left_out_of_a_document_are_kept_with_the_set_until_the_next_document() {
+        let mut keys = serde_json::from_slice::<serde_json::Value>(&body(&["a"])).unwrap();
+        keys["keys"].as_array_mut().unwrap().push(
+            serde_json::json!({"kty": "AKP", "kid": "pq", "alg": "ML-DSA-44", "pub": "cHVi"}),
+        );
+        let (first, change) = step(
+            &registered(),
+            Ok(FetchOutcome::Modified {
+                body: Bytes::from(keys.to_string()),
+                cache: cache("\"1\""),
+            }),
+        );
+        assert_eq!(change, Change::NewVersion(1));
+        let skipped = |record: &ProviderRecord| record.keys.as_ref().unwrap().skipped.len();
+        assert_eq!(skipped(&first), 1);
+        let (revalidated, _) = step(
+            &first,
+            Ok(FetchOutcome::NotModified {
+                cache: cache("\"1\""),
+            }),
+        );
+        assert_eq!(skipped(&revalidated), 1, "a 304 keeps the list");
+        let (same_keys, change) = step(&revalidated, modified(&["a"], "\"2\""));
+        assert_eq!(change, Change::Unchanged);
+        assert_eq!(skipped(&same_keys), 0, "a new document replaces the list");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     domain::{JwksUrl, Policy, PolicyOverrides, ProviderKey},
     fetch::Validators,
-    jwks::KeySetDocument,
+    jwks::{KeySetDocument, SkippedKey},
 };
 
 /// A registration as stored.
@@ -40,6 +40,8 @@ pub struct CurrentKeys {
     pub fetched_at: DateTime<Utc>,
     /// Until when it is fresh.
     pub fresh_until: DateTime<Utc>,
+    /// Keys of the last fetched document that keyrelay left out, and why.
+    pub skipped: Arc<[SkippedKey]>,
 }
 
 /// The outcome of the latest refresh attempts.
@@ -69,6 +71,10 @@ pub struct ProviderRecord {
     pub validators: Validators,
     /// Refresh status.
     pub status: RefreshStatus,
+    /// The version of a key set published earlier but no longer held, because its stored
+    /// copy was unreadable and was dropped: the next set continues from it, so versions that
+    /// verifiers hold stay meaningful. 0 while keys are held or when none ever were.
+    pub dropped_version: u64,
     /// Fingerprint of a fetched set that would replace every known key at once, held until a
     /// second fetch returns the same set. In memory only: after a restart such a replacement
     /// is simply held once more.
@@ -97,8 +103,16 @@ impl ProviderRecord {
             keys: None,
             validators: Validators::default(),
             status: RefreshStatus::default(),
+            dropped_version: 0,
             pending_replacement: None,
         }
+    }
+
+    /// The version of the held keys; without keys, the version the next set continues from.
+    pub fn version(&self) -> u64 {
+        self.keys
+            .as_ref()
+            .map_or(self.dropped_version, |keys| keys.version)
     }
 
     /// The provider's health at `now`.

@@ -1,7 +1,8 @@
-//! Per-client rate limit on failed lookups of unknown kids. The per-provider cooldown already
-//! keeps identity providers safe from a flood of random kids; this keeps keyrelay itself
-//! (and, in a fleet, the leader) from doing that work for one noisy client. Only lookups that
-//! end without the kid count: verifiers catching up with a real rotation are never limited.
+//! Per-client rate limits on failures: lookups of unknown kids that end without the kid (the
+//! per-provider cooldown already keeps identity providers safe from a flood of random kids;
+//! this keeps keyrelay itself, and in a fleet the leader, from doing that work for one noisy
+//! client), and failed AdminService authentications. Only failures count: verifiers catching
+//! up with a real rotation, and callers with valid tokens, are never limited.
 
 use std::{
     collections::HashMap,
@@ -16,14 +17,14 @@ use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock as _, clock::Default
 /// Above this many clients tracked, idle ones are forgotten.
 const MAX_TRACKED_CLIENTS: usize = 100_000;
 
-/// A token bucket per client address, and the clients currently out of tokens.
-pub struct UnknownKidLimiter {
+/// A token bucket of failures per client address, and the clients currently out of tokens.
+pub struct FailureLimiter {
     failures: DefaultKeyedRateLimiter<IpAddr>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
 }
 
-impl UnknownKidLimiter {
-    /// `per_second` failed lookups per client on average, bursts of twice that.
+impl FailureLimiter {
+    /// `per_second` failures per client on average, bursts of twice that.
     pub fn new(per_second: NonZeroU32) -> Self {
         let burst = per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1));
         Self {
@@ -34,7 +35,7 @@ impl UnknownKidLimiter {
         }
     }
 
-    /// Whether `client` may look up an unknown kid now; otherwise how long until it may.
+    /// Whether `client` may try now; otherwise how long until it may.
     pub fn admit(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         match self.blocked().get(&client) {
@@ -43,7 +44,7 @@ impl UnknownKidLimiter {
         }
     }
 
-    /// Counts a lookup by `client` that did not find its kid.
+    /// Counts a failure of `client`.
     pub fn failed(&self, client: IpAddr) {
         if self.failures.len() > MAX_TRACKED_CLIENTS {
             self.failures.retain_recent();
@@ -70,7 +71,7 @@ mod tests {
 
     #[test]
     fn a_client_failing_too_often_waits_and_others_are_unaffected() {
-        let limiter = UnknownKidLimiter::new(NonZeroU32::new(5).unwrap());
+        let limiter = FailureLimiter::new(NonZeroU32::new(5).unwrap());
         let noisy: IpAddr = "127.0.0.2".parse().unwrap();
         let quiet: IpAddr = "127.0.0.3".parse().unwrap();
         for _ in 0..10 {

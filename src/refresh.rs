@@ -355,6 +355,11 @@ impl Refresher {
         if let Change::NewVersion(_) = change {
             parts.metrics.key_set_changed();
         }
+        if let (Some(keys), "modified", Change::NewVersion(_) | Change::Unchanged) =
+            (&next.keys, outcome, &change)
+        {
+            parts.metrics.keys_skipped(&keys.skipped);
+        }
         let audit = rejection_event(&current, &next, &change);
         self.commit(key, next, change, fence.as_ref(), audit.as_ref())
             .instrument(tracing::info_span!("keyrelay.publish"))

@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     metrics::{CacheResult, Metrics},
     provider::ProviderRecord,
-    rate_limit::UnknownKidLimiter,
+    rate_limit::FailureLimiter,
     refresh::{FlightResult, RefreshError, Refresher},
     store::{NewRegistration, Store},
 };
@@ -79,7 +79,7 @@ pub struct RelayParts {
     /// Where cache results are counted.
     pub metrics: Arc<Metrics>,
     /// Bounds how often one client may make keyrelay look for unknown kids.
-    pub unknown_kid_limiter: UnknownKidLimiter,
+    pub unknown_kid_limiter: FailureLimiter,
 }
 
 /// The keyrelay service core.
@@ -255,6 +255,11 @@ impl Relay {
             kid.as_str(),
             snapshot.version()
         )))
+    }
+
+    /// The service's time.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.parts.clock.now()
     }
 
     /// A snapshot whose keys may be served, or why there is none.

@@ -15,9 +15,9 @@ use tonic::{
 use tonic_health::ServingStatus;
 
 use crate::{
-    access::{AccessControl, AccessRegistry},
+    access::{AccessControl, AccessRegistry, AuthFailures},
     admin_token::AdminToken,
-    api::{AdminApi, AdminAuth, KeyApi, ObserveLayer, VerifierAuth},
+    api::{AdminApi, Authenticator, KeyApi, ObserveLayer},
     cache::KeyCache,
     clock::Clock,
     cluster::{self, ChangeFeed, Cluster, FeedParts, LeaseKeeper},
@@ -32,7 +32,7 @@ use crate::{
         FILE_DESCRIPTOR_SET,
         server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
     },
-    rate_limit::UnknownKidLimiter,
+    rate_limit::FailureLimiter,
     refresh::{Refresher, RefresherParts},
     relay::{Relay, RelayParts},
     schedule::Scheduler,
@@ -122,6 +122,7 @@ pub struct Application {
     fleet: Option<FleetTasks>,
     tasks: TaskTracker,
     access: Arc<AccessControl>,
+    auth_failures: Arc<AuthFailures>,
     mirror: Mirror,
     egress: EgressRules,
     shutdown_grace: Duration,
@@ -191,6 +192,7 @@ impl Application {
             Arc::clone(&cache),
             Arc::clone(&clock),
             defaults,
+            opened.unreadable,
         );
         // Before taking part in the fleet, so bad TLS files fail the start cleanly.
         let listener = match tls {
@@ -266,12 +268,17 @@ impl Application {
             unknown_kid_wait: config.unknown_kid_wait,
             first_fetch_grace: leader_wait,
             metrics: Arc::clone(&metrics),
-            unknown_kid_limiter: UnknownKidLimiter::new(config.unknown_kid_rate),
+            unknown_kid_limiter: FailureLimiter::new(config.unknown_kid_rate),
         }));
+        let auth_failures = Arc::new(AuthFailures::new(
+            Arc::clone(&metrics),
+            config.admin_auth_failure_rate,
+        ));
         let mirror = Mirror {
             relay: Arc::clone(&relay),
             access: Arc::clone(&access),
             clock: Arc::clone(&clock),
+            failures: Arc::clone(&auth_failures),
         };
         // With TLS on, keys are served over TLS only (and to clients with a certificate, when
         // one is required): the plain HTTP listener keeps metrics and health.
@@ -306,6 +313,7 @@ impl Application {
             fleet,
             tasks,
             access: access_control,
+            auth_failures,
             mirror,
             egress: config.egress(),
             shutdown_grace: config.shutdown_grace,
@@ -384,6 +392,11 @@ impl Application {
                     .await;
             }
         };
+        let authenticator = Authenticator::new(
+            Arc::clone(&registry),
+            Arc::clone(&self.clock),
+            self.auth_failures,
+        );
         let grpc = Routes::default()
             .add_service(health_service)
             .add_service(reflection)
@@ -395,7 +408,7 @@ impl Application {
                     Arc::clone(&self.clock),
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-                VerifierAuth::new(Arc::clone(&registry), Arc::clone(&self.clock)),
+                authenticator.verifier(),
             ))
             .add_service(InterceptedService::new(
                 AdminServiceServer::new(AdminApi::new(
@@ -405,7 +418,7 @@ impl Application {
                     self.access,
                 ))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-                AdminAuth::new(registry, self.clock),
+                authenticator.admin(),
             ));
         // The JWKS mirror answers plain HTTP/1.1 and HTTP/2 GETs on the same port.
         let routes = Routes::from(grpc.into_axum_router().merge(mirror::router(self.mirror)));

@@ -39,6 +39,17 @@ pub enum AuthError {
     Rejected,
 }
 
+impl AuthError {
+    /// A short name for the auth-failures metric's `reason` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Rejected => "rejected",
+        }
+    }
+}
+
 /// One committed change of the access state.
 #[derive(Debug, Clone)]
 pub enum AccessChange {

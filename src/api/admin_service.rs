@@ -183,11 +183,9 @@ impl AdminService for AdminApi {
             )
             .into());
         }
-        let status = self.cluster.status().await.map_err(Error::from)?;
-        Ok(Response::new(convert::cluster_status(
-            &status,
-            chrono::Utc::now(),
-        )))
+        let now = self.relay.now();
+        let status = self.cluster.status(now).await.map_err(Error::from)?;
+        Ok(Response::new(convert::cluster_status(&status, now)))
     }
 
     async fn create_token(

@@ -1,81 +1,112 @@
 //! Who is calling: interceptors that turn the `authorization` metadata into a `Principal`
 //! attached to the request, required and admin-only on AdminService, optional on KeyService.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use tonic::{Request, Status, service::Interceptor};
 
 use crate::{
-    access::{AccessRegistry, AuthError, Principal},
+    access::{AccessRegistry, AuthError, AuthFailures, Principal, Service},
     clock::Clock,
     error::Error,
 };
 
-/// Attaches the caller to KeyService requests that present a token; requests without one
-/// pass anonymously (tenants that require a token are checked per call).
+/// Checks callers' tokens against the access registry at the service's time, reporting
+/// failures; hands out the two interceptors.
 #[derive(Clone)]
-pub struct VerifierAuth {
+pub struct Authenticator {
     registry: Arc<AccessRegistry>,
     clock: Arc<dyn Clock>,
+    failures: Arc<AuthFailures>,
 }
 
-impl VerifierAuth {
-    /// Checks tokens against `registry` at `clock`'s time.
-    pub fn new(registry: Arc<AccessRegistry>, clock: Arc<dyn Clock>) -> Self {
-        Self { registry, clock }
+impl Authenticator {
+    /// Checks tokens against `registry` at `clock`'s time, reporting (and for AdminService
+    /// limiting) failures with `failures`.
+    pub fn new(
+        registry: Arc<AccessRegistry>,
+        clock: Arc<dyn Clock>,
+        failures: Arc<AuthFailures>,
+    ) -> Self {
+        Self {
+            registry,
+            clock,
+            failures,
+        }
+    }
+
+    /// The KeyService interceptor.
+    pub fn verifier(&self) -> VerifierAuth {
+        VerifierAuth(self.clone())
+    }
+
+    /// The AdminService interceptor.
+    pub fn admin(&self) -> AdminAuth {
+        AdminAuth(self.clone())
+    }
+
+    /// The caller presenting the request's token, `None` without one; a failure is reported.
+    fn caller(&self, service: Service, request: &Request<()>) -> Result<Option<Principal>, Status> {
+        // Most KeyService calls carry no token: they cost no clock read.
+        let Some(authorization) = request.metadata().get("authorization") else {
+            return Ok(None);
+        };
+        self.registry
+            .caller(Some(authorization.as_bytes()), self.clock.now())
+            .map_err(|err| self.refuse(service, err, request))
+    }
+
+    fn refuse(&self, service: Service, err: AuthError, request: &Request<()>) -> Status {
+        self.failures.failed(service, err.kind(), client(request));
+        Error::from(err).into()
     }
 }
 
+fn client<T>(request: &Request<T>) -> Option<IpAddr> {
+    request.remote_addr().map(|addr| addr.ip())
+}
+
+/// Attaches the caller to KeyService requests that present a token; requests without one
+/// pass anonymously (tenants that require a token are checked per call).
+#[derive(Clone)]
+pub struct VerifierAuth(Authenticator);
+
 impl Interceptor for VerifierAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(caller) = caller(&self.registry, self.clock.as_ref(), &request)? {
+        if let Some(caller) = self.0.caller(Service::Key, &request)? {
             request.extensions_mut().insert(caller);
         }
         Ok(request)
     }
 }
 
-/// Requires an admin token on AdminService requests and attaches its holder.
+/// Requires an admin token on AdminService requests and attaches its holder. A client
+/// address that failed too often is refused before its token is looked at.
 #[derive(Clone)]
-pub struct AdminAuth {
-    verifier: VerifierAuth,
-}
-
-impl AdminAuth {
-    /// Checks tokens against `registry` at `clock`'s time.
-    pub fn new(registry: Arc<AccessRegistry>, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            verifier: VerifierAuth::new(registry, clock),
-        }
-    }
-}
+pub struct AdminAuth(Authenticator);
 
 impl Interceptor for AdminAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let request = self.verifier.call(request)?;
-        match request.extensions().get::<Principal>() {
-            None => Err(Error::from(AuthError::Missing).into()),
-            Some(caller) if !caller.is_admin() => Err(Error::PermissionDenied(
-                "verifier tokens cannot call AdminService; use an admin token".into(),
-            )
-            .into()),
-            Some(_) => Ok(request),
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let auth = &self.0;
+        auth.failures
+            .admit(Service::Admin, client(&request))
+            .map_err(Error::TooManyAuthFailures)?;
+        match auth.caller(Service::Admin, &request)? {
+            None => Err(auth.refuse(Service::Admin, AuthError::Missing, &request)),
+            Some(caller) if !caller.is_admin() => {
+                auth.failures
+                    .failed(Service::Admin, "verifier_token", client(&request));
+                Err(Error::PermissionDenied(
+                    "verifier tokens cannot call AdminService; use an admin token".into(),
+                )
+                .into())
+            }
+            Some(caller) => {
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
         }
     }
-}
-
-fn caller(
-    registry: &AccessRegistry,
-    clock: &dyn Clock,
-    request: &Request<()>,
-) -> Result<Option<Principal>, Status> {
-    // Most KeyService calls carry no token: they cost no clock read.
-    let Some(authorization) = request.metadata().get("authorization") else {
-        return Ok(None);
-    };
-    registry
-        .caller(Some(authorization.as_bytes()), clock.now())
-        .map_err(|err| Error::from(err).into())
 }
 
 /// The caller an interceptor attached to `request`.
@@ -85,32 +116,114 @@ pub fn caller_of<T>(request: &Request<T>) -> Option<&Principal> {
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
+    use std::{net::SocketAddr, num::NonZeroU32};
+
+    use tonic::{Code, transport::server::TcpConnectInfo};
 
     use super::*;
-    use crate::{access::AccessState, admin_token::AdminToken, clock::SystemClock};
+    use crate::{
+        access::AccessState, admin_token::AdminToken, cache::KeyCache, clock::SystemClock,
+        metrics::Metrics,
+    };
 
-    fn admin_call(header: Option<&str>) -> Result<Principal, Code> {
-        let mut request = Request::new(());
-        if let Some(value) = header {
-            request
-                .metadata_mut()
-                .insert("authorization", value.parse().unwrap());
+    struct Admin {
+        auth: AdminAuth,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Admin {
+        /// AdminAuth for the server token `t0ken`, allowing one failure per second per client.
+        fn new() -> Self {
+            let registry =
+                AccessRegistry::new(AdminToken::new("t0ken").unwrap(), AccessState::default());
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let metrics =
+                crate::metrics::for_tests(Arc::new(KeyCache::with_records([])), Arc::clone(&clock));
+            let failures = AuthFailures::new(Arc::clone(&metrics), NonZeroU32::MIN);
+            let auth = Authenticator::new(Arc::new(registry), clock, Arc::new(failures)).admin();
+            Self { auth, metrics }
         }
-        let registry =
-            AccessRegistry::new(AdminToken::new("t0ken").unwrap(), AccessState::default());
-        let mut auth = AdminAuth::new(Arc::new(registry), Arc::new(SystemClock));
-        auth.call(request)
-            .map(|request| caller_of(&request).cloned().unwrap())
-            .map_err(|status| status.code())
+
+        fn call(&mut self, header: Option<&str>, from: &str) -> Result<Principal, Code> {
+            let mut request = Request::new(());
+            if let Some(value) = header {
+                request
+                    .metadata_mut()
+                    .insert("authorization", value.parse().unwrap());
+            }
+            request.extensions_mut().insert(TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(SocketAddr::new(from.parse().unwrap(), 40000)),
+            });
+            self.auth
+                .call(request)
+                .map(|request| caller_of(&request).cloned().unwrap())
+                .map_err(|status| status.code())
+        }
+
+        fn failures(&self, reason: &str) -> String {
+            let text = self.metrics.render().unwrap();
+            let sample =
+                format!("keyrelay_auth_failures_total{{service=\"admin\",reason=\"{reason}\"}} ");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&sample))
+                .unwrap_or("0")
+                .to_owned()
+        }
     }
 
     #[test]
     fn admin_calls_need_the_right_bearer_token() {
-        assert_eq!(admin_call(Some("Bearer t0ken")), Ok(Principal::ServerAdmin));
-        assert_eq!(admin_call(None), Err(Code::Unauthenticated));
-        assert_eq!(admin_call(Some("Bearer wrong")), Err(Code::Unauthenticated));
-        assert_eq!(admin_call(Some("Basic t0ken")), Err(Code::Unauthenticated));
-        assert_eq!(admin_call(Some("t0ken")), Err(Code::Unauthenticated));
+        let cases = [
+            (Some("Bearer t0ken"), Ok(Principal::ServerAdmin)),
+            (None, Err(Code::Unauthenticated)),
+            (Some("Bearer wrong"), Err(Code::Unauthenticated)),
+            (Some("Basic t0ken"), Err(Code::Unauthenticated)),
+            (Some("t0ken"), Err(Code::Unauthenticated)),
+        ];
+        for (client, (header, expected)) in cases.into_iter().enumerate() {
+            let mut admin = Admin::new();
+            assert_eq!(
+                admin.call(header, &format!("127.0.0.{}", client + 2)),
+                expected
+            );
+        }
+    }
+
+    #[test]
+    fn failed_admin_authentications_are_counted_by_reason_and_limited_per_client() {
+        let mut admin = Admin::new();
+        assert_eq!(admin.call(None, "127.0.0.2"), Err(Code::Unauthenticated));
+        assert_eq!(
+            admin.call(Some("Bearer wrong"), "127.0.0.2"),
+            Err(Code::Unauthenticated)
+        );
+        assert_eq!(
+            admin.call(Some("Bearer t0ken"), "127.0.0.2"),
+            Ok(Principal::ServerAdmin),
+            "the burst is not used up yet"
+        );
+        assert_eq!(
+            admin.call(Some("Basic x"), "127.0.0.2"),
+            Err(Code::Unauthenticated)
+        );
+        assert_eq!(
+            admin.call(Some("Bearer t0ken"), "127.0.0.2"),
+            Err(Code::ResourceExhausted),
+            "past the limit, even a valid token waits"
+        );
+        assert_eq!(
+            admin.call(Some("Bearer t0ken"), "127.0.0.3"),
+            Ok(Principal::ServerAdmin),
+            "other clients are not affected"
+        );
+        for (reason, count) in [
+            ("missing", "1"),
+            ("rejected", "1"),
+            ("malformed", "1"),
+            ("rate_limited", "1"),
+        ] {
+            assert_eq!(admin.failures(reason), count, "{reason}");
+        }
     }
 }

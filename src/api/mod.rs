@@ -8,7 +8,7 @@ mod observe;
 mod watch_access;
 
 pub use admin_service::AdminApi;
-pub use auth::{AdminAuth, VerifierAuth};
+pub use auth::{AdminAuth, Authenticator, VerifierAuth};
 pub use key_service::KeyApi;
 pub use observe::{ObserveLayer, code_name};
 

@@ -153,11 +153,14 @@ impl ChangeFeed {
     /// Loads the current row of `key` into the cache; if it is gone, the removal applies at
     /// `seq` (a later state, if any, has a higher sequence and still wins).
     async fn load(&self, key: &ProviderKey, seq: u64) -> Result<(), StoreError> {
-        match self.parts.store.get(key).await? {
-            Some(record) => {
+        match self.parts.store.get(key).await {
+            Ok(Some(record)) => {
                 self.parts.cache.apply(record);
             }
-            None => self.parts.cache.apply_removal(key, seq),
+            Ok(None) => self.parts.cache.apply_removal(key, seq),
+            // Reported by the store; this replica keeps what it holds for that provider.
+            Err(StoreError::Corrupt { .. }) => {}
+            Err(err) => return Err(err),
         }
         Ok(())
     }

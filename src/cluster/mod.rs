@@ -188,10 +188,12 @@ pub struct ClusterStatus {
     pub replica_id: String,
     /// `postgres` or `sqlite`.
     pub store: &'static str,
-    /// The refresh lease; `None` when no replica has ever held it.
+    /// The refresh lease; `None` when no replica has ever held it, and on a single node.
     pub lease: Option<LeaseInfo>,
     /// Replicas that sent a heartbeat recently.
     pub replicas: Vec<ReplicaInfo>,
+    /// The embedded store's one replica, which leads without a lease.
+    pub single_node: bool,
 }
 
 /// This replica's place in the fleet.
@@ -290,10 +292,10 @@ impl Cluster {
         }
     }
 
-    /// The lease and the live replicas.
-    pub async fn status(&self) -> Result<ClusterStatus, StoreError> {
+    /// The lease and the live replicas; a single node reports its heartbeat at `now`.
+    pub async fn status(&self, now: DateTime<Utc>) -> Result<ClusterStatus, StoreError> {
         let Some(pool) = &self.postgres else {
-            return Ok(self.single_node_status());
+            return Ok(self.single_node_status(now));
         };
         let lease = sqlx::query_as::<_, (String, i64, DateTime<Utc>)>(
             "SELECT holder, term, expires_at FROM leases WHERE shard = $1",
@@ -327,24 +329,22 @@ impl Cluster {
             store: "postgres",
             lease,
             replicas,
+            single_node: false,
         })
     }
 
-    fn single_node_status(&self) -> ClusterStatus {
+    fn single_node_status(&self, now: DateTime<Utc>) -> ClusterStatus {
         ClusterStatus {
             replica_id: self.replica_id.clone(),
             store: "sqlite",
-            lease: Some(LeaseInfo {
-                holder: self.replica_id.clone(),
-                term: 0,
-                expires_at: DateTime::<Utc>::MAX_UTC,
-            }),
+            lease: None,
             replicas: vec![ReplicaInfo {
                 id: self.replica_id.clone(),
                 address: self.address.clone(),
                 started_at: self.started_at,
-                heartbeat_at: Utc::now(),
+                heartbeat_at: now,
             }],
+            single_node: true,
         }
     }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Encode, Type, query::Query};
 
-use super::StoreError;
+use super::{RowPart, StoreError, UnreadableRows};
 use crate::{
     access::{
         AccessState, Action, AuditEvent, AuditRecord, Origin, Role, SecretDigest, TenantAccess,
@@ -199,15 +199,45 @@ where
         .bind(event.origin.client.as_deref())
 }
 
-/// The protected tenants read by `SELECT_PROTECTED_TENANTS`, checked.
-pub(super) fn protected_tenants(names: Vec<String>) -> Result<Vec<TenantId>, StoreError> {
+/// The protected tenants read by `SELECT_PROTECTED_TENANTS`, checked. A name that is no
+/// tenant protects no tenant that can be asked for: it is reported and left out.
+pub(super) fn protected_tenants(names: Vec<String>, unreadable: &UnreadableRows) -> Vec<TenantId> {
     names
         .into_iter()
-        .map(|name| {
-            TenantId::parse("tenant", &name).map_err(|_| StoreError::Corrupt {
-                key: format!("tenant access {name}"),
-                reason: "malformed tenant".to_owned(),
-            })
+        .filter_map(|name| {
+            TenantId::parse("tenant", &name)
+                .inspect_err(|err| {
+                    let key = format!("tenant access {name}");
+                    unreadable.report(&key, RowPart::TenantAccess, &err.to_string());
+                })
+                .ok()
+        })
+        .collect()
+}
+
+/// The access tokens of `rows`; a row that cannot be read is reported and left out, so that
+/// token is refused until it is revoked or the row repaired.
+pub(super) fn active_tokens<R>(rows: &[R], unreadable: &UnreadableRows) -> Vec<TokenRecord>
+where
+    R: sqlx::Row,
+    for<'r> TokenRow: sqlx::FromRow<'r, R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let read = |row: &R| -> Result<TokenRecord, (String, String)> {
+        let id = || row.try_get::<String, _>("id").unwrap_or_default();
+        let decoded =
+            <TokenRow as sqlx::FromRow<R>>::from_row(row).map_err(|err| (id(), err.to_string()))?;
+        decoded.into_record().map_err(|err| (id(), err.to_string()))
+    };
+    rows.iter()
+        .filter_map(|row| {
+            read(row)
+                .inspect_err(|(id, reason)| {
+                    let key = format!("access token {id}");
+                    unreadable.report(&key, RowPart::AccessToken, reason);
+                })
+                .ok()
         })
         .collect()
 }
@@ -245,7 +275,7 @@ macro_rules! impl_access_store {
                         AccessStore, AuditQuery, AuditRow, INSERT_TOKEN, REVOKE_TOKEN,
                         SELECT_ACTIVE_TOKENS, SELECT_AUDIT, SELECT_PROTECTED_TENANTS,
                         SELECT_TENANT_ACCESS, SELECT_TOKENS, TokenRow, UPSERT_TENANT_ACCESS,
-                        protected_tenants, tenant_access, tenant_event, token_event,
+                        active_tokens, protected_tenants, tenant_access, tenant_event, token_event,
                     },
                 },
             };
@@ -254,7 +284,7 @@ macro_rules! impl_access_store {
             impl AccessStore for $store {
                 async fn load_access(&self) -> Result<AccessState, StoreError> {
                     let mut tx = self.pool().begin().await?;
-                    let rows: Vec<TokenRow> = sqlx::query_as(SELECT_ACTIVE_TOKENS)
+                    let rows = sqlx::query(SELECT_ACTIVE_TOKENS)
                         .fetch_all(&mut *tx)
                         .await?;
                     let tenants: Vec<String> = sqlx::query_scalar(SELECT_PROTECTED_TENANTS)
@@ -262,11 +292,8 @@ macro_rules! impl_access_store {
                         .await?;
                     tx.commit().await?;
                     Ok(AccessState {
-                        tokens: rows
-                            .into_iter()
-                            .map(TokenRow::into_record)
-                            .collect::<Result<_, _>>()?,
-                        protected_tenants: protected_tenants(tenants)?,
+                        tokens: active_tokens(&rows, self.unreadable()),
+                        protected_tenants: protected_tenants(tenants, self.unreadable()),
                     })
                 }
 

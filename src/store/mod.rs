@@ -10,6 +10,7 @@ mod postgres_access;
 mod row;
 mod sqlite;
 mod sqlite_access;
+mod unreadable;
 
 use std::{path::Path, time::Duration};
 
@@ -31,7 +32,9 @@ use crate::{
 pub use access::{AccessStore, AuditQuery};
 pub use postgres::{CHANGES_CHANNEL, Change, PostgresStore};
 pub use postgres_access::ACCESS_CHANNEL;
+pub use row::{RefreshColumns, RegistrationColumns, StoredRow, UndecodedRefresh};
 pub use sqlite::SqliteStore;
+pub use unreadable::{RowPart, UnreadableRows};
 
 /// File name of the embedded database inside the data directory.
 pub const SQLITE_FILE: &str = "keyrelay.db";
@@ -109,10 +112,12 @@ pub struct Fence {
 /// Durable storage of provider records, and of access control (`AccessStore`).
 #[async_trait]
 pub trait Store: AccessStore + Send + Sync + 'static {
-    /// Every stored record, in (tenant, provider) order.
+    /// Every stored record, in (tenant, provider) order. A row that cannot be read whole is
+    /// reported and affects its own provider only (see `row`): left out when its
+    /// registration is unreadable, quarantined when its key set is.
     async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError>;
 
-    /// One stored record.
+    /// One stored record; `StoreError::Corrupt` when its registration is unreadable.
     async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError>;
 
     /// Creates or updates a registration under a new `revision`. An update keeps the key set;
@@ -163,6 +168,8 @@ pub struct Opened {
     pub store: Arc<dyn Store>,
     /// The pool, on Postgres.
     pub postgres: Option<PgPool>,
+    /// The unreadable rows the store has met.
+    pub unreadable: Arc<UnreadableRows>,
 }
 
 /// Opens the store named by `database_url` (Postgres), or the embedded SQLite file in
@@ -193,9 +200,11 @@ pub async fn open(
             if !skip_migrations {
                 sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             }
+            let unreadable = Arc::default();
             Ok(Opened {
-                store: Arc::new(PostgresStore::new(pool.clone())),
+                store: Arc::new(PostgresStore::new(pool.clone(), Arc::clone(&unreadable))),
                 postgres: Some(pool),
+                unreadable,
             })
         }
         Some(url) => Err(StoreError::UnsupportedUrl(
@@ -221,9 +230,11 @@ async fn open_sqlite(
     if !skip_migrations {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     }
+    let unreadable = Arc::default();
     Ok(Opened {
-        store: Arc::new(SqliteStore::new(pool)),
+        store: Arc::new(SqliteStore::new(pool, Arc::clone(&unreadable))),
         postgres: None,
+        unreadable,
     })
 }
 
@@ -239,4 +250,30 @@ fn policy_json(registration: &NewRegistration) -> Result<String, StoreError> {
 
 fn sequence(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
+}
+
+/// The record decoded from `row`, when it was found.
+fn decoded<R>(
+    key: &ProviderKey,
+    row: Option<R>,
+    unreadable: &UnreadableRows,
+) -> Result<Option<ProviderRecord>, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> RegistrationColumns: sqlx::FromRow<'r, R>,
+    for<'r> RefreshColumns: sqlx::FromRow<'r, R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+{
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    match row::decode_rows(std::slice::from_ref(&row), unreadable).pop() {
+        Some(record) => Ok(Some(record)),
+        None => Err(StoreError::Corrupt {
+            key: key.to_string(),
+            reason: "its registration is unreadable (see the error logged for it)".into(),
+        }),
+    }
 }

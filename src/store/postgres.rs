@@ -3,15 +3,17 @@
 //! is commit order for one provider) and announces itself with NOTIFY in the same
 //! transaction, delivered on commit. Refresh writes are fenced by the leader's lease.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::{
-    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError,
+    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError, UnreadableRows,
     access::{self, registration_json},
-    policy_json,
-    row::{ProviderRow, RefreshColumns},
+    decoded, policy_json,
+    row::{RefreshColumns, decode_rows},
     sequence,
 };
 use crate::{
@@ -58,7 +60,7 @@ macro_rules! save_refresh {
             "UPDATE providers SET
                 version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
                 fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
-                consecutive_failures = $13, next_refresh_at = $14,
+                consecutive_failures = $13, next_refresh_at = $14, skipped_keys = $15,
                 change_seq = nextval('provider_change_seq')
             WHERE tenant = $1 AND provider = $2 AND revision = $3",
             $fence,
@@ -73,7 +75,7 @@ const SAVE_REFRESH: &str = save_refresh!("");
 /// clock): a deposed leader that wakes up late writes nothing.
 const SAVE_REFRESH_FENCED: &str = save_refresh!(
     " AND EXISTS (SELECT 1 FROM leases
-                  WHERE shard = $15 AND holder = $16 AND term = $17 AND expires_at > now())"
+                  WHERE shard = $16 AND holder = $17 AND term = $18 AND expires_at > now())"
 );
 
 /// What a notification on `keyrelay_changes` says: a provider changed or was removed, at a
@@ -118,17 +120,23 @@ impl Change {
 /// The fleet store.
 pub struct PostgresStore {
     pool: PgPool,
+    unreadable: Arc<UnreadableRows>,
 }
 
 impl PostgresStore {
-    /// A store over a migrated pool.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store over a migrated pool, reporting unreadable rows to `unreadable`.
+    pub fn new(pool: PgPool, unreadable: Arc<UnreadableRows>) -> Self {
+        Self { pool, unreadable }
     }
 
     /// The connection pool.
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Where unreadable rows are reported.
+    pub(super) fn unreadable(&self) -> &UnreadableRows {
+        &self.unreadable
     }
 }
 
@@ -165,17 +173,17 @@ async fn notify(tx: &mut Transaction<'static, Postgres>, change: Change) -> Resu
 #[async_trait]
 impl Store for PostgresStore {
     async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
-        let rows: Vec<ProviderRow> = sqlx::query_as(SELECT_ALL).fetch_all(&self.pool).await?;
-        rows.into_iter().map(ProviderRow::into_record).collect()
+        let rows = sqlx::query(SELECT_ALL).fetch_all(&self.pool).await?;
+        Ok(decode_rows(&rows, &self.unreadable))
     }
 
     async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError> {
-        let row: Option<ProviderRow> = sqlx::query_as(SELECT_ONE)
+        let row = sqlx::query(SELECT_ONE)
             .bind(key.tenant.as_str())
             .bind(key.provider.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(ProviderRow::into_record).transpose()
+        decoded(key, row, &self.unreadable)
     }
 
     async fn register(
@@ -213,12 +221,15 @@ impl Store for PostgresStore {
             }
             bind(UPDATE_REGISTRATION).execute(&mut *tx).await?;
         }
-        let row: ProviderRow = sqlx::query_as(SELECT_ONE)
+        let row = sqlx::query(SELECT_ONE)
             .bind(key.tenant.as_str())
             .bind(key.provider.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-        let record = row.into_record()?;
+        let record = decoded(key, row, &self.unreadable)?.ok_or_else(|| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: "the row just written is gone".into(),
+        })?;
         let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
         event.before = before;
         event.after = Some(registration_json(registration.url.as_str(), &policy));

@@ -1,15 +1,17 @@
 //! The embedded single-node store. Every write transaction starts by taking the next change
 //! sequence from a counter row, which also serialises writers: sequence order is commit order.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::{
-    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError,
+    Fence, NewRegistration, Registered, SELECT_ALL, SELECT_ONE, Store, StoreError, UnreadableRows,
     access::{self, registration_json},
-    policy_json,
-    row::{ProviderRow, RefreshColumns},
+    decoded, policy_json,
+    row::{RefreshColumns, decode_rows},
     sequence,
 };
 use crate::{
@@ -49,24 +51,30 @@ const SAVE_REFRESH: &str = "\
 UPDATE providers SET
     version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
     fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
-    consecutive_failures = $13, next_refresh_at = $14, change_seq = $15
+    consecutive_failures = $13, next_refresh_at = $14, skipped_keys = $15, change_seq = $16
 WHERE tenant = $1 AND provider = $2 AND revision = $3
 RETURNING change_seq";
 
 /// The single-node store.
 pub struct SqliteStore {
     pool: SqlitePool,
+    unreadable: Arc<UnreadableRows>,
 }
 
 impl SqliteStore {
-    /// A store over a migrated pool.
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// A store over a migrated pool, reporting unreadable rows to `unreadable`.
+    pub fn new(pool: SqlitePool, unreadable: Arc<UnreadableRows>) -> Self {
+        Self { pool, unreadable }
     }
 
     /// The connection pool.
     pub(super) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Where unreadable rows are reported.
+    pub(super) fn unreadable(&self) -> &UnreadableRows {
+        &self.unreadable
     }
 }
 
@@ -88,17 +96,17 @@ pub(super) async fn insert_audit(
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
-        let rows: Vec<ProviderRow> = sqlx::query_as(SELECT_ALL).fetch_all(&self.pool).await?;
-        rows.into_iter().map(ProviderRow::into_record).collect()
+        let rows = sqlx::query(SELECT_ALL).fetch_all(&self.pool).await?;
+        Ok(decode_rows(&rows, &self.unreadable))
     }
 
     async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError> {
-        let row: Option<ProviderRow> = sqlx::query_as(SELECT_ONE)
+        let row = sqlx::query(SELECT_ONE)
             .bind(key.tenant.as_str())
             .bind(key.provider.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(ProviderRow::into_record).transpose()
+        decoded(key, row, &self.unreadable)
     }
 
     async fn register(
@@ -137,20 +145,21 @@ impl Store for SqliteStore {
         if !created {
             bind(UPDATE_REGISTRATION).execute(&mut *tx).await?;
         }
-        let row: ProviderRow = sqlx::query_as(SELECT_ONE)
+        let row = sqlx::query(SELECT_ONE)
             .bind(key.tenant.as_str())
             .bind(key.provider.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
+        let record = decoded(key, row, &self.unreadable)?.ok_or_else(|| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: "the row just written is gone".into(),
+        })?;
         let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
         event.before = before.map(|(url, policy)| registration_json(&url, &policy));
         event.after = Some(registration_json(registration.url.as_str(), &policy));
         insert_audit(&mut tx, &event).await?;
         tx.commit().await?;
-        Ok(Registered {
-            record: row.into_record()?,
-            created,
-        })
+        Ok(Registered { record, created })
     }
 
     async fn unregister(

@@ -196,6 +196,7 @@ mod tests {
             ),
             fetched_at: now,
             fresh_until: now + Duration::seconds(600),
+            skipped: Arc::from([]),
         });
         record
     }
@@ -212,17 +213,7 @@ mod tests {
         shutdown: CancellationToken,
     ) -> Arc<WatchHub> {
         let clock: Arc<dyn Clock> = Arc::new(clock.clone());
-        let cluster = Arc::new(crate::cluster::Cluster::single_node(
-            "test".into(),
-            "test".into(),
-            clock.now(),
-        ));
-        let metrics = crate::metrics::Metrics::new(
-            cluster,
-            Arc::clone(cache),
-            Arc::clone(&clock),
-            documented_defaults(),
-        );
+        let metrics = crate::metrics::for_tests(Arc::clone(cache), Arc::clone(&clock));
         WatchHub::new(
             Arc::clone(cache),
             clock,

@@ -33,7 +33,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
 const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// One `keyrelay serve` process.
-struct Replica {
+pub(crate) struct Replica {
     child: Child,
     id: String,
     endpoint: String,
@@ -57,7 +57,7 @@ fn free_port() -> u16 {
 }
 
 impl Replica {
-    async fn start(id: &str, database_url: &str, extra: &[&str]) -> Self {
+    pub(crate) async fn start(id: &str, database_url: &str, extra: &[&str]) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
         let data_dir = std::env::temp_dir().join(format!("keyrelay-fleet-{id}"));
         let mut child = Command::new(BINARY)
@@ -114,18 +114,26 @@ impl Replica {
         replica
     }
 
+    /// The lines logged so far that contain `needle`.
+    pub(crate) fn logged(&self, needle: &str) -> Vec<String> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .filter(|line| line.contains(needle))
+            .cloned()
+            .collect()
+    }
+
     /// Waits until the replica has logged a line containing `needle`.
-    async fn wait_for_log(&self, needle: &str) {
+    pub(crate) async fn wait_for_log(&self, needle: &str) {
+        self.wait_for_logs(needle, 1).await;
+    }
+
+    /// Waits until the replica has logged `count` lines containing `needle`.
+    pub(crate) async fn wait_for_logs(&self, needle: &str, count: usize) {
         let mut lines = self.lines.clone();
         let found = tokio::time::timeout(Duration::from_secs(15), async {
             loop {
-                if self
-                    .logs
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|line| line.contains(needle))
-                {
+                if self.logged(needle).len() >= count {
                     return;
                 }
                 if lines.changed().await.is_err() {
@@ -163,7 +171,7 @@ impl Replica {
         self.admin_with(ADMIN_TOKEN).await
     }
 
-    async fn admin_with(&self, token: &str) -> AdminClient {
+    pub(crate) async fn admin_with(&self, token: &str) -> AdminClient {
         pb::admin_service_client::AdminServiceClient::with_interceptor(
             self.channel().await,
             Bearer::for_token(token),

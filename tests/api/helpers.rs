@@ -110,6 +110,49 @@ impl Storage {
         }
     }
 
+    /// Overwrites `column` of `provider`'s row (tenant acme) with `value`, behind the
+    /// server's back, as a disk fault or a manual edit would.
+    pub async fn corrupt(&self, provider: &str, column: &str, value: &str) {
+        let sql =
+            format!("UPDATE providers SET {column} = $1 WHERE tenant = 'acme' AND provider = $2");
+        let binary = column == "jwks_json";
+        assert_eq!(
+            self.execute(&sql, value, binary, provider).await,
+            1,
+            "one row corrupted"
+        );
+    }
+
+    /// Runs `sql` on the store's database behind the server's back, with `$1` bound to
+    /// `value` (as bytes when `binary`) and `$2` to `key`; returns the rows affected.
+    pub async fn execute(&self, sql: &str, value: &str, binary: bool, key: &str) -> u64 {
+        macro_rules! run {
+            ($conn:expr) => {{
+                let query = sqlx::query(AssertSqlSafe(sql.to_owned()));
+                let query = if binary {
+                    query.bind(value.as_bytes())
+                } else {
+                    query.bind(value)
+                };
+                let done = query.bind(key).execute(&mut $conn).await;
+                done.expect("statement behind the server's back")
+                    .rows_affected()
+            }};
+        }
+        match &self.database {
+            Some(database) => {
+                let mut conn = PgConnection::connect(&database.url).await.expect("connect");
+                run!(conn)
+            }
+            None => {
+                let file = self.data_dir.path().join(keyrelay::store::SQLITE_FILE);
+                let url = format!("sqlite://{}", file.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open");
+                run!(conn)
+            }
+        }
+    }
+
     fn share(&self) -> Self {
         Self {
             backend: self.backend,
@@ -414,6 +457,16 @@ impl TestApp {
             .expect("HTTP listener answers");
         let status = response.status().as_u16();
         (status, response.text().await.expect("HTTP body"))
+    }
+
+    /// The value of one sample of `/metrics`, named with its labels exactly as exported
+    /// (`keyrelay_leader`, `keyrelay_providers{state="ready"}`); 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (status, text) = self.http_get("/metrics").await;
+        assert_eq!(status, 200, "/metrics answers");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a numeric sample"))
     }
 
     /// Moves the server's clock forward.

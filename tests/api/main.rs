@@ -3,6 +3,7 @@
 
 mod access;
 mod admin;
+mod auth_failures;
 mod cli;
 mod egress;
 mod failures;
@@ -12,13 +13,16 @@ mod mock_idp;
 mod observability;
 mod pki;
 mod python;
+mod quarantine;
 mod resolve;
 mod restart;
 mod revalidation;
 mod server;
 mod signing;
 mod store;
+mod timestamps;
 mod tls;
+mod unknown_keys;
 mod upstream_tls;
 mod verifiers;
 mod watch;

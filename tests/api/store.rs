@@ -8,7 +8,7 @@ use keyrelay::{
     access::Origin,
     domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey},
     fetch::Validators,
-    jwks::KeySetDocument,
+    jwks::{KeySetDocument, SkipReason, SkippedKey},
     provider::{CurrentKeys, ProviderRecord, RefreshStatus},
     store::{self, NewRegistration, Store},
 };
@@ -101,6 +101,10 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
             document: Arc::new(KeySetDocument::parse(body.as_bytes()).unwrap().document),
             fetched_at: now,
             fresh_until: now + Duration::seconds(600),
+            skipped: Arc::from([SkippedKey {
+                kid: Some("pq".into()),
+                reason: SkipReason::UnsupportedKeyType("AKP".into()),
+            }]),
         }),
         validators: Validators {
             etag: Some("\"v\"".into()),
@@ -108,6 +112,7 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
             cache_policy: Some(http_cache_semantics::CachePolicy::new(&request, &response)),
         },
         pending_replacement: None,
+        dropped_version: 0,
         status: RefreshStatus {
             last_attempt_at: Some(now),
             last_error: Some("previous failure text".into()),
