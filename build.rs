@@ -2,7 +2,7 @@
 //! generates the code in two passes:
 //! - messages and clients of `keyrelay.v1`, the types everyone uses;
 //! - the servers, generated apart so that WatchKeys events and Resolve answers are sent as
-//!   bytes encoded once per change and shared by every caller (`crate::watch::EncodedEvent`),
+//!   bytes encoded once per change and shared by every caller (`crate::api::watch::EncodedEvent`),
 //!   through a codec with small per-stream buffers (`crate::proto::LeanCodec`).
 
 use std::{env, fs, path::PathBuf};
@@ -43,9 +43,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".keyrelay.v1", "crate::proto::v1")
         .extern_path(
             ".keyrelay.v1.WatchKeysResponse",
-            "crate::watch::EncodedEvent",
+            "crate::api::watch::EncodedEvent",
         )
-        .extern_path(".keyrelay.v1.ResolveResponse", "crate::watch::EncodedEvent")
+        .extern_path(
+            ".keyrelay.v1.ResolveResponse",
+            "crate::api::watch::EncodedEvent",
+        )
         .compile_fds(services_only)?;
     Ok(())
 }

@@ -22,10 +22,10 @@ use std::{
 use axum::{Router, routing::get};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use keyrelay::{
+    api::watch::EncodedEvent,
     proto::v1::{
         self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
     },
-    watch::EncodedEvent,
 };
 use prost::Message;
 use tonic::{Request, Response, Status, transport::Channel};

@@ -7,7 +7,9 @@ it would fail `docker build`.
 
 The build runs in the debug profile with the repository's target directory, so the test
 command reuses the dependencies it builds anyway: the profile changes code generation, not
-what the context must contain.
+what the context must contain. The workspace's own packages get a profile override of their
+own (no debug info), which gives their units a different identity: cargo never mistakes the
+copy's build for the repository's, nor the other way round.
 
 Usage: python scripts/docker_context.py [--dockerfile Dockerfile] [--stage build]
 """
@@ -26,6 +28,7 @@ from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE_PACKAGES = ("keyrelay", "keyrelay-verifier")
 
 
 class ContextError(Exception):
@@ -101,7 +104,11 @@ def cargo_build(value: str) -> list[str]:
         if words[:2] == ["cargo", "build"]:
             if "--locked" not in words:
                 raise ContextError(f"RUN {command.strip()}: cargo build must use --locked")
-            return [w for w in words if w != "--release"]
+            own_units = [
+                f"--config=profile.dev.package.{package}.debug=false"
+                for package in WORKSPACE_PACKAGES
+            ]
+            return [w for w in words if w != "--release"] + own_units
     raise ContextError("the stage has no RUN with cargo build")
 
 

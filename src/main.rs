@@ -4,11 +4,11 @@ use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use keyrelay::{
+    cli::client,
     cli::{Cli, Command},
-    client,
     clock::SystemClock,
-    startup::Application,
-    telemetry,
+    observability::telemetry,
+    server::Application,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +78,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: keyrelay::config::ServeConfig) -> anyhow::Result<()> {
+async fn serve(config: keyrelay::server::config::ServeConfig) -> anyhow::Result<()> {
     let telemetry = telemetry::init(config.log_format);
     let served = async {
         let app = Application::build(config, Arc::new(SystemClock)).await?;

@@ -6,13 +6,13 @@
 
 use keyrelay::{
     access::{AccessRegistry, AccessState, Principal, TokenId},
-    admin_token::AdminToken,
-    cache::KeyCache,
+    access::admin_token::AdminToken,
+    state::cache::KeyCache,
     clock::{Clock, SystemClock},
-    convert,
+    api::convert,
     domain::{EgressRules, Kid, ProviderKey},
     proto::v1 as pb,
-    watch::{WatchRequest, limits},
+    api::watch::{WatchRequest, limits},
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

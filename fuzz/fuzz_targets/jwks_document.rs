@@ -3,7 +3,7 @@
 //! point) and never carries a private or symmetric key member.
 #![no_main]
 
-use keyrelay::jwks::KeySetDocument;
+use keyrelay::domain::key_set::KeySetDocument;
 use libfuzzer_sys::fuzz_target;
 
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];

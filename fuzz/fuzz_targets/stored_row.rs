@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use keyrelay::{
-    jwks::KeySetDocument,
+    domain::key_set::KeySetDocument,
     store::{RefreshColumns, RegistrationColumns, StoredRow, UnreadableRows},
 };
 use libfuzzer_sys::{arbitrary::Unstructured, fuzz_target};

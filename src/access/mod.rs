@@ -3,16 +3,13 @@
 //! registry every call is checked against, and failed authentications (counted, logged,
 //! limited).
 
+pub mod admin_token;
 mod audit;
-mod control;
-mod failures;
 mod principal;
 mod registry;
 mod token;
 
 pub use audit::{Action, AuditEvent, AuditRecord, Origin};
-pub use control::{AccessControl, TokenRequest, ensure_administers, visible_filter};
-pub use failures::{AuthFailures, Service};
 pub use principal::Principal;
 pub use registry::{AccessChange, AccessRegistry, AccessState, AuthError, TenantAccess};
 pub use token::{

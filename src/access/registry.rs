@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{Principal, TokenId, TokenRecord, split_bearer};
-use crate::{admin_token::AdminToken, domain::TenantId};
+use crate::{access::admin_token::AdminToken, domain::TenantId};
 
 /// One tenant's access settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

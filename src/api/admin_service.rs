@@ -8,13 +8,14 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    access::{AccessControl, Origin, Principal, TokenId, ensure_administers, visible_filter},
+    access::{Origin, Principal, TokenId},
+    api::convert,
     cluster::Cluster,
-    convert,
+    core::access::{AccessControl, ensure_administers, visible_filter},
+    core::error::Error,
+    core::providers::Relay,
     domain::{EgressRules, ProviderKey, TenantId, ValidationError},
-    error::Error,
     proto::{server::admin_service_server::AdminService, v1 as pb},
-    relay::Relay,
 };
 
 const DEFAULT_PAGE_SIZE: usize = 100;

@@ -6,9 +6,10 @@ use std::{net::IpAddr, sync::Arc};
 use tonic::{Request, Status, service::Interceptor};
 
 use crate::{
-    access::{AccessRegistry, AuthError, AuthFailures, Principal, Service},
+    access::{AccessRegistry, AuthError, Principal},
+    api::auth_failures::{AuthFailures, Service},
     clock::Clock,
-    error::Error,
+    core::error::Error,
 };
 
 /// Checks callers' tokens against the access registry at the service's time, reporting
@@ -122,8 +123,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        access::AccessState, admin_token::AdminToken, cache::KeyCache, clock::SystemClock,
-        metrics::Metrics,
+        access::AccessState, access::admin_token::AdminToken, clock::SystemClock,
+        observability::metrics::Metrics, state::cache::KeyCache,
     };
 
     struct Admin {
@@ -137,8 +138,10 @@ mod tests {
             let registry =
                 AccessRegistry::new(AdminToken::new("t0ken").unwrap(), AccessState::default());
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let metrics =
-                crate::metrics::for_tests(Arc::new(KeyCache::with_records([])), Arc::clone(&clock));
+            let metrics = crate::observability::metrics::for_tests(
+                Arc::new(KeyCache::with_records([])),
+                Arc::clone(&clock),
+            );
             let failures = AuthFailures::new(Arc::clone(&metrics), NonZeroU32::MIN);
             let auth = Authenticator::new(Arc::new(registry), clock, Arc::new(failures)).admin();
             Self { auth, metrics }

@@ -9,12 +9,12 @@ use tonic::{Request, Response, Status};
 use super::watch_access::WatchAccess;
 use crate::{
     access::AccessRegistry,
+    api::watch::{EncodedEvent, WatchHub, WatchRequest},
     clock::Clock,
+    core::error::Error,
+    core::providers::{Relay, Resolved},
     domain::Kid,
-    error::Error,
     proto::{server::key_service_server::KeyService, v1 as pb},
-    relay::{Relay, Resolved},
-    watch::{EncodedEvent, WatchHub, WatchRequest},
 };
 
 /// The KeyService handlers.

@@ -1,10 +1,15 @@
 //! The gRPC edge: request fields parsed into domain values, calls into the relay, results
-//! converted back to protobuf, errors mapped once through `crate::error`.
+//! converted back to protobuf, errors mapped once through `crate::core::error`.
 
 mod admin_service;
 mod auth;
+pub mod auth_failures;
+pub mod convert;
+pub mod http_server;
 mod key_service;
+pub mod mirror;
 mod observe;
+pub mod watch;
 mod watch_access;
 
 pub use admin_service::AdminApi;
@@ -14,7 +19,7 @@ pub use observe::{ObserveLayer, code_name};
 
 use tonic::Status;
 
-use crate::{domain::ProviderKey, error::Error};
+use crate::{core::error::Error, domain::ProviderKey};
 
 /// Parses the `tenant` and `provider` fields of a request and records them on the call's
 /// span (only once valid: the span never carries arbitrary caller strings).

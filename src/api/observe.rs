@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::metrics::{Metrics, RpcLabels};
+use crate::observability::metrics::{Metrics, RpcLabels};
 
 /// Wraps every call of the server.
 #[derive(Clone)]

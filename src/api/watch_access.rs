@@ -9,9 +9,9 @@ use tonic::Status;
 
 use crate::{
     access::{AccessRegistry, Principal},
+    api::watch::EncodedEvent,
     clock::Clock,
     domain::TenantId,
-    watch::EncodedEvent,
 };
 
 /// What a stream was allowed when it opened.

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, LEASE_CHANNEL, REFRESH_CHANNEL, REFRESH_DONE_CHANNEL, RefreshRequest};
 use crate::{
     access::AccessRegistry,
-    cache::KeyCache,
     domain::ProviderKey,
     refresh::Refresher,
+    state::cache::KeyCache,
     store::{ACCESS_CHANNEL, CHANGES_CHANNEL, Change, Store, StoreError},
 };
 

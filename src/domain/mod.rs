@@ -3,6 +3,7 @@
 
 mod ids;
 mod jwks_url;
+pub mod key_set;
 mod policy;
 mod upstream_trust;
 

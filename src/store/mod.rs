@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::{
     access::{AuditEvent, Origin},
     domain::{JwksUrl, PolicyOverrides, ProviderKey},
-    provider::ProviderRecord,
+    state::record::ProviderRecord,
 };
 
 pub use access::{AccessStore, AuditQuery};

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     access::{Action, AuditEvent, Origin},
     domain::ProviderKey,
-    provider::ProviderRecord,
+    state::record::ProviderRecord,
 };
 
 /// The NOTIFY channel of committed provider changes.

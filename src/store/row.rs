@@ -15,10 +15,10 @@ use super::{
     unreadable::{RowPart, UnreadableRows},
 };
 use crate::{
+    domain::key_set::{KeySetDocument, SkippedKey},
     domain::{JwksUrl, ProviderKey},
-    fetch::Validators,
-    jwks::{KeySetDocument, SkippedKey},
-    provider::{CurrentKeys, ProviderRecord, RefreshStatus, Registration},
+    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Registration},
+    upstream::fetch::Validators,
 };
 
 /// A `providers` row as read from the database, not yet trusted.

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     access::{Action, AuditEvent, Origin},
     domain::ProviderKey,
-    provider::ProviderRecord,
+    state::record::ProviderRecord,
 };
 
 const NEXT_SEQUENCE: &str = "UPDATE change_counter SET value = value + 1 RETURNING value";

@@ -14,10 +14,10 @@ use std::{
 
 use async_trait::async_trait;
 use keyrelay::{
-    dns::HostLookup,
     domain::{EgressRules, JwksUrl, UpstreamTrust},
-    fetch::{FetchError, FetchOutcome, FetchSettings, Fetcher, Validators},
-    upstream_tls::UpstreamTrustRoots,
+    upstream::dns::HostLookup,
+    upstream::fetch::{FetchError, FetchOutcome, FetchSettings, Fetcher, Validators},
+    upstream::tls::UpstreamTrustRoots,
 };
 use rustls::pki_types::CertificateDer;
 

@@ -6,12 +6,12 @@ use chrono::{SubsecRound, Utc};
 use clap::Parser;
 use keyrelay::{
     clock::ManualClock,
-    config::ServeConfig,
     proto::v1::{
         self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
     },
-    startup::Application,
-    tls::ReloadHandle,
+    server::Application,
+    server::config::ServeConfig,
+    server::tls::ReloadHandle,
 };
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use tempfile::TempDir;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use chrono::{Duration, SubsecRound, Utc};
 use keyrelay::{
     access::Origin,
+    domain::key_set::{KeySetDocument, SkipReason, SkippedKey},
     domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey},
-    fetch::Validators,
-    jwks::{KeySetDocument, SkipReason, SkippedKey},
-    provider::{CurrentKeys, ProviderRecord, RefreshStatus},
+    state::record::{CurrentKeys, ProviderRecord, RefreshStatus},
     store::{self, NewRegistration, Store},
+    upstream::fetch::Validators,
 };
 use tempfile::TempDir;
 

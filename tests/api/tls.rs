@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use keyrelay::tls::TlsError;
+use keyrelay::server::tls::TlsError;
 use keyrelay_verifier::{Expectations, Verifier};
 use tempfile::TempDir;
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::mpsc};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use keyrelay::{
     domain::{EgressRules, UpstreamTrust},
-    fetch::{FetchError, FetchOutcome, Fetcher},
     proto::v1 as pb,
+    upstream::fetch::{FetchError, FetchOutcome, Fetcher},
 };
 use tonic::Code;
 

@@ -1,0 +1,249 @@
+//! Conversions between protobuf messages and domain values, shared by the gRPC handlers
+//! and the WatchKeys stream.
+
+mod access;
+
+pub use access::{audit_event, optional_tenant, tenant_access, token, token_request};
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::{
+    cluster::ClusterStatus,
+    core::providers::Snapshot,
+    domain::{
+        EgressRules, JwksUrl, Policy, PolicyOverrides, ProviderKey, UpstreamTrust, ValidationError,
+    },
+    proto::v1 as pb,
+    state::record::{CurrentKeys, ProviderState},
+    store::NewRegistration,
+};
+
+/// `0001-01-01T00:00:00Z`, the earliest instant a `google.protobuf.Timestamp` may carry.
+pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// `9999-12-31T23:59:59Z`, the latest second a `google.protobuf.Timestamp` may carry.
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// `at` on the wire, clamped into the range `google.protobuf.Timestamp` documents (clients
+/// such as Python's `json_format` refuse anything outside it).
+pub(crate) fn timestamp(at: DateTime<Utc>) -> Timestamp {
+    let seconds = at.timestamp();
+    if seconds > MAX_TIMESTAMP_SECONDS {
+        return Timestamp {
+            seconds: MAX_TIMESTAMP_SECONDS,
+            nanos: 999_999_999,
+        };
+    }
+    Timestamp {
+        seconds: seconds.max(MIN_TIMESTAMP_SECONDS),
+        nanos: i32::try_from(at.timestamp_subsec_nanos().min(999_999_999)).unwrap_or(0),
+    }
+}
+
+fn duration(value: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn parse_duration(
+    field: &'static str,
+    value: Option<prost_types::Duration>,
+) -> Result<Option<Duration>, ValidationError> {
+    value
+        .map(|d| {
+            Duration::try_from(d).map_err(|_| ValidationError::new(field, "must not be negative"))
+        })
+        .transpose()
+}
+
+/// A registration request parsed into domain values: identifiers, the URL under the egress
+/// rules, the policy, and the URL against the policy's hosts and pins.
+pub fn new_registration(
+    request: pb::RegisterProviderRequest,
+    egress: &EgressRules,
+) -> Result<NewRegistration, ValidationError> {
+    let key = ProviderKey::parse(&request.tenant, &request.provider)?;
+    let url = JwksUrl::parse(&request.jwks_url, egress)?;
+    let overrides = policy_overrides(request.policy)?;
+    overrides
+        .trust
+        .check(url.as_url())
+        .map_err(|reason| ValidationError::new("jwks_url", reason))?;
+    Ok(NewRegistration {
+        key,
+        url,
+        overrides,
+    })
+}
+
+/// The overrides of a registration request.
+fn policy_overrides(
+    policy: Option<pb::ProviderPolicy>,
+) -> Result<PolicyOverrides, ValidationError> {
+    let policy = policy.unwrap_or_default();
+    Ok(PolicyOverrides {
+        min_ttl: parse_duration("policy.min_ttl", policy.min_ttl)?,
+        max_ttl: parse_duration("policy.max_ttl", policy.max_ttl)?,
+        default_ttl: parse_duration("policy.default_ttl", policy.default_ttl)?,
+        refresh_early: parse_duration("policy.refresh_early", policy.refresh_early)?,
+        max_stale: parse_duration("policy.max_stale", policy.max_stale)?,
+        max_response_bytes: policy.max_response_bytes,
+        trust: UpstreamTrust::parse(&policy.allowed_hosts, &policy.spki_sha256_pins)?,
+    })
+}
+
+fn overrides_message(overrides: &PolicyOverrides) -> pb::ProviderPolicy {
+    pb::ProviderPolicy {
+        min_ttl: overrides.min_ttl.map(duration),
+        max_ttl: overrides.max_ttl.map(duration),
+        default_ttl: overrides.default_ttl.map(duration),
+        refresh_early: overrides.refresh_early.map(duration),
+        max_stale: overrides.max_stale.map(duration),
+        max_response_bytes: overrides.max_response_bytes,
+        ..trust_message(&overrides.trust)
+    }
+}
+
+fn trust_message(trust: &UpstreamTrust) -> pb::ProviderPolicy {
+    pb::ProviderPolicy {
+        allowed_hosts: trust
+            .allowed_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        spki_sha256_pins: trust.spki_pins.iter().map(ToString::to_string).collect(),
+        ..pb::ProviderPolicy::default()
+    }
+}
+
+/// The policy in force: `policy` with the provider's upstream trust, which has no default.
+fn policy_message(policy: &Policy, trust: &UpstreamTrust) -> pb::ProviderPolicy {
+    pb::ProviderPolicy {
+        min_ttl: Some(duration(policy.min_ttl)),
+        max_ttl: Some(duration(policy.max_ttl)),
+        default_ttl: Some(duration(policy.default_ttl)),
+        refresh_early: Some(duration(policy.refresh_early)),
+        max_stale: Some(duration(policy.max_stale)),
+        max_response_bytes: Some(policy.max_response_bytes),
+        ..trust_message(trust)
+    }
+}
+
+fn state(state: ProviderState) -> pb::ProviderState {
+    match state {
+        ProviderState::Pending => pb::ProviderState::Pending,
+        ProviderState::Ready => pb::ProviderState::Ready,
+        ProviderState::Stale => pb::ProviderState::Stale,
+        ProviderState::Failing => pb::ProviderState::Failing,
+    }
+}
+
+/// A registration with its status.
+pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
+    let record = &snapshot.record;
+    let registration = &record.registration;
+    let keys = record.keys.as_ref();
+    let status = pb::ProviderStatus {
+        state: state(record.state(snapshot.at)).into(),
+        version: keys.map_or(0, |k| k.version),
+        fetched_at: keys.map(|k| timestamp(k.fetched_at)),
+        fresh_until: keys.map(|k| timestamp(k.fresh_until)),
+        next_refresh_at: record.status.next_refresh_at.map(timestamp),
+        last_error: record.status.last_error.clone().unwrap_or_default(),
+        consecutive_failures: record.status.consecutive_failures,
+        etag: record.validators.etag.clone().unwrap_or_default(),
+        last_modified: record.validators.last_modified.clone().unwrap_or_default(),
+        last_attempt_at: record.status.last_attempt_at.map(timestamp),
+        key_count: keys.map_or(0, |k| {
+            u32::try_from(k.document.keys().len()).unwrap_or(u32::MAX)
+        }),
+        usable_until: keys.map(|k| timestamp(k.usable_until(&snapshot.policy))),
+        skipped_keys: keys.map_or_else(Vec::new, |k| {
+            k.skipped
+                .iter()
+                .map(|skipped| pb::SkippedKey {
+                    kid: skipped.kid.clone().unwrap_or_default(),
+                    reason: skipped.reason.to_string(),
+                    kind: skipped.reason.kind().to_owned(),
+                })
+                .collect()
+        }),
+    };
+    pb::Provider {
+        tenant: registration.key.tenant.as_str().to_owned(),
+        provider: registration.key.provider.as_str().to_owned(),
+        jwks_url: registration.url.to_string(),
+        policy: Some(overrides_message(&registration.overrides)),
+        effective_policy: Some(policy_message(
+            &snapshot.policy,
+            &registration.overrides.trust,
+        )),
+        status: Some(status),
+        created_at: Some(timestamp(registration.created_at)),
+        updated_at: Some(timestamp(registration.updated_at)),
+    }
+}
+
+/// The key set of a snapshot known to hold keys.
+pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
+    let key = &snapshot.record.registration.key;
+    pb::KeySet {
+        tenant: key.tenant.as_str().to_owned(),
+        provider: key.provider.as_str().to_owned(),
+        version: keys.version,
+        jwks_json: keys.document.json().clone(),
+        keys: keys
+            .document
+            .keys()
+            .iter()
+            .map(|k| pb::Key {
+                kid: k.kid.clone().unwrap_or_default(),
+                kty: k.kty.clone(),
+                alg: k.alg.clone().unwrap_or_default(),
+                r#use: k.key_use.clone().unwrap_or_default(),
+                jwk_json: k.json.clone(),
+            })
+            .collect(),
+        fetched_at: Some(timestamp(keys.fetched_at)),
+        fresh_until: Some(timestamp(keys.fresh_until)),
+        stale: keys.is_stale(snapshot.at),
+        usable_until: Some(timestamp(keys.usable_until(&snapshot.policy))),
+        state: state(snapshot.record.state(snapshot.at)).into(),
+    }
+}
+
+/// The fleet as reported by GetClusterStatus; `now` decides whether the lease is active.
+pub(crate) fn cluster_status(
+    status: &ClusterStatus,
+    now: DateTime<Utc>,
+) -> pb::GetClusterStatusResponse {
+    let active = status.lease.as_ref().filter(|lease| lease.expires_at > now);
+    let leads =
+        |replica: &str| status.single_node || active.is_some_and(|lease| lease.holder == replica);
+    pb::GetClusterStatusResponse {
+        replica_id: status.replica_id.clone(),
+        store: status.store.to_owned(),
+        single_node: status.single_node,
+        lease: status.lease.as_ref().map(|lease| pb::Lease {
+            holder: lease.holder.clone(),
+            term: u64::try_from(lease.term).unwrap_or_default(),
+            expires_at: Some(timestamp(lease.expires_at)),
+            active: lease.expires_at > now,
+        }),
+        replicas: status
+            .replicas
+            .iter()
+            .map(|replica| pb::Replica {
+                id: replica.id.clone(),
+                address: replica.address.clone(),
+                started_at: Some(timestamp(replica.started_at)),
+                heartbeat_at: Some(timestamp(replica.heartbeat_at)),
+                leader: leads(&replica.id),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,169 @@
+//! Parsing a WatchKeys request: which providers a stream selects and which versions the
+//! client already holds, with bounds on both.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::{
+    domain::{ProviderKey, TenantId, ValidationError},
+    proto::v1 as pb,
+    state::cache::KeyCache,
+};
+
+/// Bounds on one WatchKeys request.
+pub mod limits {
+    /// Selectors per stream.
+    pub const MAX_SELECTORS: usize = 1000;
+    /// Selectors naming a provider that is not registered (it may be registered later).
+    pub const MAX_UNKNOWN_PROVIDERS: usize = 100;
+    /// Known versions per stream.
+    pub const MAX_KNOWN_VERSIONS: usize = 10_000;
+}
+
+/// A parsed WatchKeys request.
+#[derive(Debug, Clone, Default)]
+pub struct WatchRequest {
+    /// Every provider of these tenants, present and future.
+    pub tenants: BTreeSet<TenantId>,
+    /// These providers.
+    pub providers: BTreeSet<ProviderKey>,
+    /// Versions the client holds.
+    pub known_versions: HashMap<ProviderKey, u64>,
+}
+
+impl WatchRequest {
+    /// Every tenant the request selects, whole or through one of its providers.
+    pub fn selected_tenants(&self) -> BTreeSet<TenantId> {
+        let mut tenants = self.tenants.clone();
+        tenants.extend(self.providers.iter().map(|key| key.tenant.clone()));
+        tenants
+    }
+
+    /// Drops every selector and known version of a tenant `keep` refuses: the stream then
+    /// sees those providers as if they did not exist.
+    pub fn retain_tenants(&mut self, mut keep: impl FnMut(&TenantId) -> bool) {
+        self.tenants.retain(|tenant| keep(tenant));
+        self.providers.retain(|key| keep(&key.tenant));
+        self.known_versions.retain(|key, _| keep(&key.tenant));
+    }
+
+    /// Parses and bounds `request`; errors name the offending field.
+    pub fn parse(
+        request: &pb::WatchKeysRequest,
+        cache: &KeyCache,
+    ) -> Result<Self, ValidationError> {
+        if request.selectors.is_empty() {
+            return Err(ValidationError::new(
+                "selectors",
+                "at least one selector is needed",
+            ));
+        }
+        if request.selectors.len() > limits::MAX_SELECTORS {
+            return Err(ValidationError::new(
+                "selectors",
+                format!("at most {} per stream", limits::MAX_SELECTORS),
+            ));
+        }
+        if request.known_versions.len() > limits::MAX_KNOWN_VERSIONS {
+            return Err(ValidationError::new(
+                "known_versions",
+                format!("at most {} per stream", limits::MAX_KNOWN_VERSIONS),
+            ));
+        }
+        let mut parsed = Self::default();
+        for (index, selector) in request.selectors.iter().enumerate() {
+            let within = |err: ValidationError| err.within(&format!("selectors[{index}]"));
+            if selector.provider.is_empty() {
+                parsed
+                    .tenants
+                    .insert(TenantId::parse("tenant", &selector.tenant).map_err(within)?);
+            } else {
+                parsed.providers.insert(
+                    ProviderKey::parse(&selector.tenant, &selector.provider).map_err(within)?,
+                );
+            }
+        }
+        let unknown = parsed
+            .providers
+            .iter()
+            .filter(|key| cache.get(key).is_none())
+            .count();
+        if unknown > limits::MAX_UNKNOWN_PROVIDERS {
+            return Err(ValidationError::new(
+                "selectors",
+                format!(
+                    "{unknown} name providers that are not registered; at most {} may",
+                    limits::MAX_UNKNOWN_PROVIDERS
+                ),
+            ));
+        }
+        for (index, known) in request.known_versions.iter().enumerate() {
+            let key = ProviderKey::parse(&known.tenant, &known.provider)
+                .map_err(|err| err.within(&format!("known_versions[{index}]")))?;
+            parsed.known_versions.insert(key, known.version);
+        }
+        Ok(parsed)
+    }
+
+    /// Whether the stream selects `key`.
+    pub fn selects(&self, key: &ProviderKey) -> bool {
+        self.tenants.contains(&key.tenant) || self.providers.contains(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(tenant: &str, provider: &str) -> pb::WatchSelector {
+        pb::WatchSelector {
+            tenant: tenant.into(),
+            provider: provider.into(),
+        }
+    }
+
+    fn parse(selectors: Vec<pb::WatchSelector>) -> Result<WatchRequest, ValidationError> {
+        let request = pb::WatchKeysRequest {
+            selectors,
+            known_versions: Vec::new(),
+        };
+        WatchRequest::parse(&request, &KeyCache::with_records([]))
+    }
+
+    #[test]
+    fn tenant_selectors_select_every_provider_of_the_tenant() {
+        let request = parse(vec![selector("acme", ""), selector("beta", "okta")]).unwrap();
+        assert!(request.selects(&ProviderKey::parse("acme", "anything").unwrap()));
+        assert!(request.selects(&ProviderKey::parse("beta", "okta").unwrap()));
+        assert!(!request.selects(&ProviderKey::parse("beta", "other").unwrap()));
+    }
+
+    #[test]
+    fn malformed_selectors_name_their_index() {
+        let err = parse(vec![selector("acme", ""), selector("Bad", "")]).unwrap_err();
+        assert_eq!(err.field, "selectors[1].tenant");
+        let err = parse(vec![selector("acme", "a b")]).unwrap_err();
+        assert_eq!(err.field, "selectors[0].provider");
+        assert_eq!(parse(vec![]).unwrap_err().field, "selectors");
+    }
+
+    #[test]
+    fn unknown_named_providers_are_bounded() {
+        let many = (0..=limits::MAX_UNKNOWN_PROVIDERS)
+            .map(|i| selector("acme", &format!("p{i}")))
+            .collect();
+        let err = parse(many).unwrap_err();
+        assert!(err.reason.contains("not registered"), "{}", err.reason);
+        let enough = (0..limits::MAX_UNKNOWN_PROVIDERS)
+            .map(|i| selector("acme", &format!("p{i}")))
+            .collect();
+        assert!(parse(enough).is_ok());
+    }
+
+    #[test]
+    fn too_many_selectors_are_refused() {
+        let many = (0..=limits::MAX_SELECTORS)
+            .map(|i| selector(&format!("t{i}"), ""))
+            .collect();
+        assert_eq!(parse(many).unwrap_err().field, "selectors");
+    }
+}

@@ -1,0 +1,296 @@
+//! The operations keyrelay offers, independent of gRPC: register, unregister, inspect and
+//! refresh providers, and resolve key sets from memory.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    access::Origin,
+    clock::Clock,
+    core::error::Error,
+    core::failure_limiter::FailureLimiter,
+    domain::{Kid, Policy, ProviderKey, TenantId},
+    observability::metrics::{CacheResult, Metrics},
+    refresh::{FlightResult, RefreshError, Refresher},
+    state::cache::KeyCache,
+    state::record::ProviderRecord,
+    store::{NewRegistration, Store},
+};
+
+/// A record as seen at one instant, with the policy in force.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The record.
+    pub record: Arc<ProviderRecord>,
+    /// The effective policy.
+    pub policy: Policy,
+    /// When the snapshot was taken; staleness and state are judged at this instant.
+    pub at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    fn has_kid(&self, kid: &Kid) -> bool {
+        self.record
+            .keys
+            .as_ref()
+            .is_some_and(|keys| keys.document.contains_kid(kid.as_str()))
+    }
+
+    fn version(&self) -> u64 {
+        self.record.keys.as_ref().map_or(0, |keys| keys.version)
+    }
+}
+
+/// The answer to a resolve.
+#[derive(Debug)]
+pub enum Resolved {
+    /// The current key set.
+    KeySet(Snapshot),
+    /// The caller already holds the current version.
+    NotModified,
+}
+
+/// One page of registrations.
+#[derive(Debug)]
+pub struct Page {
+    /// The registrations.
+    pub providers: Vec<Snapshot>,
+    /// The last key of this page when more follow.
+    pub next_after: Option<ProviderKey>,
+}
+
+/// What the relay is built from.
+pub struct RelayParts {
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// The in-memory view.
+    pub cache: Arc<KeyCache>,
+    /// Runs refreshes.
+    pub refresher: Arc<Refresher>,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Server-wide policy defaults.
+    pub defaults: Policy,
+    /// How long a Resolve waits for the refresh its unknown kid triggered.
+    pub unknown_kid_wait: Duration,
+    /// How long the scheduler leaves a new registration to its own first fetch.
+    pub first_fetch_grace: Duration,
+    /// Where cache results are counted.
+    pub metrics: Arc<Metrics>,
+    /// Bounds how often one client may make keyrelay look for unknown kids.
+    pub unknown_kid_limiter: FailureLimiter,
+}
+
+/// The keyrelay service core.
+pub struct Relay {
+    parts: RelayParts,
+}
+
+impl Relay {
+    /// Assembles the core.
+    pub fn new(parts: RelayParts) -> Self {
+        Self { parts }
+    }
+
+    /// Creates or updates a registration and fetches its keys once before answering. The
+    /// fetch outcome is in the returned record's status; a failing IdP is not an error here.
+    /// The change is audited as made by `origin`.
+    pub async fn register(
+        &self,
+        registration: NewRegistration,
+        origin: &Origin,
+    ) -> Result<(Snapshot, bool), Error> {
+        self.parts
+            .defaults
+            .with_overrides(&registration.overrides)?;
+        let revision = rand::random::<i64>().wrapping_abs();
+        let now = self.parts.clock.now();
+        let fetch_by = now + self.parts.first_fetch_grace;
+        let registered = self
+            .parts
+            .store
+            .register(&registration, revision, now, fetch_by, origin)
+            .await?;
+        let key = registration.key;
+        self.parts.cache.apply(registered.record);
+        tracing::info!(provider = %key, url = registration.url.redacted(), created = registered.created, "provider registered");
+        if let Err(err) = self.refresh_current(&key).await {
+            tracing::warn!(provider = %key, error = %err, "first fetch after registration did not complete");
+        }
+        Ok((self.get(&key)?, registered.created))
+    }
+
+    /// Removes a registration and its keys, audited as done by `origin`.
+    pub async fn unregister(&self, key: &ProviderKey, origin: &Origin) -> Result<(), Error> {
+        let now = self.parts.clock.now();
+        let Some(change_seq) = self.parts.store.unregister(key, now, origin).await? else {
+            return Err(Error::ProviderNotFound(key.clone()));
+        };
+        self.parts.cache.apply_removal(key, change_seq);
+        tracing::info!(provider = %key, "provider unregistered");
+        Ok(())
+    }
+
+    /// One registration with its status.
+    pub fn get(&self, key: &ProviderKey) -> Result<Snapshot, Error> {
+        let record = self
+            .parts
+            .cache
+            .get(key)
+            .ok_or_else(|| Error::ProviderNotFound(key.clone()))?;
+        Ok(self.snapshot(record))
+    }
+
+    /// Up to `limit` registrations after `after`, optionally of one tenant.
+    pub fn list(
+        &self,
+        tenant: Option<&TenantId>,
+        after: Option<&ProviderKey>,
+        limit: usize,
+    ) -> Page {
+        let mut records = self
+            .parts
+            .cache
+            .page(tenant, after, limit.saturating_add(1));
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next_after = more
+            .then(|| records.last().map(|r| r.registration.key.clone()))
+            .flatten();
+        Page {
+            providers: records.into_iter().map(|r| self.snapshot(r)).collect(),
+            next_after,
+        }
+    }
+
+    /// Refreshes a provider now and returns the outcome in its status.
+    pub async fn refresh(&self, key: &ProviderKey) -> Result<Snapshot, Error> {
+        self.get(key)?;
+        let record = self.refresh_current(key).await?;
+        Ok(self.snapshot(record))
+    }
+
+    /// The current key set of a provider, from memory. With a `kid` that is not in the set,
+    /// waits for one refresh shared by all callers (unless cooling down) before giving up;
+    /// `client`, when known, is held to the unknown-kid rate limit.
+    pub async fn resolve(
+        &self,
+        key: &ProviderKey,
+        kid: Option<&Kid>,
+        known_version: Option<u64>,
+        client: Option<IpAddr>,
+    ) -> Result<Resolved, Error> {
+        let metrics = &self.parts.metrics;
+        let mut snapshot = self
+            .usable(key)
+            .inspect_err(|_| metrics.resolved(CacheResult::Miss))?;
+        if let Some(kid) = kid
+            && !snapshot.has_kid(kid)
+        {
+            metrics.resolved(CacheResult::Miss);
+            let limiter = &self.parts.unknown_kid_limiter;
+            if let Some(client) = client {
+                limiter.admit(client).map_err(Error::RateLimited)?;
+            }
+            snapshot = self.refresh_for_kid(key, kid).await.inspect_err(|_| {
+                if let Some(client) = client {
+                    limiter.failed(client);
+                }
+            })?;
+        } else if snapshot
+            .record
+            .keys
+            .as_ref()
+            .is_some_and(|k| k.is_stale(snapshot.at))
+        {
+            metrics.resolved(CacheResult::Stale);
+        } else {
+            metrics.resolved(CacheResult::Hit);
+        }
+        if known_version.is_some_and(|known| known >= snapshot.version()) {
+            return Ok(Resolved::NotModified);
+        }
+        Ok(Resolved::KeySet(snapshot))
+    }
+
+    /// Refreshes with a fetch that starts now, for the current registration revision (a
+    /// flight that started before a re-registration ends superseded: it is followed by one
+    /// more).
+    async fn refresh_current(&self, key: &ProviderKey) -> FlightResult {
+        match self.parts.refresher.refresh_now(key).await {
+            Err(RefreshError::Superseded) => self.parts.refresher.refresh_now(key).await,
+            other => other,
+        }
+    }
+
+    async fn refresh_for_kid(&self, key: &ProviderKey, kid: &Kid) -> Result<Snapshot, Error> {
+        let wait = self.parts.unknown_kid_wait;
+        let refresh = self.parts.refresher.refresh_for_unknown_kid(key);
+        let note = match tokio::time::timeout(wait, refresh).await {
+            Ok(Some(Ok(record))) => match &record.status.last_error {
+                Some(err) => format!("the refresh it triggered failed: {err}"),
+                None => "not there after a refresh either".to_owned(),
+            },
+            Ok(Some(Err(err))) => format!("the refresh it triggered did not complete: {err}"),
+            Ok(None) => format!(
+                "an unknown kid refreshed this provider recently; next refresh possible in {}s",
+                self.parts
+                    .refresher
+                    .unknown_kid_cooldown_left(key)
+                    .as_secs()
+                    .max(1)
+            ),
+            Err(_) => format!(
+                "the refresh it triggered is still running after {}",
+                humantime::format_duration(wait)
+            ),
+        };
+        let snapshot = self.usable(key)?;
+        if snapshot.has_kid(kid) {
+            return Ok(snapshot);
+        }
+        Err(Error::KidNotFound(format!(
+            "kid {:?} is not in the key set of {key} (version {}): {note}",
+            kid.as_str(),
+            snapshot.version()
+        )))
+    }
+
+    /// The service's time.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.parts.clock.now()
+    }
+
+    /// A snapshot whose keys may be served, or why there is none.
+    pub fn usable(&self, key: &ProviderKey) -> Result<Snapshot, Error> {
+        let snapshot = self.get(key)?;
+        let record = &snapshot.record;
+        let last_error = record.status.last_error.as_deref();
+        let Some(keys) = &record.keys else {
+            return Err(Error::Unavailable(match last_error {
+                Some(err) => format!("no keys fetched yet for {key}: last fetch failed: {err}"),
+                None => format!("no keys fetched yet for {key}: the first fetch has not completed"),
+            }));
+        };
+        let usable_until = keys.usable_until(&snapshot.policy);
+        if snapshot.at >= usable_until {
+            return Err(Error::Unavailable(format!(
+                "keys of {key} expired at {} (fresh until {} plus max_stale {}); last fetch error: {}",
+                usable_until.to_rfc3339(),
+                keys.fresh_until.to_rfc3339(),
+                humantime::format_duration(snapshot.policy.max_stale),
+                last_error.unwrap_or("none"),
+            )));
+        }
+        Ok(snapshot)
+    }
+
+    fn snapshot(&self, record: Arc<ProviderRecord>) -> Snapshot {
+        Snapshot {
+            policy: record.policy(&self.parts.defaults),
+            record,
+            at: self.parts.clock.now(),
+        }
+    }
+}

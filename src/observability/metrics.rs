@@ -1,0 +1,463 @@
+//! Prometheus metrics, in the `keyrelay_` namespace with units in their names: instruments
+//! the service updates as it works, and a collector that reads the fleet and provider state
+//! at scrape time. Per-provider series are bounded (see `MAX_PROVIDER_SERIES`).
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    clock::Clock,
+    cluster::{Cluster, Role},
+    domain::Policy,
+    domain::key_set::SkippedKey,
+    state::cache::KeyCache,
+    state::record::ProviderState,
+    store::UnreadableRows,
+};
+
+/// Providers exported one series each in `keyrelay_provider_time_until_unusable_seconds`: the
+/// ones closest to running out of usable keys. The totals by state cover all providers.
+pub const MAX_PROVIDER_SERIES: usize = 100;
+
+/// Labels of RPC metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `Service/Method`.
+    pub method: String,
+    /// gRPC status code name.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
+/// How a Resolve was answered from the cache.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheResult {
+    /// Fresh keys, the requested kid (if any) among them.
+    Hit,
+    /// Keys past their freshness, still served.
+    Stale,
+    /// The kid was missing (a refresh may have followed), or no usable keys.
+    Miss,
+}
+
+/// Every instrument keyrelay updates.
+#[derive(Debug)]
+pub struct Metrics {
+    rpc_requests: Family<RpcLabels, Counter>,
+    rpc_duration: Family<RpcLabels, Histogram>,
+    resolve_cache: Family<ResultLabels, Counter>,
+    refreshes: Family<OutcomeLabels, Counter>,
+    fetch_duration: Histogram,
+    fetched_bytes: Counter,
+    key_set_changes: Counter,
+    key_set_rejections: Family<ReasonLabels, Counter>,
+    keys_skipped: Family<ReasonLabels, Counter>,
+    watch_subscribers: Gauge,
+    watch_events: Counter,
+    watch_resyncs: Counter,
+    tls_reloads: Family<OutcomeLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
+    registry: Registry,
+}
+
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    /// The instruments, plus a collector of the state of `cluster` and `cache` and of the
+    /// store's `unreadable` rows.
+    pub fn new(
+        cluster: Arc<Cluster>,
+        cache: Arc<KeyCache>,
+        clock: Arc<dyn Clock>,
+        defaults: Policy,
+        unreadable: Arc<UnreadableRows>,
+    ) -> Arc<Self> {
+        let mut registry = Registry::with_prefix("keyrelay");
+        let metrics = Self {
+            rpc_requests: Family::default(),
+            rpc_duration: Family::new_with_constructor(seconds_buckets),
+            resolve_cache: Family::default(),
+            refreshes: Family::default(),
+            fetch_duration: seconds_buckets(),
+            fetched_bytes: Counter::default(),
+            key_set_changes: Counter::default(),
+            key_set_rejections: Family::default(),
+            keys_skipped: Family::default(),
+            watch_subscribers: Gauge::default(),
+            watch_events: Counter::default(),
+            watch_resyncs: Counter::default(),
+            tls_reloads: Family::default(),
+            auth_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "rpc_requests",
+            "gRPC calls finished, by method and status code",
+            metrics.rpc_requests.clone(),
+        );
+        registry.register_with_unit(
+            "rpc_duration",
+            "gRPC call duration (for streams, the stream's life), by method and status code",
+            Unit::Seconds,
+            metrics.rpc_duration.clone(),
+        );
+        registry.register(
+            "resolve_cache",
+            "Resolve answers by cache result: hit, stale (served past freshness) or miss",
+            metrics.resolve_cache.clone(),
+        );
+        registry.register(
+            "refreshes",
+            "Refreshes by outcome: modified (200), not_modified (304), rejected (bad document) or the fetch error kind",
+            metrics.refreshes.clone(),
+        );
+        registry.register_with_unit(
+            "fetch_duration",
+            "Upstream JWKS fetch duration",
+            Unit::Seconds,
+            metrics.fetch_duration.clone(),
+        );
+        registry.register_with_unit(
+            "fetched",
+            "Upstream JWKS response body bytes",
+            Unit::Bytes,
+            metrics.fetched_bytes.clone(),
+        );
+        registry.register(
+            "key_set_changes",
+            "New key set versions",
+            metrics.key_set_changes.clone(),
+        );
+        registry.register(
+            "key_set_rejections",
+            "Documents refused by the key-set guardrails, by reason (see the README)",
+            metrics.key_set_rejections.clone(),
+        );
+        registry.register(
+            "keys_skipped",
+            "Keys left out of fetched documents (unknown type, curve or algorithm, or malformed), by reason; counted per fetched document",
+            metrics.keys_skipped.clone(),
+        );
+        registry.register(
+            "watch_subscribers",
+            "Open WatchKeys streams",
+            metrics.watch_subscribers.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "WatchKeys events sent",
+            metrics.watch_events.clone(),
+        );
+        registry.register(
+            "watch_resyncs",
+            "WatchKeys streams that fell behind the change feed and skipped to the latest state",
+            metrics.watch_resyncs.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the listener's TLS certificate, key and client CA: ok, or error (the previous configuration stays)",
+            metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications by service (admin, key, mirror) and reason (missing, malformed, rejected, verifier_token, rate_limited)",
+            metrics.auth_failures.clone(),
+        );
+        registry.register_collector(Box::new(StateCollector {
+            cluster,
+            cache,
+            clock,
+            defaults,
+            unreadable,
+        }));
+        Arc::new(Self {
+            registry,
+            ..metrics
+        })
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// A gRPC call finished.
+    pub fn rpc_finished(&self, labels: &RpcLabels, duration: Duration) {
+        self.rpc_requests.get_or_create(labels).inc();
+        self.rpc_duration
+            .get_or_create(labels)
+            .observe(duration.as_secs_f64());
+    }
+
+    /// A Resolve was answered.
+    pub fn resolved(&self, result: CacheResult) {
+        let result = match result {
+            CacheResult::Hit => "hit",
+            CacheResult::Stale => "stale",
+            CacheResult::Miss => "miss",
+        };
+        self.resolve_cache
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// A fetch ended with `outcome` after `duration`, having read `bytes`.
+    pub fn fetched(&self, outcome: &'static str, duration: Duration, bytes: usize) {
+        self.refreshes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.fetch_duration.observe(duration.as_secs_f64());
+        self.fetched_bytes
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// A new key set version was stored.
+    pub fn key_set_changed(&self) {
+        self.key_set_changes.inc();
+    }
+
+    /// A fetched document was refused for `reason` (a `JwksError` kind).
+    pub fn key_set_rejected(&self, reason: &'static str) {
+        self.key_set_rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A fetched document was published without the keys in `skipped`.
+    pub fn keys_skipped(&self, skipped: &[SkippedKey]) {
+        for key in skipped {
+            let reason = key.reason.kind();
+            self.keys_skipped
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+    }
+
+    /// A WatchKeys stream opened; the guard counts it closed when dropped.
+    pub fn watch_opened(self: &Arc<Self>) -> WatchGuard {
+        self.watch_subscribers.inc();
+        WatchGuard(Arc::clone(self))
+    }
+
+    /// A WatchKeys event was sent.
+    pub fn watch_event_sent(&self) {
+        self.watch_events.inc();
+    }
+
+    /// A WatchKeys stream fell behind the change feed.
+    pub fn watch_resynced(&self) {
+        self.watch_resyncs.inc();
+    }
+
+    /// A caller failed to authenticate on `service` for `reason`.
+    pub fn auth_failed(&self, service: &'static str, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels { service, reason })
+            .inc();
+    }
+
+    /// The listener's TLS files were reloaded, or failed to.
+    pub fn tls_reloaded(&self, succeeded: bool) {
+        let outcome = if succeeded { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+}
+
+/// Metrics over an empty single-node state, for unit tests.
+#[cfg(test)]
+pub(crate) fn for_tests(cache: Arc<KeyCache>, clock: Arc<dyn Clock>) -> Arc<Metrics> {
+    let cluster = Cluster::single_node("test".into(), "test".into(), clock.now());
+    Metrics::new(
+        Arc::new(cluster),
+        cache,
+        clock,
+        crate::domain::documented_defaults(),
+        Arc::default(),
+    )
+}
+
+/// Counts one open WatchKeys stream while alive.
+#[derive(Debug)]
+pub struct WatchGuard(Arc<Metrics>);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.watch_subscribers.dec();
+    }
+}
+
+/// Reads leadership and provider state at scrape time.
+struct StateCollector {
+    cluster: Arc<Cluster>,
+    cache: Arc<KeyCache>,
+    clock: Arc<dyn Clock>,
+    defaults: Policy,
+    unreadable: Arc<UnreadableRows>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    tenant: String,
+    provider: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+}
+
+impl prometheus_client::collector::Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (leader, term) = match self.cluster.leadership().role() {
+            Role::Leader(fence) => (1, fence.map_or(0, |f| f.term)),
+            Role::Follower => (0, 0),
+        };
+        gauge(
+            &mut encoder,
+            "leader",
+            "1 while this replica leads the refresh work",
+            None,
+            leader,
+        )?;
+        gauge(
+            &mut encoder,
+            "lease_term",
+            "The lease term this replica leads under (0 when following or single-node)",
+            None,
+            term,
+        )?;
+
+        {
+            let mut rows = encoder.encode_descriptor(
+                "store_unreadable_rows",
+                "Stored rows found unreadable when read, by part: registration (row left out), key_set (provider quarantined and fetched again), validators, skipped_keys, access_token (token refused), tenant_access",
+                None,
+                MetricType::Counter,
+            )?;
+            for (part, count) in self.unreadable.counts() {
+                let labels = PartLabels {
+                    part: part.as_str(),
+                };
+                ConstCounter::new(count).encode(rows.encode_family(&labels)?)?;
+            }
+        }
+
+        let now = self.clock.now();
+        let records = self.cache.all();
+        let mut by_state = [
+            ("pending", 0i64),
+            ("ready", 0),
+            ("stale", 0),
+            ("failing", 0),
+        ];
+        let mut remaining = Vec::new();
+        for record in &records {
+            let index = match record.state(now) {
+                ProviderState::Pending => 0,
+                ProviderState::Ready => 1,
+                ProviderState::Stale => 2,
+                ProviderState::Failing => 3,
+            };
+            by_state[index].1 += 1;
+            if let Some(keys) = &record.keys {
+                let until = keys.usable_until(&record.policy(&self.defaults));
+                remaining.push(((until - now).num_seconds(), &record.registration.key));
+            }
+        }
+        {
+            let mut states = encoder.encode_descriptor(
+                "providers",
+                "Providers by state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, count) in by_state {
+                ConstGauge::new(count).encode(states.encode_family(&StateLabels { state })?)?;
+            }
+        }
+        remaining.sort();
+        {
+            let mut series = encoder.encode_descriptor(
+                "provider_time_until_unusable",
+                "Time until a provider's last good keys stop being served (fresh_until + max_stale), for the 100 providers closest to it",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            for (seconds, key) in remaining.iter().take(MAX_PROVIDER_SERIES) {
+                let labels = ProviderLabels {
+                    tenant: key.tenant.as_str().to_owned(),
+                    provider: key.provider.as_str().to_owned(),
+                };
+                ConstGauge::new(*seconds).encode(series.encode_family(&labels)?)?;
+            }
+        }
+        let minimum = remaining.first().map_or(0, |(seconds, _)| *seconds);
+        gauge(
+            &mut encoder,
+            "min_time_until_unusable",
+            "Smallest time until unusable over all providers with keys (0 when there are none): alert on this",
+            Some(&Unit::Seconds),
+            minimum,
+        )
+    }
+}

@@ -1,0 +1,467 @@
+//! Refreshing one provider: at most one fetch in flight per provider, shared by everyone who
+//! asks (the scheduler, an admin, every Resolve that met an unknown kid). Only the leader
+//! fetches: a flight fetches, writes the result durably under the leader's fence, then
+//! updates the cache, which tells watchers and the scheduler. A follower forwards the request
+//! to the leader and waits for the result to arrive through the change feed. Flights run as
+//! tracked tasks, so a caller that gives up never cancels a write.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{
+    access::{Action, AuditEvent, Origin},
+    clock::Clock,
+    cluster::{Cluster, RefreshKind, RefreshRequest, Role},
+    domain::{Policy, ProviderKey},
+    observability::metrics::Metrics,
+    refresh::freshness::Backoff,
+    refresh::outcome::{self, Change, Context},
+    state::cache::KeyCache,
+    state::record::ProviderRecord,
+    store::{Fence, Store},
+    upstream::fetch::{FetchError, FetchOutcome, Fetcher},
+};
+
+/// Why a refresh produced no record. Fetch failures are not errors here: they are recorded
+/// in the provider's status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    /// The provider was unregistered or re-registered while the fetch ran, or this replica
+    /// lost the lease before writing.
+    #[error("provider was unregistered or re-registered during the refresh, or leadership moved")]
+    Superseded,
+    /// The result could not be stored; the last good state is unchanged.
+    #[error("could not store the refresh result: {0}")]
+    Store(String),
+    /// This replica does not lead, and the leader did not answer in time.
+    #[error("the refresh leader did not report a result within {0:?}")]
+    LeaderTimeout(Duration),
+    /// This replica does not lead the refresh work (a scheduled refresh after losing the
+    /// lease).
+    #[error("this replica does not lead the refresh work")]
+    NotLeader,
+}
+
+/// The shared result of one flight.
+pub type FlightResult = Result<Arc<ProviderRecord>, RefreshError>;
+
+type Flight = watch::Receiver<Option<FlightResult>>;
+
+/// A flight in progress, its start order, and its span (joiners link to it).
+#[derive(Clone)]
+struct Started {
+    sequence: u64,
+    flight: Flight,
+    span: SpanContext,
+}
+
+impl Started {
+    /// Waits for the flight; a caller that did not start it links its span to the flight's.
+    async fn join(self) -> FlightResult {
+        if self.span.is_valid() {
+            Span::current().add_link(self.span.clone());
+        }
+        wait_for(self.flight).await
+    }
+}
+
+/// What made a refresh happen, recorded on its span.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Scheduled,
+    Requested,
+    UnknownKid,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Requested => "requested",
+            Trigger::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
+/// What the refresher needs from the rest of the service.
+pub struct RefresherParts {
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// The in-memory view.
+    pub cache: Arc<KeyCache>,
+    /// HTTP client.
+    pub fetcher: Fetcher,
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Server-wide policy defaults.
+    pub defaults: Policy,
+    /// Retry bounds after failures.
+    pub backoff: Backoff,
+    /// Minimum time between two refreshes triggered by unknown kids, per provider.
+    pub unknown_kid_cooldown: Duration,
+    /// Who leads, and how to reach the leader.
+    pub cluster: Arc<Cluster>,
+    /// How long a follower waits for the leader's result.
+    pub leader_wait: Duration,
+    /// Tracks flights so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Where fetch outcomes are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs refreshes, one flight per provider at a time.
+pub struct Refresher {
+    parts: RefresherParts,
+    flights: Mutex<HashMap<ProviderKey, Started>>,
+    next_sequence: AtomicU64,
+    unknown_kid_refreshes: Mutex<HashMap<ProviderKey, DateTime<Utc>>>,
+}
+
+impl Refresher {
+    /// A refresher with no flight in progress.
+    pub fn new(parts: RefresherParts) -> Arc<Self> {
+        Arc::new(Self {
+            parts,
+            flights: Mutex::default(),
+            next_sequence: AtomicU64::new(0),
+            unknown_kid_refreshes: Mutex::default(),
+        })
+    }
+
+    /// Refreshes `key` on this replica (which must lead), joining the flight in progress.
+    pub async fn refresh(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
+        if !self.parts.cluster.leadership().is_leader() {
+            return Err(RefreshError::NotLeader);
+        }
+        self.join_or_start(key, Trigger::Scheduled).join().await
+    }
+
+    /// Refreshes `key` with a fetch that starts after this call: a flight already in progress
+    /// may have fetched before whatever the caller knows changed, so it is waited out, not
+    /// joined. Callers arriving together still share one fetch. On a follower, the leader
+    /// is asked and the result awaited.
+    pub async fn refresh_now(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
+        if !self.parts.cluster.leadership().is_leader() {
+            return self.ask_leader(key, RefreshKind::Now).await;
+        }
+        let arrival = self.next_sequence.load(Ordering::SeqCst);
+        loop {
+            let started = self.join_or_start(key, Trigger::Requested);
+            let sequence = started.sequence;
+            let result = started.join().await;
+            if sequence >= arrival {
+                return result;
+            }
+        }
+    }
+
+    /// Refreshes `key` because a verifier asked for a kid it does not have, unless such a
+    /// refresh started less than the cooldown ago on this replica (then `None`). Joins a
+    /// flight in progress; on a follower, asks the leader (whose cooldown applies too).
+    pub async fn refresh_for_unknown_kid(
+        self: &Arc<Self>,
+        key: &ProviderKey,
+    ) -> Option<FlightResult> {
+        if !self.parts.cluster.leadership().is_leader() {
+            self.claim_unknown_kid_slot(key)?;
+            return Some(self.ask_leader(key, RefreshKind::UnknownKid).await);
+        }
+        let started = self.join_or_start_unless_cooling_down(key)?;
+        Some(started.join().await)
+    }
+
+    /// Serves a follower's request in the background and answers it with the change
+    /// sequence of the resulting state (the current one if the cooldown declined it). The
+    /// work continues the follower's trace.
+    pub fn serve(self: &Arc<Self>, request: RefreshRequest) {
+        let this = Arc::clone(self);
+        let span = tracing::info_span!(
+            "keyrelay.refresh.serve",
+            keyrelay.tenant = request.key.tenant.as_str(),
+            keyrelay.provider = request.key.provider.as_str(),
+        );
+        if let Some(parent) = &request.trace_parent {
+            let _ = span.set_parent(crate::cluster::context_from_traceparent(parent));
+        }
+        let served = async move {
+            let key = &request.key;
+            let result = match request.kind {
+                RefreshKind::Now => Some(this.refresh_now(key).await),
+                RefreshKind::UnknownKid => this.refresh_for_unknown_kid(key).await,
+            };
+            let change_seq = match result {
+                Some(Ok(record)) => record.change_seq,
+                _ => this.parts.cache.change_seq(key),
+            };
+            if let Err(err) = this.parts.cluster.answer(request.id, change_seq).await {
+                tracing::warn!(provider = %key, error = %err, "could not answer a refresh request");
+            }
+        };
+        self.parts.tasks.spawn(served.instrument(span));
+    }
+
+    /// How long until an unknown kid may trigger another refresh of `key`.
+    pub fn unknown_kid_cooldown_left(&self, key: &ProviderKey) -> Duration {
+        let started = lock(&self.unknown_kid_refreshes).get(key).copied();
+        let now = self.parts.clock.now();
+        started
+            .and_then(|at| (at + self.parts.unknown_kid_cooldown - now).to_std().ok())
+            .unwrap_or_default()
+    }
+
+    /// Asks the leader, waits for its answer, then for the state it names to arrive through
+    /// the change feed, all within `leader_wait`. The request carries this trace's context.
+    #[tracing::instrument(name = "keyrelay.refresh.forward", skip(self), fields(keyrelay.tenant = key.tenant.as_str(), keyrelay.provider = key.provider.as_str()))]
+    async fn ask_leader(&self, key: &ProviderKey, kind: RefreshKind) -> FlightResult {
+        let cache = &self.parts.cache;
+        let wait = self.parts.leader_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        let answer = self
+            .parts
+            .cluster
+            .request_refresh(key, kind)
+            .await
+            .map_err(|err| RefreshError::Store(err.to_string()))?;
+        let change_seq = tokio::time::timeout_at(deadline, answer)
+            .await
+            .map_err(|_| RefreshError::LeaderTimeout(wait))?
+            .map_err(|_| RefreshError::LeaderTimeout(wait))?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !cache
+            .wait_for_newer(key, change_seq.saturating_sub(1), left)
+            .await
+        {
+            return Err(RefreshError::LeaderTimeout(wait));
+        }
+        cache.get(key).ok_or(RefreshError::Superseded)
+    }
+
+    /// Records an unknown-kid refresh of `key` now, unless one happened within the cooldown.
+    fn claim_unknown_kid_slot(&self, key: &ProviderKey) -> Option<()> {
+        let now = self.parts.clock.now();
+        let mut started = lock(&self.unknown_kid_refreshes);
+        let cooling = started
+            .get(key)
+            .is_some_and(|at| now < *at + self.parts.unknown_kid_cooldown);
+        if cooling {
+            return None;
+        }
+        started.insert(key.clone(), now);
+        Some(())
+    }
+
+    fn join_or_start_unless_cooling_down(self: &Arc<Self>, key: &ProviderKey) -> Option<Started> {
+        if let Some(started) = lock(&self.flights).get(key) {
+            return Some(started.clone());
+        }
+        self.claim_unknown_kid_slot(key)?;
+        Some(self.join_or_start(key, Trigger::UnknownKid))
+    }
+
+    /// Joins the flight for `key`, or starts one whose span is a child of the caller's.
+    fn join_or_start(self: &Arc<Self>, key: &ProviderKey, trigger: Trigger) -> Started {
+        let mut flights = lock(&self.flights);
+        if let Some(started) = flights.get(key) {
+            return started.clone();
+        }
+        let span = tracing::info_span!(
+            "keyrelay.refresh",
+            keyrelay.tenant = key.tenant.as_str(),
+            keyrelay.provider = key.provider.as_str(),
+            keyrelay.refresh.trigger = trigger.as_str(),
+            keyrelay.refresh.outcome = Empty,
+            keyrelay.key_set.version = Empty,
+            keyrelay.keys.count = Empty,
+        );
+        let (done, flight) = watch::channel(None);
+        let started = Started {
+            sequence: self.next_sequence.fetch_add(1, Ordering::SeqCst),
+            flight,
+            span: span.context().span().span_context().clone(),
+        };
+        flights.insert(key.clone(), started.clone());
+        let this = Arc::clone(self);
+        let key = key.clone();
+        let work = async move {
+            let result = this.fly(&key).await;
+            lock(&this.flights).remove(&key);
+            done.send_replace(Some(result));
+        };
+        self.parts.tasks.spawn(work.instrument(span));
+        started
+    }
+
+    async fn fly(&self, key: &ProviderKey) -> FlightResult {
+        let parts = &self.parts;
+        let Role::Leader(fence) = parts.cluster.leadership().role() else {
+            return Err(RefreshError::NotLeader);
+        };
+        let current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
+        let policy = current.policy(&parts.defaults);
+        let started = parts.clock.now();
+        let fetching = std::time::Instant::now();
+        let result = parts
+            .fetcher
+            .fetch(
+                &current.registration.url,
+                &current.registration.overrides.trust,
+                &current.validators,
+                policy.max_response_bytes,
+                started.into(),
+            )
+            .await;
+        let bytes = match &result {
+            Ok(FetchOutcome::Modified { body, .. }) => body.len(),
+            _ => 0,
+        };
+        let fetched = fetch_outcome(&result);
+        let (next, change) = {
+            let mut rng = rand::rng();
+            let context = Context {
+                now: parts.clock.now(),
+                policy: &policy,
+                backoff: &parts.backoff,
+                rng: &mut rng,
+            };
+            outcome::apply(&current, result, context)
+        };
+        let outcome = match &change {
+            Change::Rejected(err) => {
+                parts.metrics.key_set_rejected(err.kind());
+                "rejected"
+            }
+            _ => fetched,
+        };
+        parts.metrics.fetched(outcome, fetching.elapsed(), bytes);
+        let span = Span::current();
+        span.record("keyrelay.refresh.outcome", outcome);
+        if let Some(keys) = &next.keys {
+            span.record("keyrelay.key_set.version", keys.version);
+            span.record("keyrelay.keys.count", keys.document.keys().len());
+        }
+        if let Change::NewVersion(_) = change {
+            parts.metrics.key_set_changed();
+        }
+        if let (Some(keys), "modified", Change::NewVersion(_) | Change::Unchanged) =
+            (&next.keys, outcome, &change)
+        {
+            parts.metrics.keys_skipped(&keys.skipped);
+        }
+        let audit = rejection_event(&current, &next, &change);
+        self.commit(key, next, change, fence.as_ref(), audit.as_ref())
+            .instrument(tracing::info_span!("keyrelay.publish"))
+            .await
+    }
+
+    async fn commit(
+        &self,
+        key: &ProviderKey,
+        mut next: ProviderRecord,
+        change: Change,
+        fence: Option<&Fence>,
+        audit: Option<&AuditEvent>,
+    ) -> FlightResult {
+        let parts = &self.parts;
+        match parts.store.save_refresh(&next, fence, audit).await {
+            Ok(Some(change_seq)) => next.change_seq = change_seq,
+            Ok(None) => {
+                tracing::info!(provider = %key, "refresh result not written: registration changed or lease lost");
+                return Err(RefreshError::Superseded);
+            }
+            Err(err) => {
+                tracing::error!(provider = %key, error = %err, "could not store refresh result");
+                return Err(RefreshError::Store(err.to_string()));
+            }
+        }
+        let record = parts.cache.apply(next).ok_or(RefreshError::Superseded)?;
+        log_change(key, &change, &record);
+        Ok(record)
+    }
+}
+
+/// The audit event of a key set refused by the guardrails, when the refusal is new: the
+/// same refusal repeated by every retry is recorded once.
+fn rejection_event(
+    current: &ProviderRecord,
+    next: &ProviderRecord,
+    change: &Change,
+) -> Option<AuditEvent> {
+    let Change::Rejected(err) = change else {
+        return None;
+    };
+    if current.status.last_error == next.status.last_error {
+        return None;
+    }
+    let at = next.status.last_attempt_at?;
+    let key = &next.registration.key;
+    Some(AuditEvent {
+        before: Some(serde_json::json!({
+            "version": current.keys.as_ref().map(|keys| keys.version),
+        })),
+        after: Some(serde_json::json!({
+            "reason": err.kind(),
+            "error": err.to_string(),
+        })),
+        ..AuditEvent::provider(at, Origin::service(), Action::RejectKeySet, key)
+    })
+}
+
+/// The metric label of a fetch result.
+fn fetch_outcome(result: &Result<FetchOutcome, FetchError>) -> &'static str {
+    match result {
+        Ok(FetchOutcome::Modified { .. }) => "modified",
+        Ok(FetchOutcome::NotModified { .. }) => "not_modified",
+        Err(err) => err.kind(),
+    }
+}
+
+fn log_change(key: &ProviderKey, change: &Change, record: &ProviderRecord) {
+    let next = record.status.next_refresh_at.map(|at| at.to_rfc3339());
+    match change {
+        Change::NewVersion(version) => {
+            tracing::info!(provider = %key, version, next_refresh_at = ?next, "new key set version");
+        }
+        Change::Unchanged => {
+            tracing::debug!(provider = %key, next_refresh_at = ?next, "key set confirmed");
+        }
+        Change::Failed(reason) => tracing::warn!(
+            provider = %key,
+            error = %reason,
+            consecutive_failures = record.status.consecutive_failures,
+            next_refresh_at = ?next,
+            "refresh failed; keeping the last good key set"
+        ),
+        Change::Rejected(err) => tracing::warn!(
+            provider = %key,
+            error = %err,
+            reason = err.kind(),
+            next_refresh_at = ?next,
+            "key set rejected; keeping the last good key set"
+        ),
+    }
+}
+
+async fn wait_for(mut flight: Flight) -> FlightResult {
+    match flight.wait_for(Option::is_some).await {
+        Ok(result) => result.clone().unwrap_or(Err(RefreshError::Superseded)),
+        // The flight task ended without reporting: only possible if it was aborted at shutdown.
+        Err(_) => Err(RefreshError::Superseded),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

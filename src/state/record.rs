@@ -1,0 +1,162 @@
+//! What keyrelay knows about one provider: its registration, its current key set, its refresh
+//! status, and the health state derived from them at a given instant.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    domain::key_set::{KeySetDocument, SkippedKey},
+    domain::{JwksUrl, Policy, PolicyOverrides, ProviderKey},
+    upstream::fetch::Validators,
+};
+
+/// A registration as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// Tenant and provider.
+    pub key: ProviderKey,
+    /// Where the JWKS lives.
+    pub url: JwksUrl,
+    /// The policy overrides given at registration.
+    pub overrides: PolicyOverrides,
+    /// Changes on every (re-)registration; refresh results are only written for the revision
+    /// they were fetched for.
+    pub revision: i64,
+    /// When the registration was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The last good key set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentKeys {
+    /// Starts at 1 and grows by one whenever the set of keys changes.
+    pub version: u64,
+    /// The sanitized document.
+    pub document: Arc<KeySetDocument>,
+    /// When the identity provider last confirmed it.
+    pub fetched_at: DateTime<Utc>,
+    /// Until when it is fresh.
+    pub fresh_until: DateTime<Utc>,
+    /// Keys of the last fetched document that keyrelay left out, and why.
+    pub skipped: Arc<[SkippedKey]>,
+}
+
+/// The outcome of the latest refresh attempts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshStatus {
+    /// When the last fetch was attempted.
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last fetch failed; `None` after a success.
+    pub last_error: Option<String>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// When the scheduler will refresh next; `None` until the first attempt.
+    pub next_refresh_at: Option<DateTime<Utc>>,
+}
+
+/// Everything keyrelay holds about one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderRecord {
+    /// The store's change sequence of this state: across replicas, of two states of one
+    /// provider the one with the higher sequence is the newer. 0 before it is stored.
+    pub change_seq: u64,
+    /// The registration.
+    pub registration: Registration,
+    /// The last good key set, if any fetch ever succeeded.
+    pub keys: Option<CurrentKeys>,
+    /// Validators of the last good response.
+    pub validators: Validators,
+    /// Refresh status.
+    pub status: RefreshStatus,
+    /// The version of a key set published earlier but no longer held, because its stored
+    /// copy was unreadable and was dropped: the next set continues from it, so versions that
+    /// verifiers hold stay meaningful. 0 while keys are held or when none ever were.
+    pub dropped_version: u64,
+    /// Fingerprint of a fetched set that would replace every known key at once, held until a
+    /// second fetch returns the same set. In memory only: after a restart such a replacement
+    /// is simply held once more.
+    pub pending_replacement: Option<[u8; 32]>,
+}
+
+/// Health summary of a provider at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderState {
+    /// Registered; no fetch has completed.
+    Pending,
+    /// Fresh keys, last fetch succeeded.
+    Ready,
+    /// Last fetch succeeded but the keys are past their freshness.
+    Stale,
+    /// The last fetch failed.
+    Failing,
+}
+
+impl ProviderRecord {
+    /// A freshly registered provider with nothing fetched yet.
+    pub fn new(registration: Registration) -> Self {
+        Self {
+            change_seq: 0,
+            registration,
+            keys: None,
+            validators: Validators::default(),
+            status: RefreshStatus::default(),
+            dropped_version: 0,
+            pending_replacement: None,
+        }
+    }
+
+    /// The version of the held keys; without keys, the version the next set continues from.
+    pub fn version(&self) -> u64 {
+        self.keys
+            .as_ref()
+            .map_or(self.dropped_version, |keys| keys.version)
+    }
+
+    /// The provider's health at `now`.
+    pub fn state(&self, now: DateTime<Utc>) -> ProviderState {
+        match &self.keys {
+            _ if self.status.last_error.is_some() => ProviderState::Failing,
+            None => ProviderState::Pending,
+            Some(keys) if now >= keys.fresh_until => ProviderState::Stale,
+            Some(_) => ProviderState::Ready,
+        }
+    }
+
+    /// The policy in force, given the server defaults.
+    pub fn policy(&self, defaults: &Policy) -> Policy {
+        defaults.merge(&self.registration.overrides)
+    }
+}
+
+impl CurrentKeys {
+    /// Whether the keys are past their freshness at `now`.
+    pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        now >= self.fresh_until
+    }
+
+    /// The instant after which these keys are no longer served.
+    pub fn usable_until(&self, policy: &Policy) -> DateTime<Utc> {
+        self.fresh_until + policy.max_stale
+    }
+}
+
+/// A freshly registered `acme/<provider>` record at change sequence `change_seq`, for tests.
+#[cfg(test)]
+pub(crate) fn sample(provider: &str, change_seq: u64) -> ProviderRecord {
+    use crate::domain::EgressRules;
+    let now = Utc::now();
+    let mut record = ProviderRecord::new(Registration {
+        key: ProviderKey::parse("acme", provider).expect("valid test provider"),
+        url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
+            .expect("valid test URL"),
+        overrides: PolicyOverrides::default(),
+        revision: 1,
+        created_at: now,
+        updated_at: now,
+    });
+    record.change_seq = change_seq;
+    record
+}
