@@ -17,6 +17,14 @@ pub trait Clock: Send + Sync + 'static {
     async fn sleep_until(&self, deadline: DateTime<Utc>);
 }
 
+/// Returns once `clock` passes `deadline`; never when there is none.
+pub async fn sleep_until_due(clock: &dyn Clock, deadline: Option<DateTime<Utc>>) {
+    match deadline {
+        Some(deadline) => clock.sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The system clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

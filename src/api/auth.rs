@@ -124,7 +124,7 @@ mod tests {
     use super::*;
     use crate::{
         access::AccessState, access::admin_token::AdminToken, clock::SystemClock,
-        observability::metrics::Metrics, state::cache::KeyCache,
+        observability::metrics::Metrics,
     };
 
     struct Admin {
@@ -138,10 +138,7 @@ mod tests {
             let registry =
                 AccessRegistry::new(AdminToken::new("t0ken").unwrap(), AccessState::default());
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let metrics = crate::observability::metrics::for_tests(
-                Arc::new(KeyCache::with_records([])),
-                Arc::clone(&clock),
-            );
+            let metrics = Metrics::new(Vec::new());
             let failures = AuthFailures::new(Arc::clone(&metrics), NonZeroU32::MIN);
             let auth = Authenticator::new(Arc::new(registry), clock, Arc::new(failures)).admin();
             Self { auth, metrics }

@@ -31,8 +31,9 @@ use crate::{
     api::auth_failures::{AuthFailures, Service},
     clock::Clock,
     core::error::Error,
-    core::providers::{Relay, Snapshot},
+    core::providers::Relay,
     domain::{ProviderKey, TenantId},
+    state::Snapshot,
     state::record::CurrentKeys,
 };
 

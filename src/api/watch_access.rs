@@ -10,7 +10,7 @@ use tonic::Status;
 use crate::{
     access::{AccessRegistry, Principal},
     api::watch::EncodedEvent,
-    clock::Clock,
+    clock::{Clock, sleep_until_due},
     domain::TenantId,
 };
 
@@ -50,12 +50,7 @@ impl WatchAccess {
         let mut changes = self.registry.changes();
         let expiry = self.caller.as_ref().and_then(|c| self.registry.expiry(c));
         loop {
-            let expired = async {
-                match expiry {
-                    Some(at) => self.clock.sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let expired = sleep_until_due(&*self.clock, expiry);
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {

@@ -7,14 +7,13 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, LEASE_CHANNEL, REFRESH_CHANNEL, REFRESH_DONE_CHANNEL, RefreshRequest};
 use crate::{
     access::AccessRegistry,
     domain::ProviderKey,
-    refresh::Refresher,
     state::cache::KeyCache,
     store::{ACCESS_CHANNEL, CHANGES_CHANNEL, Change, Store, StoreError},
 };
@@ -35,8 +34,9 @@ pub struct FeedParts {
     pub cache: Arc<KeyCache>,
     /// This replica's access state, reloaded on every access change.
     pub access: Arc<AccessRegistry>,
-    /// Serves refresh requests while this replica leads.
-    pub refresher: Arc<Refresher>,
+    /// Where refresh requests from followers go while this replica leads (the refresher
+    /// serves them).
+    pub refresh_requests: mpsc::Sender<RefreshRequest>,
     /// Receives answers to this replica's own refresh requests.
     pub cluster: Arc<Cluster>,
     /// Woken when a leader lets go of the lease.
@@ -199,8 +199,12 @@ impl ChangeFeed {
             tracing::warn!(payload, "ignoring a malformed refresh request");
             return;
         };
-        if self.parts.cluster.leadership().is_leader() {
-            self.parts.refresher.serve(request);
+        if !self.parts.cluster.leadership().is_leader() {
+            return;
+        }
+        if let Err(err) = self.parts.refresh_requests.try_send(request) {
+            // The follower's wait times out and its caller sees why; nothing is lost here.
+            tracing::warn!(error = %err, "refresh requests are arriving faster than they are served; dropping one");
         }
     }
 }

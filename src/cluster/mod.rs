@@ -4,6 +4,7 @@
 //! followers to the leader, and the cluster status. On the embedded store the single node
 //! always leads and there is no feed.
 
+mod collector;
 mod feed;
 mod lease;
 
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{oneshot, watch};
 
+pub use collector::LeadershipCollector;
 pub use feed::{ChangeFeed, FeedParts};
 pub use lease::{LeaseKeeper, LeaseSettings};
 

@@ -13,34 +13,9 @@ use crate::{
     domain::{Kid, Policy, ProviderKey, TenantId},
     observability::metrics::{CacheResult, Metrics},
     refresh::{FlightResult, RefreshError, Refresher},
-    state::cache::KeyCache,
-    state::record::ProviderRecord,
+    state::{Snapshot, cache::KeyCache, record::ProviderRecord},
     store::{NewRegistration, Store},
 };
-
-/// A record as seen at one instant, with the policy in force.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The record.
-    pub record: Arc<ProviderRecord>,
-    /// The effective policy.
-    pub policy: Policy,
-    /// When the snapshot was taken; staleness and state are judged at this instant.
-    pub at: DateTime<Utc>,
-}
-
-impl Snapshot {
-    fn has_kid(&self, kid: &Kid) -> bool {
-        self.record
-            .keys
-            .as_ref()
-            .is_some_and(|keys| keys.document.contains_kid(kid.as_str()))
-    }
-
-    fn version(&self) -> u64 {
-        self.record.keys.as_ref().map_or(0, |keys| keys.version)
-    }
-}
 
 /// The answer to a resolve.
 #[derive(Debug)]

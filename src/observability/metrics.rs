@@ -1,14 +1,15 @@
-//! Prometheus metrics, in the `keyrelay_` namespace with units in their names: instruments
-//! the service updates as it works, and a collector that reads the fleet and provider state
-//! at scrape time. Per-provider series are bounded (see `MAX_PROVIDER_SERIES`).
+//! Prometheus metrics, in the `keyrelay_` namespace with units in their names: the
+//! instruments the service updates as it works, and the registry the subsystems' own
+//! collectors (fleet role, provider states, unreadable rows) join, read at scrape time.
 
 use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
+    collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text},
     metrics::{
         MetricType,
-        counter::{ConstCounter, Counter},
+        counter::Counter,
         family::Family,
         gauge::ConstGauge,
         gauge::Gauge,
@@ -16,20 +17,6 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-
-use crate::{
-    clock::Clock,
-    cluster::{Cluster, Role},
-    domain::Policy,
-    domain::key_set::SkippedKey,
-    state::cache::KeyCache,
-    state::record::ProviderState,
-    store::UnreadableRows,
-};
-
-/// Providers exported one series each in `keyrelay_provider_time_until_unusable_seconds`: the
-/// ones closest to running out of usable keys. The totals by state cover all providers.
-pub const MAX_PROVIDER_SERIES: usize = 100;
 
 /// Labels of RPC metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,15 +84,9 @@ fn seconds_buckets() -> Histogram {
 }
 
 impl Metrics {
-    /// The instruments, plus a collector of the state of `cluster` and `cache` and of the
-    /// store's `unreadable` rows.
-    pub fn new(
-        cluster: Arc<Cluster>,
-        cache: Arc<KeyCache>,
-        clock: Arc<dyn Clock>,
-        defaults: Policy,
-        unreadable: Arc<UnreadableRows>,
-    ) -> Arc<Self> {
+    /// The instruments, plus `collectors` that read the service's state at scrape time
+    /// (each subsystem provides its own).
+    pub fn new(collectors: Vec<Box<dyn Collector>>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("keyrelay");
         let metrics = Self {
             rpc_requests: Family::default(),
@@ -197,13 +178,9 @@ impl Metrics {
             "Failed authentications by service (admin, key, mirror) and reason (missing, malformed, rejected, verifier_token, rate_limited)",
             metrics.auth_failures.clone(),
         );
-        registry.register_collector(Box::new(StateCollector {
-            cluster,
-            cache,
-            clock,
-            defaults,
-            unreadable,
-        }));
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
         Arc::new(Self {
             registry,
             ..metrics
@@ -259,14 +236,11 @@ impl Metrics {
             .inc();
     }
 
-    /// A fetched document was published without the keys in `skipped`.
-    pub fn keys_skipped(&self, skipped: &[SkippedKey]) {
-        for key in skipped {
-            let reason = key.reason.kind();
-            self.keys_skipped
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
-        }
+    /// A fetched document was published without one of its keys, for `reason`.
+    pub fn key_skipped(&self, reason: &'static str) {
+        self.keys_skipped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// A WatchKeys stream opened; the guard counts it closed when dropped.
@@ -301,19 +275,6 @@ impl Metrics {
     }
 }
 
-/// Metrics over an empty single-node state, for unit tests.
-#[cfg(test)]
-pub(crate) fn for_tests(cache: Arc<KeyCache>, clock: Arc<dyn Clock>) -> Arc<Metrics> {
-    let cluster = Cluster::single_node("test".into(), "test".into(), clock.now());
-    Metrics::new(
-        Arc::new(cluster),
-        cache,
-        clock,
-        crate::domain::documented_defaults(),
-        Arc::default(),
-    )
-}
-
 /// Counts one open WatchKeys stream while alive.
 #[derive(Debug)]
 pub struct WatchGuard(Arc<Metrics>);
@@ -324,38 +285,8 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Reads leadership and provider state at scrape time.
-struct StateCollector {
-    cluster: Arc<Cluster>,
-    cache: Arc<KeyCache>,
-    clock: Arc<dyn Clock>,
-    defaults: Policy,
-    unreadable: Arc<UnreadableRows>,
-}
-
-impl std::fmt::Debug for StateCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateCollector")
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProviderLabels {
-    tenant: String,
-    provider: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PartLabels {
-    part: &'static str,
-}
-
-fn gauge(
+/// Writes one gauge sample `name` (without the `keyrelay_` prefix) for a collector.
+pub fn encode_gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -364,100 +295,4 @@ fn gauge(
 ) -> Result<(), std::fmt::Error> {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?)
-}
-
-impl prometheus_client::collector::Collector for StateCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (leader, term) = match self.cluster.leadership().role() {
-            Role::Leader(fence) => (1, fence.map_or(0, |f| f.term)),
-            Role::Follower => (0, 0),
-        };
-        gauge(
-            &mut encoder,
-            "leader",
-            "1 while this replica leads the refresh work",
-            None,
-            leader,
-        )?;
-        gauge(
-            &mut encoder,
-            "lease_term",
-            "The lease term this replica leads under (0 when following or single-node)",
-            None,
-            term,
-        )?;
-
-        {
-            let mut rows = encoder.encode_descriptor(
-                "store_unreadable_rows",
-                "Stored rows found unreadable when read, by part: registration (row left out), key_set (provider quarantined and fetched again), validators, skipped_keys, access_token (token refused), tenant_access",
-                None,
-                MetricType::Counter,
-            )?;
-            for (part, count) in self.unreadable.counts() {
-                let labels = PartLabels {
-                    part: part.as_str(),
-                };
-                ConstCounter::new(count).encode(rows.encode_family(&labels)?)?;
-            }
-        }
-
-        let now = self.clock.now();
-        let records = self.cache.all();
-        let mut by_state = [
-            ("pending", 0i64),
-            ("ready", 0),
-            ("stale", 0),
-            ("failing", 0),
-        ];
-        let mut remaining = Vec::new();
-        for record in &records {
-            let index = match record.state(now) {
-                ProviderState::Pending => 0,
-                ProviderState::Ready => 1,
-                ProviderState::Stale => 2,
-                ProviderState::Failing => 3,
-            };
-            by_state[index].1 += 1;
-            if let Some(keys) = &record.keys {
-                let until = keys.usable_until(&record.policy(&self.defaults));
-                remaining.push(((until - now).num_seconds(), &record.registration.key));
-            }
-        }
-        {
-            let mut states = encoder.encode_descriptor(
-                "providers",
-                "Providers by state",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (state, count) in by_state {
-                ConstGauge::new(count).encode(states.encode_family(&StateLabels { state })?)?;
-            }
-        }
-        remaining.sort();
-        {
-            let mut series = encoder.encode_descriptor(
-                "provider_time_until_unusable",
-                "Time until a provider's last good keys stop being served (fresh_until + max_stale), for the 100 providers closest to it",
-                Some(&Unit::Seconds),
-                MetricType::Gauge,
-            )?;
-            for (seconds, key) in remaining.iter().take(MAX_PROVIDER_SERIES) {
-                let labels = ProviderLabels {
-                    tenant: key.tenant.as_str().to_owned(),
-                    provider: key.provider.as_str().to_owned(),
-                };
-                ConstGauge::new(*seconds).encode(series.encode_family(&labels)?)?;
-            }
-        }
-        let minimum = remaining.first().map_or(0, |(seconds, _)| *seconds);
-        gauge(
-            &mut encoder,
-            "min_time_until_unusable",
-            "Smallest time until unusable over all providers with keys (0 when there are none): alert on this",
-            Some(&Unit::Seconds),
-            minimum,
-        )
-    }
 }

@@ -16,8 +16,8 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
-use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{mpsc, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -183,10 +183,28 @@ impl Refresher {
         Some(started.join().await)
     }
 
+    /// Serves followers' refresh requests, as the change feed passes them on, until
+    /// `shutdown`.
+    pub async fn serve_requests(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<RefreshRequest>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                request = requests.recv() => match request {
+                    Some(request) => self.serve(request),
+                    None => return,
+                },
+            }
+        }
+    }
+
     /// Serves a follower's request in the background and answers it with the change
     /// sequence of the resulting state (the current one if the cooldown declined it). The
     /// work continues the follower's trace.
-    pub fn serve(self: &Arc<Self>, request: RefreshRequest) {
+    fn serve(self: &Arc<Self>, request: RefreshRequest) {
         let this = Arc::clone(self);
         let span = tracing::info_span!(
             "keyrelay.refresh.serve",
@@ -358,7 +376,9 @@ impl Refresher {
         if let (Some(keys), "modified", Change::NewVersion(_) | Change::Unchanged) =
             (&next.keys, outcome, &change)
         {
-            parts.metrics.keys_skipped(&keys.skipped);
+            for skipped in keys.skipped.iter() {
+                parts.metrics.key_skipped(skipped.reason.kind());
+            }
         }
         let audit = rejection_event(&current, &next, &change);
         self.commit(key, next, change, fence.as_ref(), audit.as_ref())

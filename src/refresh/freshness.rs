@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use crate::domain::Policy;
+use crate::{domain::Policy, upstream::fetch::Retry};
 
 /// Jitter is at most this fraction of the lifetime...
 const JITTER_FRACTION: u32 = 10;
@@ -33,19 +33,6 @@ pub struct Backoff {
     pub initial: Duration,
     /// Upper bound of every retry delay.
     pub max: Duration,
-}
-
-/// Whether a failed fetch is worth retrying soon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Transient (timeouts, 5xx, 429): back off exponentially, at least `after` when given.
-    Soon {
-        /// The IdP's Retry-After.
-        after: Option<Duration>,
-    },
-    /// Not going to change by retrying quickly (4xx, a rejected document): wait between half
-    /// and all of the maximum backoff.
-    Later,
 }
 
 /// The lifetime to use: the one from the cache headers, or `default_ttl` when the IdP sent

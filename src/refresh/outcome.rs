@@ -10,9 +10,9 @@ use rand::Rng;
 use crate::{
     domain::Policy,
     domain::key_set::{JwksError, KeySetDocument, Parsed, SkippedKey},
-    refresh::freshness::{self, Backoff, Retry},
-    state::record::{CurrentKeys, ProviderRecord, RefreshStatus},
-    upstream::fetch::{CacheFacts, FetchError, FetchOutcome, Validators},
+    refresh::freshness::{self, Backoff},
+    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Validators},
+    upstream::fetch::{CacheFacts, FetchError, FetchOutcome, Retry},
 };
 
 /// What a refresh did, for logs and callers.

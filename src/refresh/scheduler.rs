@@ -5,12 +5,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
 use tokio::{sync::broadcast::error::RecvError, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::Clock,
+    clock::{Clock, sleep_until_due},
     cluster::Leadership,
     domain::ProviderKey,
     refresh::due_queue::DueQueue,
@@ -73,7 +72,7 @@ impl Scheduler {
                     }
                 }
                 () = leadership.changed() => {}
-                () = sleep_until(&*self.clock, next_due), if may_start => {
+                () = sleep_until_due(&*self.clock, next_due), if may_start => {
                     self.start_due(&mut running);
                 }
             }
@@ -121,13 +120,5 @@ impl Scheduler {
                 (key, result)
             });
         }
-    }
-}
-
-/// Sleeps until `at`, or forever when nothing is due.
-pub(crate) async fn sleep_until(clock: &dyn Clock, at: Option<DateTime<Utc>>) {
-    match at {
-        Some(at) => clock.sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

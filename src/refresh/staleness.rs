@@ -7,8 +7,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::Clock, domain::ProviderKey, refresh::due_queue::DueQueue,
-    refresh::scheduler::sleep_until, state::cache::KeyCache,
+    clock::{Clock, sleep_until_due},
+    domain::ProviderKey,
+    refresh::due_queue::DueQueue,
+    state::cache::KeyCache,
 };
 
 /// Announces providers whose keys have just stopped being fresh.
@@ -40,7 +42,7 @@ impl StalenessTimer {
                     Err(RecvError::Lagged(_)) => self.track_all(),
                     Err(RecvError::Closed) => break,
                 },
-                () = sleep_until(&*self.clock, self.queue.next_due()) => self.announce_due(),
+                () = sleep_until_due(&*self.clock, self.queue.next_due()) => self.announce_due(),
             }
         }
     }

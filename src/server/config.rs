@@ -5,26 +5,18 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Dura
 
 use ipnet::IpNet;
 
-use clap::{ArgAction, Args, ValueEnum};
+use clap::{ArgAction, Args};
 
 use crate::{
     cluster::LeaseSettings,
     domain::{EgressRules, Policy, ValidationError},
+    observability::telemetry::LogFormat,
     refresh::freshness::Backoff,
     server::tls::{TlsFiles, TlsSettings},
     upstream::dns::HostLookup,
     upstream::fetch::FetchSettings,
     upstream::tls::{UpstreamTlsError, UpstreamTrustRoots, load_ca_bundle},
 };
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Settings of `keyrelay serve`.
 #[derive(Debug, Clone, Args)]

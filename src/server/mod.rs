@@ -9,7 +9,7 @@ pub mod tls;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use sqlx::postgres::PgListener;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     service::{Routes, interceptor::InterceptedService},
@@ -26,7 +26,9 @@ use crate::{
     api::watch::WatchHub,
     api::{AdminApi, Authenticator, KeyApi, ObserveLayer},
     clock::Clock,
-    cluster::{self, ChangeFeed, Cluster, FeedParts, LeaseKeeper},
+    cluster::{
+        self, ChangeFeed, Cluster, FeedParts, LeadershipCollector, LeaseKeeper, RefreshRequest,
+    },
     core::access::AccessControl,
     core::failure_limiter::FailureLimiter,
     core::providers::{Relay, RelayParts},
@@ -41,8 +43,8 @@ use crate::{
     refresh::{Refresher, RefresherParts},
     server::config::ServeConfig,
     server::tls::{ReloadHandle, TlsError, TlsListener},
-    state::cache::KeyCache,
-    store::{self, Store, StoreError},
+    state::{cache::KeyCache, collector::ProvidersCollector},
+    store::{self, Store, StoreError, UnreadableRowsCollector},
     upstream::dns::SystemLookup,
     upstream::fetch::{FetchSetupError, Fetcher},
 };
@@ -55,6 +57,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Largest request message accepted (a WatchKeys request with every bound used fits).
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Followers' refresh requests waiting for the leader's refresher.
+const REFRESH_REQUEST_QUEUE: usize = 1024;
 /// A follower waits this much longer than one fetch for the leader's result.
 const LEADER_WAIT_MARGIN: Duration = Duration::from_secs(2);
 
@@ -107,6 +111,8 @@ enum Listener {
 struct FleetTasks {
     keeper: LeaseKeeper,
     feed: ChangeFeed,
+    refresher: Arc<Refresher>,
+    requests: mpsc::Receiver<RefreshRequest>,
     listener: PgListener,
 }
 
@@ -192,13 +198,15 @@ impl Application {
                 None,
             ),
         };
-        let metrics = Metrics::new(
-            Arc::clone(&cluster),
-            Arc::clone(&cache),
-            Arc::clone(&clock),
-            defaults,
-            opened.unreadable,
-        );
+        let metrics = Metrics::new(vec![
+            Box::new(LeadershipCollector(cluster.leadership().clone())),
+            Box::new(ProvidersCollector {
+                cache: Arc::clone(&cache),
+                clock: Arc::clone(&clock),
+                defaults,
+            }),
+            Box::new(UnreadableRowsCollector(opened.unreadable)),
+        ]);
         // Before taking part in the fleet, so bad TLS files fail the start cleanly.
         let listener = match tls {
             Some(settings) => {
@@ -236,12 +244,13 @@ impl Application {
         let leadership = cluster.leadership().clone();
         let fleet = match fleet_parts {
             Some((pool, mut keeper, nudge)) => {
+                let (refresh_requests, requests) = mpsc::channel(REFRESH_REQUEST_QUEUE);
                 let feed = ChangeFeed::new(FeedParts {
                     pool,
                     store: Arc::clone(&store),
                     cache: Arc::clone(&cache),
                     access: Arc::clone(&access),
-                    refresher: Arc::clone(&refresher),
+                    refresh_requests,
                     cluster: Arc::clone(&cluster),
                     lease_nudge: nudge,
                 });
@@ -252,6 +261,8 @@ impl Application {
                 Some(FleetTasks {
                     keeper,
                     feed,
+                    refresher: Arc::clone(&refresher),
+                    requests,
                     listener,
                 })
             }
@@ -358,6 +369,10 @@ impl Application {
             ));
             let feed = fleet.feed.run(fleet.listener, shutdown.child_token());
             background.push(("change feed", tokio::spawn(feed)));
+            let serving = fleet
+                .refresher
+                .serve_requests(fleet.requests, shutdown.child_token());
+            background.push(("refresh requests", tokio::spawn(serving)));
         }
         background.push((
             "scheduler",

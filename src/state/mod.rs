@@ -3,4 +3,8 @@
 //! read is served from, with its feed of changes.
 
 pub mod cache;
+pub mod collector;
 pub mod record;
+mod snapshot;
+
+pub use snapshot::Snapshot;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use http_cache_semantics::CachePolicy;
 
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::{JwksUrl, Policy, PolicyOverrides, ProviderKey},
-    upstream::fetch::Validators,
 };
 
 /// A registration as stored.
@@ -27,6 +27,17 @@ pub struct Registration {
     pub created_at: DateTime<Utc>,
     /// When it was last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// What keyrelay remembers of the last good response, to revalidate it.
+#[derive(Debug, Clone, Default)]
+pub struct Validators {
+    /// The response's ETag, sent back as If-None-Match.
+    pub etag: Option<String>,
+    /// The response's Last-Modified, sent back as If-Modified-Since.
+    pub last_modified: Option<String>,
+    /// The response's caching rules, updated by a 304.
+    pub cache_policy: Option<CachePolicy>,
 }
 
 /// The last good key set.

@@ -34,7 +34,7 @@ pub use postgres::{CHANGES_CHANNEL, Change, PostgresStore};
 pub use postgres_access::ACCESS_CHANNEL;
 pub use row::{RefreshColumns, RegistrationColumns, StoredRow, UndecodedRefresh};
 pub use sqlite::SqliteStore;
-pub use unreadable::{RowPart, UnreadableRows};
+pub use unreadable::{RowPart, UnreadableRows, UnreadableRowsCollector};
 
 /// File name of the embedded database inside the data directory.
 pub const SQLITE_FILE: &str = "keyrelay.db";

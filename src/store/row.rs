@@ -17,8 +17,7 @@ use super::{
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::{JwksUrl, ProviderKey},
-    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Registration},
-    upstream::fetch::Validators,
+    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Registration, Validators},
 };
 
 /// A `providers` row as read from the database, not yet trusted.

@@ -2,7 +2,16 @@
 //! (or token, or tenant), and counted by the part that was unreadable, for
 //! `keyrelay_store_unreadable_rows_total`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
 
 /// The part of a `providers` row that could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +91,33 @@ impl UnreadableRows {
     /// The counts so far, by part.
     pub fn counts(&self) -> [(RowPart, u64); RowPart::ALL.len()] {
         RowPart::ALL.map(|part| (part, self.counts[part as usize].load(Ordering::Relaxed)))
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabels {
+    part: &'static str,
+}
+
+/// `keyrelay_store_unreadable_rows_total`, read when scraped.
+#[derive(Debug)]
+pub struct UnreadableRowsCollector(pub Arc<UnreadableRows>);
+
+impl Collector for UnreadableRowsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut rows = encoder.encode_descriptor(
+            "store_unreadable_rows",
+            "Stored rows found unreadable when read, by part: registration (row left out), key_set (provider quarantined and fetched again), validators, skipped_keys, access_token (token refused), tenant_access",
+            None,
+            MetricType::Counter,
+        )?;
+        for (part, count) in self.0.counts() {
+            let labels = PartLabels {
+                part: part.as_str(),
+            };
+            ConstCounter::new(count).encode(rows.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 

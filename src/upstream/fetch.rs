@@ -24,7 +24,7 @@ use url::Url;
 
 use crate::{
     domain::{EgressRules, JwksUrl, SpkiPin, UpstreamTrust},
-    refresh::freshness::Retry,
+    state::record::Validators,
     upstream::dns::{GuardedResolver, HostLookup},
     upstream::tls::{UpstreamTlsError, UpstreamTrustRoots},
 };
@@ -48,15 +48,17 @@ pub struct FetchSettings {
     pub trust_roots: UpstreamTrustRoots,
 }
 
-/// What keyrelay remembers of the last good response, to revalidate it.
-#[derive(Debug, Clone, Default)]
-pub struct Validators {
-    /// The response's ETag, sent back as If-None-Match.
-    pub etag: Option<String>,
-    /// The response's Last-Modified, sent back as If-Modified-Since.
-    pub last_modified: Option<String>,
-    /// The response's caching rules, updated by a 304.
-    pub cache_policy: Option<CachePolicy>,
+/// Whether a failed fetch is worth retrying soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Transient (timeouts, 5xx, 429): back off exponentially, at least `after` when given.
+    Soon {
+        /// The IdP's Retry-After.
+        after: Option<Duration>,
+    },
+    /// Not going to change by retrying quickly (4xx, a rejected document): wait between half
+    /// and all of the maximum backoff.
+    Later,
 }
 
 /// The caching facts of a successful exchange.

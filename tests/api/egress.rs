@@ -15,8 +15,9 @@ use std::{
 use async_trait::async_trait;
 use keyrelay::{
     domain::{EgressRules, JwksUrl, UpstreamTrust},
+    state::record::Validators,
     upstream::dns::HostLookup,
-    upstream::fetch::{FetchError, FetchOutcome, FetchSettings, Fetcher, Validators},
+    upstream::fetch::{FetchError, FetchOutcome, FetchSettings, Fetcher},
     upstream::tls::UpstreamTrustRoots,
 };
 use rustls::pki_types::CertificateDer;

@@ -8,9 +8,9 @@ use keyrelay::{
     access::Origin,
     domain::key_set::{KeySetDocument, SkipReason, SkippedKey},
     domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey},
+    state::record::Validators,
     state::record::{CurrentKeys, ProviderRecord, RefreshStatus},
     store::{self, NewRegistration, Store},
-    upstream::fetch::Validators,
 };
 use tempfile::TempDir;
 

@@ -12,11 +12,11 @@ use prost_types::Timestamp;
 
 use crate::{
     cluster::ClusterStatus,
-    core::providers::Snapshot,
     domain::{
         EgressRules, JwksUrl, Policy, PolicyOverrides, ProviderKey, UpstreamTrust, ValidationError,
     },
     proto::v1 as pb,
+    state::Snapshot,
     state::record::{CurrentKeys, ProviderState},
     store::NewRegistration,
 };

@@ -16,9 +16,9 @@ use prost::{
 
 use crate::{
     api::convert,
-    core::providers::Snapshot,
     domain::ProviderKey,
     proto::v1::{self as pb, watch_keys_response::Event},
+    state::Snapshot,
     state::record::{CurrentKeys, ProviderRecord},
 };
 

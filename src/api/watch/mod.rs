@@ -16,7 +16,7 @@ pub use selection::{WatchRequest, limits};
 pub use subscription::Subscription;
 
 use crate::{
-    clock::Clock, core::providers::Snapshot, domain::Policy, observability::metrics::Metrics,
+    clock::Clock, domain::Policy, observability::metrics::Metrics, state::Snapshot,
     state::cache::KeyCache, state::record::CurrentKeys,
 };
 use event::EventCache;

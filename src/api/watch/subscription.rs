@@ -14,7 +14,7 @@ use tonic::Status;
 
 use super::{EncodedEvent, WatchHub, WatchRequest};
 use crate::{
-    core::providers::Snapshot, domain::ProviderKey, observability::metrics::WatchGuard,
+    domain::ProviderKey, observability::metrics::WatchGuard, state::Snapshot,
     state::cache::ChangeNotice, state::record::ProviderState,
 };
 
@@ -213,8 +213,7 @@ mod tests {
         shutdown: CancellationToken,
     ) -> Arc<WatchHub> {
         let clock: Arc<dyn Clock> = Arc::new(clock.clone());
-        let metrics =
-            crate::observability::metrics::for_tests(Arc::clone(cache), Arc::clone(&clock));
+        let metrics = crate::observability::metrics::Metrics::new(Vec::new());
         WatchHub::new(
             Arc::clone(cache),
             clock,
