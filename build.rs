@@ -2,8 +2,8 @@
 //! generates the code in two passes:
 //! - messages and clients of `keyrelay.v1`, the types everyone uses;
 //! - the servers, generated apart so that WatchKeys events and Resolve answers are sent as
-//!   bytes encoded once per change and shared by every caller (`crate::api::watch::EncodedEvent`),
-//!   through a codec with small per-stream buffers (`crate::proto::LeanCodec`).
+//!   bytes encoded once per change and shared by every caller (`crate::api::encoded::EncodedEvent`),
+//!   through a codec with small per-stream buffers (`crate::api::encoded::LeanCodec`).
 
 use std::{env, fs, path::PathBuf};
 
@@ -39,15 +39,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .out_dir(servers_dir)
-        .codec_path("crate::proto::LeanCodec")
+        .codec_path("crate::api::encoded::LeanCodec")
         .extern_path(".keyrelay.v1", "crate::proto::v1")
         .extern_path(
             ".keyrelay.v1.WatchKeysResponse",
-            "crate::api::watch::EncodedEvent",
+            "crate::api::encoded::EncodedEvent",
         )
         .extern_path(
             ".keyrelay.v1.ResolveResponse",
-            "crate::api::watch::EncodedEvent",
+            "crate::api::encoded::EncodedEvent",
         )
         .compile_fds(services_only)?;
     Ok(())

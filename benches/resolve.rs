@@ -22,7 +22,7 @@ use std::{
 use axum::{Router, routing::get};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use keyrelay::{
-    api::watch::EncodedEvent,
+    api::encoded::EncodedEvent,
     proto::v1::{
         self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
     },
@@ -47,7 +47,7 @@ fn jwks() -> String {
 struct Baseline(EncodedEvent);
 
 #[tonic::async_trait]
-impl keyrelay::proto::server::key_service_server::KeyService for Baseline {
+impl keyrelay::api::grpc::key_service_server::KeyService for Baseline {
     async fn resolve(
         &self,
         _request: Request<pb::ResolveRequest>,
@@ -72,7 +72,7 @@ async fn baseline_server(path: String, port: u16) {
     let response = EncodedEvent::from_bytes(bytes.into());
     tonic::transport::Server::builder()
         .add_service(
-            keyrelay::proto::server::key_service_server::KeyServiceServer::new(Baseline(response)),
+            keyrelay::api::grpc::key_service_server::KeyServiceServer::new(Baseline(response)),
         )
         .serve(format!("127.0.0.1:{port}").parse().unwrap())
         .await

@@ -10,12 +10,13 @@ use tonic::{Request, Response, Status};
 use crate::{
     access::{Origin, Principal, TokenId},
     api::convert,
+    api::grpc::admin_service_server::AdminService,
     cluster::Cluster,
     core::access::{AccessControl, ensure_administers, visible_filter},
     core::error::Error,
-    core::providers::Relay,
+    core::providers::Providers,
     domain::{EgressRules, ProviderKey, TenantId, ValidationError},
-    proto::{server::admin_service_server::AdminService, v1 as pb},
+    proto::v1 as pb,
 };
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -23,22 +24,22 @@ const MAX_PAGE_SIZE: usize = 1000;
 
 /// The AdminService handlers.
 pub struct AdminApi {
-    relay: Arc<Relay>,
+    providers: Arc<Providers>,
     cluster: Arc<Cluster>,
     egress: EgressRules,
     access: Arc<AccessControl>,
 }
 
 impl AdminApi {
-    /// Handlers over `relay`, `cluster` and `access`, accepting JWKS URLs that pass `egress`.
+    /// Handlers over `providers`, `cluster` and `access`, accepting JWKS URLs that pass `egress`.
     pub fn new(
-        relay: Arc<Relay>,
+        providers: Arc<Providers>,
         cluster: Arc<Cluster>,
         egress: EgressRules,
         access: Arc<AccessControl>,
     ) -> Self {
         Self {
-            relay,
+            providers,
             cluster,
             egress,
             access,
@@ -104,7 +105,7 @@ impl AdminService for AdminApi {
             convert::new_registration(request.into_inner(), &self.egress).map_err(Error::from)?;
         super::record_key(&registration.key);
         ensure_administers(&caller, &registration.key.tenant)?;
-        let (snapshot, created) = self.relay.register(registration, &origin).await?;
+        let (snapshot, created) = self.providers.register(registration, &origin).await?;
         Ok(Response::new(pb::RegisterProviderResponse {
             provider: Some(convert::provider(&snapshot)),
             created,
@@ -119,7 +120,7 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
         ensure_visible(&caller, &key)?;
-        self.relay.unregister(&key, &origin).await?;
+        self.providers.unregister(&key, &origin).await?;
         Ok(Response::new(pb::UnregisterProviderResponse {}))
     }
 
@@ -131,7 +132,7 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
         ensure_visible(&caller, &key)?;
-        let snapshot = self.relay.get(&key)?;
+        let snapshot = self.providers.get(&key)?;
         Ok(Response::new(pb::GetProviderResponse {
             provider: Some(convert::provider(&snapshot)),
         }))
@@ -148,7 +149,7 @@ impl AdminService for AdminApi {
         let Some(tenant) = visible_filter(&caller, tenant) else {
             return Ok(Response::new(pb::ListProvidersResponse::default()));
         };
-        let page = self.relay.list(
+        let page = self.providers.list(
             tenant.as_ref(),
             after.as_ref(),
             page_size(request.page_size),
@@ -167,7 +168,7 @@ impl AdminService for AdminApi {
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
         ensure_visible(&caller, &key)?;
-        let snapshot = self.relay.refresh(&key).await?;
+        let snapshot = self.providers.refresh(&key).await?;
         Ok(Response::new(pb::RefreshProviderResponse {
             provider: Some(convert::provider(&snapshot)),
         }))
@@ -184,7 +185,7 @@ impl AdminService for AdminApi {
             )
             .into());
         }
-        let now = self.relay.now();
+        let now = self.providers.now();
         let status = self.cluster.status(now).await.map_err(Error::from)?;
         Ok(Response::new(convert::cluster_status(&status, now)))
     }

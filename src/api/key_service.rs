@@ -9,33 +9,37 @@ use tonic::{Request, Response, Status};
 use super::watch_access::WatchAccess;
 use crate::{
     access::AccessRegistry,
-    api::watch::{EncodedEvent, WatchHub, WatchRequest},
+    api::grpc::key_service_server::KeyService,
+    api::{
+        encoded::EncodedEvent,
+        watch::{WatchHub, WatchRequest},
+    },
     clock::Clock,
     core::error::Error,
-    core::providers::{Relay, Resolved},
+    core::providers::{Providers, Resolved},
     domain::Kid,
-    proto::{server::key_service_server::KeyService, v1 as pb},
+    proto::v1 as pb,
 };
 
 /// The KeyService handlers.
 pub struct KeyApi {
-    relay: Arc<Relay>,
+    providers: Arc<Providers>,
     watch: Arc<WatchHub>,
     access: Arc<AccessRegistry>,
     clock: Arc<dyn Clock>,
 }
 
 impl KeyApi {
-    /// Handlers over `relay` and `watch`, which share one cache, checking callers against
+    /// Handlers over `providers` and `watch`, which share one cache, checking callers against
     /// `access` at `clock`'s time.
     pub fn new(
-        relay: Arc<Relay>,
+        providers: Arc<Providers>,
         watch: Arc<WatchHub>,
         access: Arc<AccessRegistry>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
-            relay,
+            providers,
             watch,
             access,
             clock,
@@ -65,7 +69,7 @@ impl KeyService for KeyApi {
             .transpose()
             .map_err(Error::from)?;
         let resolved = self
-            .relay
+            .providers
             .resolve(&key, kid.as_ref(), request.if_newer_than_version, client)
             .await?;
         let answer = match resolved {

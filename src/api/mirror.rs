@@ -31,7 +31,7 @@ use crate::{
     api::auth_failures::{AuthFailures, Service},
     clock::Clock,
     core::error::Error,
-    core::providers::Relay,
+    core::providers::Providers,
     domain::{ProviderKey, TenantId},
     state::Snapshot,
     state::record::CurrentKeys,
@@ -43,7 +43,7 @@ const JWK_SET: &str = "application/jwk-set+json";
 #[derive(Clone)]
 pub struct Mirror {
     /// The key sets.
-    pub relay: Arc<Relay>,
+    pub providers: Arc<Providers>,
     /// Who may read which tenant.
     pub access: Arc<AccessRegistry>,
     /// Time for token expiry.
@@ -123,7 +123,7 @@ async fn provider_set(
             if !mirror.may_read(&request, &key.tenant)? {
                 return Err(Error::ProviderNotFound(key));
             }
-            let served = single(&mirror.relay.usable(&key)?)?;
+            let served = single(&mirror.providers.usable(&key)?)?;
             Ok((served, mirror.cacheability(&key.tenant)))
         });
     respond(served, &request.headers)
@@ -141,7 +141,7 @@ async fn tenant_set(
                 return Err(no_usable_provider(&tenant));
             }
             Ok((
-                merged(&mirror.relay, &tenant)?,
+                merged(&mirror.providers, &tenant)?,
                 mirror.cacheability(&tenant),
             ))
         });
@@ -185,12 +185,12 @@ fn single(snapshot: &Snapshot) -> Result<Served, Error> {
 
 /// The union of the tenant's usable key sets. Refused when two providers publish the same kid:
 /// a verifier choosing by kid could not tell them apart.
-fn merged(relay: &Relay, tenant: &TenantId) -> Result<Served, Error> {
-    let snapshots: Vec<Snapshot> = relay
+fn merged(providers: &Providers, tenant: &TenantId) -> Result<Served, Error> {
+    let snapshots: Vec<Snapshot> = providers
         .list(Some(tenant), None, usize::MAX)
         .providers
         .into_iter()
-        .filter_map(|listed| relay.usable(&listed.record.registration.key).ok())
+        .filter_map(|listed| providers.usable(&listed.record.registration.key).ok())
         .collect();
     if snapshots.is_empty() {
         return Err(no_usable_provider(tenant));

@@ -1,10 +1,12 @@
-//! The gRPC edge: request fields parsed into domain values, calls into the relay, results
+//! The gRPC edge: request fields parsed into domain values, calls into the core, results
 //! converted back to protobuf, errors mapped once through `crate::core::error`.
 
 mod admin_service;
 mod auth;
 pub mod auth_failures;
 pub mod convert;
+pub mod encoded;
+pub mod grpc;
 pub mod http_server;
 mod key_service;
 pub mod mirror;

@@ -9,7 +9,7 @@ use tonic::Status;
 
 use crate::{
     access::{AccessRegistry, Principal},
-    api::watch::EncodedEvent,
+    api::encoded::EncodedEvent,
     clock::{Clock, sleep_until_due},
     domain::TenantId,
 };

@@ -1,5 +1,5 @@
-//! The operations keyrelay offers, independent of gRPC: register, unregister, inspect and
-//! refresh providers, and resolve key sets from memory.
+//! The operations on providers, independent of gRPC: register, unregister, inspect and
+//! refresh them, and resolve their key sets from memory.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -35,8 +35,8 @@ pub struct Page {
     pub next_after: Option<ProviderKey>,
 }
 
-/// What the relay is built from.
-pub struct RelayParts {
+/// What `Providers` is built from.
+pub struct ProvidersParts {
     /// Durable storage.
     pub store: Arc<dyn Store>,
     /// The in-memory view.
@@ -57,14 +57,14 @@ pub struct RelayParts {
     pub unknown_kid_limiter: FailureLimiter,
 }
 
-/// The keyrelay service core.
-pub struct Relay {
-    parts: RelayParts,
+/// The operations on providers: what the gRPC handlers and the JWKS mirror call.
+pub struct Providers {
+    parts: ProvidersParts,
 }
 
-impl Relay {
-    /// Assembles the core.
-    pub fn new(parts: RelayParts) -> Self {
+impl Providers {
+    /// Assembles the operations from their parts.
+    pub fn new(parts: ProvidersParts) -> Self {
         Self { parts }
     }
 

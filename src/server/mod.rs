@@ -21,6 +21,7 @@ use crate::{
     access::AccessRegistry,
     access::admin_token::AdminToken,
     api::auth_failures::AuthFailures,
+    api::grpc::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
     api::http_server::HttpServer,
     api::mirror::{self, Mirror},
     api::watch::WatchHub,
@@ -31,13 +32,10 @@ use crate::{
     },
     core::access::AccessControl,
     core::failure_limiter::FailureLimiter,
-    core::providers::{Relay, RelayParts},
+    core::providers::{Providers, ProvidersParts},
     domain::{EgressRules, Policy, ValidationError},
     observability::metrics::Metrics,
-    proto::{
-        FILE_DESCRIPTOR_SET,
-        server::{admin_service_server::AdminServiceServer, key_service_server::KeyServiceServer},
-    },
+    proto::FILE_DESCRIPTOR_SET,
     refresh::scheduler::Scheduler,
     refresh::staleness::StalenessTimer,
     refresh::{Refresher, RefresherParts},
@@ -123,7 +121,7 @@ pub struct Application {
     http: HttpServer,
     http_addr: SocketAddr,
     metrics: Arc<Metrics>,
-    relay: Arc<Relay>,
+    providers: Arc<Providers>,
     cache: Arc<KeyCache>,
     clock: Arc<dyn Clock>,
     defaults: Policy,
@@ -275,7 +273,7 @@ impl Application {
             leadership,
             config.max_concurrent_fetches,
         );
-        let relay = Arc::new(Relay::new(RelayParts {
+        let providers = Arc::new(Providers::new(ProvidersParts {
             store: Arc::clone(&store),
             cache: Arc::clone(&cache),
             refresher,
@@ -291,7 +289,7 @@ impl Application {
             config.admin_auth_failure_rate,
         ));
         let mirror = Mirror {
-            relay: Arc::clone(&relay),
+            providers: Arc::clone(&providers),
             access: Arc::clone(&access),
             clock: Arc::clone(&clock),
             failures: Arc::clone(&auth_failures),
@@ -319,7 +317,7 @@ impl Application {
             http,
             http_addr,
             metrics,
-            relay,
+            providers,
             cache,
             clock,
             defaults,
@@ -422,7 +420,7 @@ impl Application {
             .add_service(reflection)
             .add_service(InterceptedService::new(
                 KeyServiceServer::new(KeyApi::new(
-                    Arc::clone(&self.relay),
+                    Arc::clone(&self.providers),
                     watch,
                     Arc::clone(&registry),
                     Arc::clone(&self.clock),
@@ -432,7 +430,7 @@ impl Application {
             ))
             .add_service(InterceptedService::new(
                 AdminServiceServer::new(AdminApi::new(
-                    Arc::clone(&self.relay),
+                    Arc::clone(&self.providers),
                     Arc::clone(&self.cluster),
                     self.egress,
                     self.access,

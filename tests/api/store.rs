@@ -19,7 +19,7 @@ use crate::{
     mock_idp::jwks,
 };
 
-/// Registration with the first fetch due five seconds later, as the relay does.
+/// Registration with the first fetch due five seconds later, as the core does.
 trait RegisterAt {
     async fn register_at(
         &self,

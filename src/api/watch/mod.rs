@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use event::EncodedEvent;
 pub use selection::{WatchRequest, limits};
 pub use subscription::Subscription;
 
+use crate::api::encoded::EncodedEvent;
 use crate::{
     clock::Clock, domain::Policy, observability::metrics::Metrics, state::Snapshot,
     state::cache::KeyCache, state::record::CurrentKeys,

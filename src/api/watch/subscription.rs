@@ -12,7 +12,8 @@ use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::Status;
 
-use super::{EncodedEvent, WatchHub, WatchRequest};
+use super::{WatchHub, WatchRequest};
+use crate::api::encoded::EncodedEvent;
 use crate::{
     domain::ProviderKey, observability::metrics::WatchGuard, state::Snapshot,
     state::cache::ChangeNotice, state::record::ProviderState,
