@@ -8,12 +8,12 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    access::{Origin, Principal, TokenId},
+    access::{AuthError, Origin, Principal, TokenId},
     api::convert,
     api::grpc::admin_service_server::AdminService,
     cluster::Cluster,
     core::access::{AccessControl, ensure_administers, visible_filter},
-    core::error::Error,
+    core::error::{Denial, Error},
     core::providers::Providers,
     domain::{EgressRules, ProviderKey, TenantId, ValidationError},
     proto::v1 as pb,
@@ -51,7 +51,7 @@ impl AdminApi {
 fn caller<T>(request: &Request<T>) -> Result<(Principal, Origin), Status> {
     let caller = super::auth::caller_of(request)
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no caller attached to this admin call"))?;
+        .ok_or_else(|| Error::from(AuthError::Missing))?;
     let origin = Origin::caller(&caller, request.remote_addr());
     Ok((caller, origin))
 }
@@ -180,10 +180,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
         let (caller, _) = caller(&request)?;
         if !caller.administers_everything() {
-            return Err(Error::PermissionDenied(
-                "the cluster status needs a token valid for every tenant".into(),
-            )
-            .into());
+            return Err(Error::from(Denial::EveryTenant("the cluster status")).into());
         }
         let now = self.providers.now();
         let status = self.cluster.status(now).await.map_err(Error::from)?;

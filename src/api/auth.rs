@@ -9,7 +9,7 @@ use crate::{
     access::{AccessRegistry, AuthError, Principal},
     api::auth_failures::{AuthFailures, Service},
     clock::Clock,
-    core::error::Error,
+    core::error::{Denial, Error},
 };
 
 /// Checks callers' tokens against the access registry at the service's time, reporting
@@ -97,10 +97,7 @@ impl Interceptor for AdminAuth {
             Some(caller) if !caller.is_admin() => {
                 auth.failures
                     .failed(Service::Admin, "verifier_token", client(&request));
-                Err(Error::PermissionDenied(
-                    "verifier tokens cannot call AdminService; use an admin token".into(),
-                )
-                .into())
+                Err(Error::from(Denial::VerifierToken).into())
             }
             Some(caller) => {
                 request.extensions_mut().insert(caller);

@@ -15,7 +15,7 @@ use crate::{
         watch::{WatchHub, WatchRequest},
     },
     clock::Clock,
-    core::error::Error,
+    core::error::{Error, NoUsableKeys},
     core::providers::{Providers, Resolved},
     domain::Kid,
     proto::v1 as pb,
@@ -75,10 +75,12 @@ impl KeyService for KeyApi {
         let answer = match resolved {
             Resolved::NotModified => EncodedEvent::not_modified(),
             Resolved::KeySet(snapshot) => {
-                let keys =
-                    snapshot.record.keys.as_ref().ok_or_else(|| {
-                        Error::Unavailable(format!("no keys fetched yet for {key}"))
-                    })?;
+                let keys = snapshot.record.keys.as_ref().ok_or_else(|| {
+                    Error::from(NoUsableKeys::NotFetched {
+                        key: key.clone(),
+                        last_error: None,
+                    })
+                })?;
                 self.watch.key_set_message(&snapshot, keys)
             }
         };

@@ -30,7 +30,7 @@ use crate::{
     access::AccessRegistry,
     api::auth_failures::{AuthFailures, Service},
     clock::Clock,
-    core::error::Error,
+    core::error::{Error, NoUsableKeys},
     core::providers::Providers,
     domain::{ProviderKey, TenantId},
     state::Snapshot,
@@ -149,19 +149,19 @@ async fn tenant_set(
 }
 
 fn no_usable_provider(tenant: &TenantId) -> Error {
-    Error::Unavailable(format!(
-        "tenant {} has no provider with usable keys",
-        tenant.as_str()
-    ))
+    NoUsableKeys::Tenant(tenant.clone()).into()
 }
 
 fn keys_of(snapshot: &Snapshot) -> Result<&CurrentKeys, Error> {
     let key = &snapshot.record.registration.key;
-    snapshot
-        .record
-        .keys
-        .as_ref()
-        .ok_or_else(|| Error::Unavailable(format!("no keys fetched yet for {key}")))
+    snapshot.record.keys.as_ref().ok_or_else(|| {
+        let key = key.clone();
+        NoUsableKeys::NotFetched {
+            key,
+            last_error: None,
+        }
+        .into()
+    })
 }
 
 /// The registration revision makes tags unique across an unregister and a re-register, whose
@@ -205,10 +205,10 @@ fn merged(providers: &Providers, tenant: &TenantId) -> Result<Served, Error> {
             if let Some(kid) = &key.kid
                 && !kids.insert(kid.clone())
             {
-                return Err(Error::Conflict(format!(
-                    "two providers of tenant {} publish kid {kid:?}; fetch them one by one",
-                    tenant.as_str()
-                )));
+                return Err(Error::KidCollision {
+                    tenant: tenant.clone(),
+                    kid: kid.clone(),
+                });
             }
             keys.push(serde_json::from_slice(&key.json).unwrap_or(Value::Null));
         }
@@ -234,7 +234,7 @@ fn respond(served: Result<(Served, &str), Error>, request: &HeaderMap) -> Respon
         Ok(served) => served,
         Err(err) => {
             let body = json!({ "error": err.to_string() }).to_string();
-            let status = err.http_status();
+            let status = super::status::http_status(err.kind());
             let mut response =
                 (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
             if status == StatusCode::UNAUTHORIZED {

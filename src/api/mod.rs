@@ -1,5 +1,5 @@
 //! The gRPC edge: request fields parsed into domain values, calls into the core, results
-//! converted back to protobuf, errors mapped once through `crate::core::error`.
+//! converted back to protobuf, errors mapped once to status codes (`status`).
 
 mod admin_service;
 mod auth;
@@ -11,6 +11,7 @@ pub mod http_server;
 mod key_service;
 pub mod mirror;
 mod observe;
+pub mod status;
 pub mod watch;
 mod watch_access;
 

@@ -11,6 +11,7 @@ use crate::{
     access::{AccessRegistry, Principal},
     api::encoded::EncodedEvent,
     clock::{Clock, sleep_until_due},
+    core::error::{Error, StreamEnd},
     domain::TenantId,
 };
 
@@ -68,12 +69,9 @@ impl WatchAccess {
     fn check(&self) -> Option<Status> {
         let caller = self.caller.as_ref();
         if caller.is_some_and(|c| !self.registry.still_accepts(c, self.clock.now())) {
-            return Some(Status::unauthenticated(
-                "the access token of this stream was revoked or has expired",
-            ));
+            return Some(Error::from(StreamEnd::TokenLost).into());
         }
         let readable = |tenant: &TenantId| self.registry.may_read(caller, tenant);
-        (!self.tenants.iter().all(readable))
-            .then(|| Status::unavailable("access to the selected tenants changed; reconnect"))
+        (!self.tenants.iter().all(readable)).then(|| Error::from(StreamEnd::AccessChanged).into())
     }
 }

@@ -11,7 +11,7 @@ use crate::access::{
 use crate::{
     access::AuditRecord,
     clock::Clock,
-    core::error::Error,
+    core::error::{Denial, Error},
     domain::{TenantId, ValidationError},
     store::{AuditQuery, Store},
 };
@@ -83,9 +83,7 @@ impl AccessControl {
             None => caller.administers_everything(),
         };
         if !allowed {
-            return Err(Error::PermissionDenied(
-                "a token scoped to a tenant may issue tokens for that tenant only".into(),
-            ));
+            return Err(Denial::IssueBeyondTenant.into());
         }
         let now = self.clock.now();
         let expires_at = request.ttl.map(|ttl| expiry(now, ttl)).transpose()?;
@@ -192,10 +190,7 @@ pub fn ensure_administers(caller: &Principal, tenant: &TenantId) -> Result<(), E
     if caller.administers(tenant) {
         Ok(())
     } else {
-        Err(Error::PermissionDenied(format!(
-            "this token may not manage tenant {}",
-            tenant.as_str()
-        )))
+        Err(Denial::OtherTenant(tenant.clone()).into())
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     access::Origin,
     clock::Clock,
-    core::error::Error,
+    core::error::{Error, KidNotFound, KidRefresh, NoUsableKeys},
     core::failure_limiter::FailureLimiter,
     domain::{Kid, Policy, ProviderKey, TenantId},
     observability::metrics::{CacheResult, Metrics},
@@ -202,34 +202,27 @@ impl Providers {
     async fn refresh_for_kid(&self, key: &ProviderKey, kid: &Kid) -> Result<Snapshot, Error> {
         let wait = self.parts.unknown_kid_wait;
         let refresh = self.parts.refresher.refresh_for_unknown_kid(key);
-        let note = match tokio::time::timeout(wait, refresh).await {
+        let refreshed = match tokio::time::timeout(wait, refresh).await {
             Ok(Some(Ok(record))) => match &record.status.last_error {
-                Some(err) => format!("the refresh it triggered failed: {err}"),
-                None => "not there after a refresh either".to_owned(),
+                Some(err) => KidRefresh::Failed(err.clone()),
+                None => KidRefresh::StillMissing,
             },
-            Ok(Some(Err(err))) => format!("the refresh it triggered did not complete: {err}"),
-            Ok(None) => format!(
-                "an unknown kid refreshed this provider recently; next refresh possible in {}s",
-                self.parts
-                    .refresher
-                    .unknown_kid_cooldown_left(key)
-                    .as_secs()
-                    .max(1)
-            ),
-            Err(_) => format!(
-                "the refresh it triggered is still running after {}",
-                humantime::format_duration(wait)
-            ),
+            Ok(Some(Err(err))) => KidRefresh::Incomplete(err),
+            Ok(None) => {
+                KidRefresh::CoolingDown(self.parts.refresher.unknown_kid_cooldown_left(key))
+            }
+            Err(_) => KidRefresh::StillRunning(wait),
         };
         let snapshot = self.usable(key)?;
         if snapshot.has_kid(kid) {
             return Ok(snapshot);
         }
-        Err(Error::KidNotFound(format!(
-            "kid {:?} is not in the key set of {key} (version {}): {note}",
-            kid.as_str(),
-            snapshot.version()
-        )))
+        Err(Error::KidNotFound(Box::new(KidNotFound {
+            key: key.clone(),
+            kid: kid.as_str().to_owned(),
+            version: snapshot.version(),
+            refresh: refreshed,
+        })))
     }
 
     /// The service's time.
@@ -241,22 +234,21 @@ impl Providers {
     pub fn usable(&self, key: &ProviderKey) -> Result<Snapshot, Error> {
         let snapshot = self.get(key)?;
         let record = &snapshot.record;
-        let last_error = record.status.last_error.as_deref();
+        let last_error = record.status.last_error.clone();
         let Some(keys) = &record.keys else {
-            return Err(Error::Unavailable(match last_error {
-                Some(err) => format!("no keys fetched yet for {key}: last fetch failed: {err}"),
-                None => format!("no keys fetched yet for {key}: the first fetch has not completed"),
-            }));
+            let key = key.clone();
+            return Err(NoUsableKeys::NotFetched { key, last_error }.into());
         };
         let usable_until = keys.usable_until(&snapshot.policy);
         if snapshot.at >= usable_until {
-            return Err(Error::Unavailable(format!(
-                "keys of {key} expired at {} (fresh until {} plus max_stale {}); last fetch error: {}",
-                usable_until.to_rfc3339(),
-                keys.fresh_until.to_rfc3339(),
-                humantime::format_duration(snapshot.policy.max_stale),
-                last_error.unwrap_or("none"),
-            )));
+            return Err(NoUsableKeys::Expired {
+                key: key.clone(),
+                usable_until,
+                fresh_until: keys.fresh_until,
+                max_stale: snapshot.policy.max_stale,
+                last_error,
+            }
+            .into());
         }
         Ok(snapshot)
     }

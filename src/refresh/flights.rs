@@ -31,13 +31,13 @@ use crate::{
     refresh::outcome::{self, Change, Context},
     state::cache::KeyCache,
     state::record::ProviderRecord,
-    store::{Fence, Store},
+    store::{Fence, Store, StoreError},
     upstream::fetch::{FetchError, FetchOutcome, Fetcher},
 };
 
 /// Why a refresh produced no record. Fetch failures are not errors here: they are recorded
 /// in the provider's status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RefreshError {
     /// The provider was unregistered or re-registered while the fetch ran, or this replica
     /// lost the lease before writing.
@@ -45,7 +45,10 @@ pub enum RefreshError {
     Superseded,
     /// The result could not be stored; the last good state is unchanged.
     #[error("could not store the refresh result: {0}")]
-    Store(String),
+    Store(Arc<StoreError>),
+    /// This follower could not ask the leader.
+    #[error("could not ask the refresh leader: {0}")]
+    Forward(Arc<StoreError>),
     /// This replica does not lead, and the leader did not answer in time.
     #[error("the refresh leader did not report a result within {0:?}")]
     LeaderTimeout(Duration),
@@ -252,7 +255,7 @@ impl Refresher {
             .cluster
             .request_refresh(key, kind)
             .await
-            .map_err(|err| RefreshError::Store(err.to_string()))?;
+            .map_err(|err| RefreshError::Forward(Arc::new(err)))?;
         let change_seq = tokio::time::timeout_at(deadline, answer)
             .await
             .map_err(|_| RefreshError::LeaderTimeout(wait))?
@@ -403,7 +406,7 @@ impl Refresher {
             }
             Err(err) => {
                 tracing::error!(provider = %key, error = %err, "could not store refresh result");
-                return Err(RefreshError::Store(err.to_string()));
+                return Err(RefreshError::Store(Arc::new(err)));
             }
         }
         let record = parts.cache.apply(next).ok_or(RefreshError::Superseded)?;

@@ -15,8 +15,12 @@ use tonic::Status;
 use super::{WatchHub, WatchRequest};
 use crate::api::encoded::EncodedEvent;
 use crate::{
-    domain::ProviderKey, observability::metrics::WatchGuard, state::Snapshot,
-    state::cache::ChangeNotice, state::record::ProviderState,
+    core::error::{Error, StreamEnd},
+    domain::ProviderKey,
+    observability::metrics::WatchGuard,
+    state::Snapshot,
+    state::cache::ChangeNotice,
+    state::record::ProviderState,
 };
 
 /// What the client holds for one provider. A change to any of it is an event; a 304 or an
@@ -121,9 +125,7 @@ impl Subscription {
 
     fn end(&mut self) -> Option<Result<EncodedEvent, Status>> {
         self.ended = true;
-        Some(Err(Status::unavailable(
-            "keyrelay is shutting down; reconnect with known_versions to resume",
-        )))
+        Some(Err(Error::from(StreamEnd::ShuttingDown).into()))
     }
 
     fn look_at_everything_selected(&mut self) {
