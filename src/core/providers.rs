@@ -261,3 +261,110 @@ impl Providers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+    use crate::{
+        core::error::{KidNotFound, KidRefresh},
+        domain::{EgressRules, JwksUrl, PolicyOverrides, documented_defaults},
+        refresh::testing::{COOLDOWN, Harness, ScriptedFetch, jwks},
+    };
+
+    fn providers(harness: &Harness) -> Providers {
+        Providers::new(ProvidersParts {
+            store: Arc::clone(&harness.store),
+            cache: Arc::clone(&harness.cache),
+            refresher: Arc::clone(&harness.refresher),
+            clock: Arc::new(harness.clock.clone()),
+            defaults: documented_defaults(),
+            unknown_kid_wait: Duration::from_secs(5),
+            first_fetch_grace: Duration::from_secs(5),
+            metrics: Metrics::new(Vec::new()),
+            unknown_kid_limiter: FailureLimiter::new(NonZeroU32::MIN),
+        })
+    }
+
+    async fn registered(providers: &Providers) -> ProviderKey {
+        let key = ProviderKey::parse("acme", "okta").unwrap();
+        let registration = NewRegistration {
+            key: key.clone(),
+            url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default()).unwrap(),
+            overrides: PolicyOverrides::default(),
+        };
+        let (snapshot, created) = providers
+            .register(registration, &Origin::service())
+            .await
+            .expect("registered");
+        assert_eq!((created, snapshot.version()), (true, 1), "fetched at once");
+        key
+    }
+
+    fn kid(value: &str) -> Kid {
+        Kid::parse(value).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_is_looked_up_with_one_refresh_then_cools_down() {
+        let fetcher = ScriptedFetch::serving(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let providers = providers(&harness);
+        let key = registered(&providers).await;
+
+        fetcher.serve(jwks(&["a", "b"]));
+        let found = providers.resolve(&key, Some(&kid("b")), None, None).await;
+        assert!(matches!(found, Ok(Resolved::KeySet(s)) if s.version() == 2));
+        let missing = providers.resolve(&key, Some(&kid("zz")), None, None).await;
+        let Err(Error::KidNotFound(missing)) = missing else {
+            panic!("expected KidNotFound, got {missing:?}");
+        };
+        let KidNotFound {
+            version, refresh, ..
+        } = *missing;
+        assert!(matches!(refresh, KidRefresh::CoolingDown(left) if left == COOLDOWN));
+        assert_eq!(
+            (version, fetcher.calls()),
+            (2, 2),
+            "the cooldown spared the IdP"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_known_version_is_not_sent_again() {
+        let fetcher = ScriptedFetch::serving(jwks(&["a"]));
+        let harness = Harness::new(fetcher).await;
+        let providers = providers(&harness);
+        let key = registered(&providers).await;
+        let current = providers.resolve(&key, None, Some(1), None).await;
+        assert!(matches!(current, Ok(Resolved::NotModified)));
+        let older = providers.resolve(&key, None, Some(0), None).await;
+        assert!(matches!(older, Ok(Resolved::KeySet(_))));
+    }
+
+    #[tokio::test]
+    async fn a_client_whose_unknown_kid_lookups_keep_failing_is_held_back() {
+        let fetcher = ScriptedFetch::serving(jwks(&["a"]));
+        let harness = Harness::new(fetcher).await;
+        let providers = providers(&harness);
+        let key = registered(&providers).await;
+        let noisy = Some("127.0.0.7".parse().unwrap());
+        let outcomes: Vec<_> = {
+            let mut outcomes = Vec::new();
+            for _ in 0..4 {
+                let answer = providers.resolve(&key, Some(&kid("zz")), None, noisy).await;
+                outcomes.push(matches!(answer, Err(Error::RateLimited(_))));
+            }
+            outcomes
+        };
+        assert_eq!(
+            outcomes,
+            [false, false, false, true],
+            "a burst of two, one failure beyond it, then held back"
+        );
+        let other = Some("127.0.0.8".parse().unwrap());
+        let answer = providers.resolve(&key, Some(&kid("zz")), None, other).await;
+        assert!(matches!(answer, Err(Error::KidNotFound(_))));
+    }
+}

@@ -32,7 +32,7 @@ use crate::{
     state::cache::KeyCache,
     state::record::ProviderRecord,
     store::{Fence, Store, StoreError},
-    upstream::fetch::{FetchError, FetchOutcome, Fetcher},
+    upstream::fetch::{Fetch, FetchError, FetchOutcome, FetchRequest},
 };
 
 /// Why a refresh produced no record. Fetch failures are not errors here: they are recorded
@@ -105,8 +105,8 @@ pub struct RefresherParts {
     pub store: Arc<dyn Store>,
     /// The in-memory view.
     pub cache: Arc<KeyCache>,
-    /// HTTP client.
-    pub fetcher: Fetcher,
+    /// Fetches JWKS documents.
+    pub fetcher: Arc<dyn Fetch>,
     /// Time source.
     pub clock: Arc<dyn Clock>,
     /// Server-wide policy defaults.
@@ -334,16 +334,14 @@ impl Refresher {
         let policy = current.policy(&parts.defaults);
         let started = parts.clock.now();
         let fetching = std::time::Instant::now();
-        let result = parts
-            .fetcher
-            .fetch(
-                &current.registration.url,
-                &current.registration.overrides.trust,
-                &current.validators,
-                policy.max_response_bytes,
-                started.into(),
-            )
-            .await;
+        let request = FetchRequest {
+            url: &current.registration.url,
+            trust: &current.registration.overrides.trust,
+            prior: &current.validators,
+            max_bytes: policy.max_response_bytes,
+            now: started.into(),
+        };
+        let result = parts.fetcher.fetch(request).await;
         let bytes = match &result {
             Ok(FetchOutcome::Modified { body, .. }) => body.len(),
             _ => 0,
@@ -487,4 +485,122 @@ async fn wait_for(mut flight: Flight) -> FlightResult {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::refresh::testing::{BACKOFF, COOLDOWN, Harness, ScriptedFetch, jwks};
+
+    #[tokio::test]
+    async fn callers_arriving_during_a_flight_share_its_one_fetch() {
+        let fetcher = ScriptedFetch::gated(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let key = harness.register("okta", 1).await;
+        let callers: Vec<_> = (0..5)
+            .map(|_| {
+                let refresher = Arc::clone(&harness.refresher);
+                let key = key.clone();
+                tokio::spawn(async move { refresher.refresh(&key).await })
+            })
+            .collect();
+        fetcher.started(1).await;
+        fetcher.release(1);
+        let mut records = Vec::new();
+        for caller in callers {
+            records.push(caller.await.unwrap().expect("refreshed"));
+        }
+        assert_eq!(fetcher.calls(), 1);
+        assert!(records.iter().all(|r| Arc::ptr_eq(r, &records[0])));
+        assert_eq!(records[0].version(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_asked_for_during_a_flight_waits_it_out_and_fetches_again() {
+        let fetcher = ScriptedFetch::gated(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let key = harness.register("okta", 1).await;
+        let early = {
+            let refresher = Arc::clone(&harness.refresher);
+            let key = key.clone();
+            tokio::spawn(async move { refresher.refresh(&key).await })
+        };
+        fetcher.started(1).await;
+        let now = {
+            let refresher = Arc::clone(&harness.refresher);
+            let key = key.clone();
+            tokio::spawn(async move { refresher.refresh_now(&key).await })
+        };
+        fetcher.release(1);
+        assert_eq!(early.await.unwrap().expect("first flight").version(), 1);
+        fetcher.serve(jwks(&["a", "b"]));
+        fetcher.started(2).await;
+        fetcher.release(1);
+        let fresh = now.await.unwrap().expect("second flight");
+        assert_eq!((fetcher.calls(), fresh.version()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refresh_a_provider_once_per_cooldown() {
+        let fetcher = ScriptedFetch::serving(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let key = harness.register("okta", 1).await;
+        let refresher = &harness.refresher;
+        assert!(refresher.refresh_for_unknown_kid(&key).await.is_some());
+        assert!(refresher.refresh_for_unknown_kid(&key).await.is_none());
+        assert_eq!(refresher.unknown_kid_cooldown_left(&key), COOLDOWN);
+        harness.clock.advance(COOLDOWN);
+        assert!(refresher.refresh_for_unknown_kid(&key).await.is_some());
+        assert_eq!(fetcher.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_flight_overtaken_by_a_re_registration_writes_nothing() {
+        let fetcher = ScriptedFetch::gated(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let key = harness.register("okta", 1).await;
+        let flight = {
+            let refresher = Arc::clone(&harness.refresher);
+            let key = key.clone();
+            tokio::spawn(async move { refresher.refresh(&key).await })
+        };
+        fetcher.started(1).await;
+        harness.register("okta", 2).await;
+        fetcher.release(1);
+        assert!(matches!(
+            flight.await.unwrap(),
+            Err(RefreshError::Superseded)
+        ));
+        let stored = harness.store.get(&key).await.unwrap().expect("stored");
+        assert_eq!(
+            (stored.registration.revision, stored.keys.is_none()),
+            (2, true)
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_exponentially_within_the_bounds_and_keep_the_keys() {
+        let fetcher = ScriptedFetch::serving(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let key = harness.register("okta", 1).await;
+        harness.refresher.refresh(&key).await.expect("first fetch");
+        for failures in 1..=4u32 {
+            fetcher.answer_next(Err(FetchError::Status {
+                code: 503,
+                retry_after: None,
+            }));
+            let record = harness.refresher.refresh(&key).await.expect("stored");
+            let status = &record.status;
+            assert_eq!(status.consecutive_failures, failures);
+            let delay = status.next_refresh_at.unwrap() - status.last_attempt_at.unwrap();
+            let bound = BACKOFF.initial * 2u32.pow(failures - 1);
+            assert!(
+                delay >= chrono::Duration::zero() && delay.to_std().unwrap() <= bound,
+                "failure {failures}: retry in {delay}, at most {bound:?}"
+            );
+            assert_eq!(record.version(), 1, "the last good keys stay");
+        }
+    }
 }

@@ -10,3 +10,6 @@ pub mod scheduler;
 pub mod staleness;
 
 pub use flights::{FlightResult, RefreshError, Refresher, RefresherParts};
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -122,3 +122,83 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::refresh::testing::{Harness, ScriptedFetch, jwks};
+
+    #[tokio::test]
+    async fn the_scheduler_fetches_each_provider_when_it_falls_due() {
+        let fetcher = ScriptedFetch::serving(jwks(&["a"]));
+        let harness = Harness::new(Arc::clone(&fetcher)).await;
+        let now = harness.clock.now();
+        let due_now = harness.register("due-now", 1).await;
+        let later = harness
+            .register_due("later", 1, now + chrono::Duration::hours(1))
+            .await;
+        let scheduler = Scheduler::new(
+            Arc::clone(&harness.cache),
+            Arc::new(harness.clock.clone()),
+            Arc::clone(&harness.refresher),
+            Leadership::single_node(),
+            4,
+        );
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(scheduler.run(shutdown.clone()));
+
+        fetcher.started(1).await;
+        let fetched = |key: &ProviderKey| {
+            harness
+                .cache
+                .get(key)
+                .and_then(|r| r.status.last_attempt_at)
+        };
+        let first = wait_for(&harness.cache, || fetched(&due_now)).await;
+        let next = harness
+            .cache
+            .get(&due_now)
+            .unwrap()
+            .status
+            .next_refresh_at
+            .unwrap();
+        let lead = next - first;
+        assert!(
+            lead > chrono::Duration::seconds(500) && lead <= chrono::Duration::seconds(570),
+            "refreshed {lead} after the fetch: 30 s early, up to 30 s of jitter"
+        );
+        advance_to(&harness, next);
+        fetcher.started(2).await;
+        wait_for(&harness.cache, || {
+            fetched(&due_now).filter(|at| *at >= next)
+        })
+        .await;
+        assert_eq!(fetcher.calls(), 2);
+        assert_eq!(fetched(&later), None, "not due yet");
+
+        advance_to(&harness, now + chrono::Duration::hours(1));
+        fetcher.started(3).await;
+        wait_for(&harness.cache, || fetched(&later)).await;
+        shutdown.cancel();
+        running.await.unwrap();
+    }
+
+    fn advance_to(harness: &Harness, at: chrono::DateTime<chrono::Utc>) {
+        let step = (at - harness.clock.now()).to_std().unwrap_or_default();
+        harness.clock.advance(step);
+    }
+
+    /// Waits, change by change of the cache, until `check` holds.
+    async fn wait_for<T>(cache: &KeyCache, mut check: impl FnMut() -> Option<T>) -> T {
+        let mut changes = cache.subscribe();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            let changed = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await;
+            assert!(changed.is_ok(), "no change of the cache within 10 s");
+        }
+    }
+}

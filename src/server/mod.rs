@@ -225,11 +225,11 @@ impl Application {
         let refresher = Refresher::new(RefresherParts {
             store: Arc::clone(&store),
             cache: Arc::clone(&cache),
-            fetcher: Fetcher::new(
+            fetcher: Arc::new(Fetcher::new(
                 &config
                     .fetch_settings(Arc::new(SystemLookup))
                     .map_err(FetchSetupError::from)?,
-            )?,
+            )?),
             clock: Arc::clone(&clock),
             defaults,
             backoff: config.backoff(),

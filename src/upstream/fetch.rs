@@ -10,6 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{
     HeaderMap, HeaderValue, StatusCode,
@@ -165,6 +166,35 @@ impl FetchError {
     }
 }
 
+/// What one fetch asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// The JWKS URL.
+    pub url: &'a JwksUrl,
+    /// The provider's hosts and pins, enforced on every hop.
+    pub trust: &'a UpstreamTrust,
+    /// Validators of the last good response, for a conditional request.
+    pub prior: &'a Validators,
+    /// The body size cap.
+    pub max_bytes: u32,
+    /// Now, for the HTTP cache computations.
+    pub now: SystemTime,
+}
+
+/// Fetching a provider's JWKS: the HTTP `Fetcher`, or a scripted one in unit tests.
+#[async_trait]
+pub trait Fetch: Send + Sync + 'static {
+    /// Fetches what `request` asks for.
+    async fn fetch(&self, request: FetchRequest<'_>) -> Result<FetchOutcome, FetchError>;
+}
+
+#[async_trait]
+impl Fetch for Fetcher {
+    async fn fetch(&self, request: FetchRequest<'_>) -> Result<FetchOutcome, FetchError> {
+        Fetcher::fetch(self, request).await
+    }
+}
+
 /// Above this many distinct pin sets, the pinned clients are built afresh.
 const MAX_PINNED_CLIENTS: usize = 1024;
 
@@ -217,16 +247,17 @@ impl Fetcher {
         Ok(client)
     }
 
-    /// Fetches `url`, revalidating against `prior` when given, reading at most `max_bytes`,
-    /// in an HTTP client span. `trust` restricts the hosts of every hop and pins the TLS keys.
-    pub async fn fetch(
-        &self,
-        url: &JwksUrl,
-        trust: &UpstreamTrust,
-        prior: &Validators,
-        max_bytes: u32,
-        now: SystemTime,
-    ) -> Result<FetchOutcome, FetchError> {
+    /// Fetches the URL, revalidating against the prior validators when given, reading at
+    /// most the size cap, in an HTTP client span. The provider's trust restricts the hosts of
+    /// every hop and pins the TLS keys.
+    pub async fn fetch(&self, request: FetchRequest<'_>) -> Result<FetchOutcome, FetchError> {
+        let FetchRequest {
+            url,
+            trust,
+            prior,
+            max_bytes,
+            now,
+        } = request;
         let span = client_span(url);
         let timeout = self.shared.settings.timeout;
         let exchange = self.exchange(url, trust, prior, max_bytes, now);

@@ -17,7 +17,7 @@ use keyrelay::{
     domain::{EgressRules, JwksUrl, UpstreamTrust},
     state::record::Validators,
     upstream::dns::HostLookup,
-    upstream::fetch::{FetchError, FetchOutcome, FetchSettings, Fetcher},
+    upstream::fetch::{FetchError, FetchOutcome, FetchRequest, FetchSettings, Fetcher},
     upstream::tls::UpstreamTrustRoots,
 };
 use rustls::pki_types::CertificateDer;
@@ -109,15 +109,14 @@ pub async fn fetch_with(
     trust: &UpstreamTrust,
 ) -> Result<FetchOutcome, FetchError> {
     let url = JwksUrl::parse_stored(url).unwrap();
-    fetcher
-        .fetch(
-            &url,
-            trust,
-            &Validators::default(),
-            64 * 1024,
-            SystemTime::now(),
-        )
-        .await
+    let request = FetchRequest {
+        url: &url,
+        trust,
+        prior: &Validators::default(),
+        max_bytes: 64 * 1024,
+        now: SystemTime::now(),
+    };
+    fetcher.fetch(request).await
 }
 
 #[tokio::test]
