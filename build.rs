@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keyrelay/v1/key_service.proto",
         "proto/keyrelay/v1/admin_service.proto",
     ];
+    println!("cargo:rerun-if-changed=build.rs");
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

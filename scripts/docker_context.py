@@ -5,11 +5,10 @@ build context (honouring .dockerignore the way Docker does), and runs the stage'
 `cargo build` there with `--locked`. A file the build needs that no COPY brings fails here as
 it would fail `docker build`.
 
-The build runs in the debug profile with the repository's target directory, so the test
-command reuses the dependencies it builds anyway: the profile changes code generation, not
-what the context must contain. The workspace's own packages get a profile override of their
-own (no debug info), which gives their units a different identity: cargo never mistakes the
-copy's build for the repository's, nor the other way round.
+The build runs in the debug profile without debug info, in a target directory of its own
+(target/docker-context-target): the profile changes code generation, not what the context
+must contain, and a target directory shared with the repository's own build would let cargo
+take one tree's build for the other's.
 
 Usage: python scripts/docker_context.py [--dockerfile Dockerfile] [--stage build]
 """
@@ -28,7 +27,6 @@ from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKSPACE_PACKAGES = ("keyrelay", "keyrelay-verifier")
 
 
 class ContextError(Exception):
@@ -104,11 +102,7 @@ def cargo_build(value: str) -> list[str]:
         if words[:2] == ["cargo", "build"]:
             if "--locked" not in words:
                 raise ContextError(f"RUN {command.strip()}: cargo build must use --locked")
-            own_units = [
-                f"--config=profile.dev.package.{package}.debug=false"
-                for package in WORKSPACE_PACKAGES
-            ]
-            return [w for w in words if w != "--release"] + own_units
+            return [w for w in words if w != "--release"]
     raise ContextError("the stage has no RUN with cargo build")
 
 
@@ -136,7 +130,11 @@ def rebuild(dockerfile: Path, stage: str, workspace: Path) -> Path:
     if build is None:
         raise ContextError(f"stage {stage!r} runs no cargo build")
     directory = workspace / str(workdir).lstrip("/")
-    environment = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"))
+    environment = dict(
+        os.environ,
+        CARGO_TARGET_DIR=str(ROOT / "target" / "docker-context-target"),
+        CARGO_PROFILE_DEV_DEBUG="0",
+    )
     print(f"docker_context: {' '.join(build)} in {directory}", file=sys.stderr)
     subprocess.run(build, cwd=directory, env=environment, check=True)
     return directory

@@ -18,9 +18,50 @@ use crate::{
     upstream::tls::{UpstreamTlsError, UpstreamTrustRoots, load_ca_bundle},
 };
 
-/// Settings of `keyrelay serve`.
+/// Settings of `keyrelay serve`, one group per subsystem (flattened: the flags are flat).
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// Listeners.
+    #[command(flatten)]
+    pub listener: ListenerConfig,
+
+    /// Store.
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Fleet.
+    #[command(flatten)]
+    pub fleet: FleetConfig,
+
+    /// Access.
+    #[command(flatten)]
+    pub access: AccessConfig,
+
+    /// Fetching from identity providers.
+    #[command(flatten)]
+    pub upstream: UpstreamConfig,
+
+    /// Refresh policy defaults.
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+
+    /// Refreshing.
+    #[command(flatten)]
+    pub refresh: RefreshConfig,
+
+    /// How long shutdown waits for in-flight calls and refreshes.
+    #[arg(long, help_heading = "Process", env = "KEYRELAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, help_heading = "Process", env = "KEYRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Where the gRPC and HTTP listeners bind, and the gRPC listener's TLS.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Listeners")]
+pub struct ListenerConfig {
     /// Address of the gRPC listener.
     #[arg(long, env = "KEYRELAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -47,7 +88,12 @@ pub struct ServeConfig {
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "KEYRELAY_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+}
 
+/// Where registrations and key sets are kept.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Store")]
+pub struct StoreConfig {
     /// Directory for the embedded database and the generated admin token.
     #[arg(long, env = "KEYRELAY_DATA_DIR", default_value = "keyrelay-data")]
     pub data_dir: PathBuf,
@@ -64,7 +110,12 @@ pub struct ServeConfig {
     /// Do not apply database migrations at start (run `keyrelay migrate` instead).
     #[arg(long, env = "KEYRELAY_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
+}
 
+/// This replica's place in a fleet.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Fleet (Postgres)")]
+pub struct FleetConfig {
     /// This replica's id in the fleet. Default: host name, process id and a random suffix.
     #[arg(long, env = "KEYRELAY_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -82,12 +133,27 @@ pub struct ServeConfig {
     /// Postgres fleets: how often the leader renews its lease and every replica heartbeats.
     #[arg(long, env = "KEYRELAY_LEASE_RENEW", default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease_renew: Duration,
+}
 
+/// Admin credentials and the limit on failed authentications.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Access")]
+pub struct AccessConfig {
     /// Admin token for AdminService calls. Unset: generated at first start and kept in
     /// <data-dir>/admin-token (mode 0600).
     #[arg(long, env = "KEYRELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Failed AdminService authentications one client address may make per second (bursts
+    /// of twice that); beyond, its calls answer RESOURCE_EXHAUSTED until the bucket refills.
+    #[arg(long, env = "KEYRELAY_ADMIN_AUTH_FAILURE_RATE", default_value_t = NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))]
+    pub admin_auth_failure_rate: NonZeroU32,
+}
+
+/// Where and how JWKS documents may be fetched.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Fetching from identity providers")]
+pub struct UpstreamConfig {
     /// Development only: accept plain-http JWKS URLs and loopback hosts.
     #[arg(
         long,
@@ -112,6 +178,23 @@ pub struct ServeConfig {
     #[arg(long, env = "KEYRELAY_IDP_CA_FILE")]
     pub idp_ca_file: Option<PathBuf>,
 
+    /// Deadline for one whole fetch, body included.
+    #[arg(long, env = "KEYRELAY_FETCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub fetch_timeout: Duration,
+
+    /// Deadline for connecting to an IdP.
+    #[arg(long, env = "KEYRELAY_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Redirects followed per fetch; every hop is re-checked against the URL rules.
+    #[arg(long, env = "KEYRELAY_MAX_REDIRECTS", default_value_t = 3)]
+    pub max_redirects: usize,
+}
+
+/// The server-wide refresh policy; registrations may override each knob.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Refresh policy defaults")]
+pub struct PolicyConfig {
     /// Lower bound of the freshness lifetime taken from an IdP's cache headers.
     #[arg(long, env = "KEYRELAY_MIN_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub min_ttl: Duration,
@@ -136,19 +219,12 @@ pub struct ServeConfig {
     /// Largest JWKS response body, in bytes; enforced while streaming.
     #[arg(long, env = "KEYRELAY_MAX_RESPONSE_BYTES", default_value_t = 512 * 1024)]
     pub max_response_bytes: u32,
+}
 
-    /// Deadline for one whole fetch, body included.
-    #[arg(long, env = "KEYRELAY_FETCH_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub fetch_timeout: Duration,
-
-    /// Deadline for connecting to an IdP.
-    #[arg(long, env = "KEYRELAY_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Redirects followed per fetch; every hop is re-checked against the URL rules.
-    #[arg(long, env = "KEYRELAY_MAX_REDIRECTS", default_value_t = 3)]
-    pub max_redirects: usize,
-
+/// How refreshes are triggered, retried and bounded.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Refreshing")]
+pub struct RefreshConfig {
     /// Minimum time between two refreshes of one provider triggered by unknown kids.
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_COOLDOWN", default_value = "10s", value_parser = humantime::parse_duration)]
     pub unknown_kid_cooldown: Duration,
@@ -157,11 +233,6 @@ pub struct ServeConfig {
     /// beyond, Resolve answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_RATE", default_value_t = NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN))]
     pub unknown_kid_rate: NonZeroU32,
-
-    /// Failed AdminService authentications one client address may make per second (bursts
-    /// of twice that); beyond, its calls answer RESOURCE_EXHAUSTED until the bucket refills.
-    #[arg(long, env = "KEYRELAY_ADMIN_AUTH_FAILURE_RATE", default_value_t = NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))]
-    pub admin_auth_failure_rate: NonZeroU32,
 
     /// How long a Resolve with an unknown kid waits for the refresh it triggered.
     #[arg(long, env = "KEYRELAY_UNKNOWN_KID_WAIT", default_value = "6s", value_parser = humantime::parse_duration)]
@@ -178,19 +249,11 @@ pub struct ServeConfig {
     /// Most scheduled fetches in flight at once.
     #[arg(long, env = "KEYRELAY_MAX_CONCURRENT_FETCHES", default_value_t = 16)]
     pub max_concurrent_fetches: usize,
-
-    /// How long shutdown waits for in-flight calls and refreshes.
-    #[arg(long, env = "KEYRELAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
-
-    /// Log format; the level comes from RUST_LOG (default info).
-    #[arg(long, env = "KEYRELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
-impl ServeConfig {
+impl PolicyConfig {
     /// The server-wide policy defaults, checked for coherence.
-    pub fn policy_defaults(&self) -> Result<Policy, ValidationError> {
+    pub fn defaults(&self) -> Result<Policy, ValidationError> {
         let policy = Policy {
             min_ttl: self.min_ttl,
             max_ttl: self.max_ttl,
@@ -202,7 +265,9 @@ impl ServeConfig {
         policy.validate()?;
         Ok(policy)
     }
+}
 
+impl UpstreamConfig {
     /// Which URLs may be fetched.
     pub fn egress(&self) -> EgressRules {
         EgressRules {
@@ -211,8 +276,30 @@ impl ServeConfig {
         }
     }
 
+    /// Transport settings of the fetcher, resolving names through `lookup`; reads the IdP
+    /// CA bundle.
+    pub fn fetch_settings(
+        &self,
+        lookup: Arc<dyn HostLookup>,
+    ) -> Result<FetchSettings, UpstreamTlsError> {
+        let extra_roots = match &self.idp_ca_file {
+            Some(path) => load_ca_bundle(path)?,
+            None => Vec::new(),
+        };
+        Ok(FetchSettings {
+            timeout: self.fetch_timeout,
+            connect_timeout: self.connect_timeout,
+            max_redirects: self.max_redirects,
+            egress: Arc::new(self.egress()),
+            lookup,
+            trust_roots: UpstreamTrustRoots::new(extra_roots)?,
+        })
+    }
+}
+
+impl ListenerConfig {
     /// TLS of the gRPC listener; none for plain TCP. Certificate and key come together.
-    pub fn listener_tls(&self) -> Result<Option<TlsSettings>, ValidationError> {
+    pub fn tls(&self) -> Result<Option<TlsSettings>, ValidationError> {
         let (cert, key) = match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
             (Some(cert), Some(key), _) => (cert.clone(), key.clone()),
             (None, None, None) => return Ok(None),
@@ -240,27 +327,9 @@ impl ServeConfig {
             reload_interval: self.tls_reload_interval,
         }))
     }
+}
 
-    /// Transport settings of the fetcher, resolving names through `lookup`; reads the IdP
-    /// CA bundle.
-    pub fn fetch_settings(
-        &self,
-        lookup: Arc<dyn HostLookup>,
-    ) -> Result<FetchSettings, UpstreamTlsError> {
-        let extra_roots = match &self.idp_ca_file {
-            Some(path) => load_ca_bundle(path)?,
-            None => Vec::new(),
-        };
-        Ok(FetchSettings {
-            timeout: self.fetch_timeout,
-            connect_timeout: self.connect_timeout,
-            max_redirects: self.max_redirects,
-            egress: Arc::new(self.egress()),
-            lookup,
-            trust_roots: UpstreamTrustRoots::new(extra_roots)?,
-        })
-    }
-
+impl FleetConfig {
     /// Lease timing, checked: renewals must fit at least twice in the standing-down window.
     pub fn lease_settings(&self) -> Result<LeaseSettings, ValidationError> {
         if self.lease_ttl < Duration::from_secs(1) {
@@ -277,7 +346,9 @@ impl ServeConfig {
             renew_every: self.lease_renew,
         })
     }
+}
 
+impl RefreshConfig {
     /// Retry bounds after failed fetches.
     pub fn backoff(&self) -> Backoff {
         Backoff {
@@ -301,7 +372,7 @@ mod tests {
 
     fn listener_tls(args: &[&str]) -> Result<Option<TlsSettings>, ValidationError> {
         let args = std::iter::once("keyrelay").chain(args.iter().copied());
-        Serve::try_parse_from(args).unwrap().config.listener_tls()
+        Serve::try_parse_from(args).unwrap().config.listener.tls()
     }
 
     fn refused(args: &[&str]) -> String {

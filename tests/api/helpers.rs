@@ -238,7 +238,7 @@ async fn start(
         .expect("test flags parse")
         .serve;
     assert_eq!(
-        config.database_url.as_deref(),
+        config.store.database_url.as_deref(),
         storage.database.as_ref().map(|db| db.url.as_str()),
         "DATABASE_URL in the environment would redirect this test's store; unset it"
     );
