@@ -4,8 +4,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use clap::Parser;
 use keyrelay::{
-    cli::client,
-    cli::{Cli, Command},
+    cli::{self, Cli, Command},
     clock::SystemClock,
     observability::telemetry,
     server::Application,
@@ -14,60 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
         Command::Serve(config) => serve(*config).await,
-        Command::Providers { client, action } => client::providers(&client, action)
-            .await
-            .map_err(anyhow::Error::from),
         Command::Migrate {
             database_url,
             data_dir,
         } => migrate(database_url.as_deref(), &data_dir).await,
-        Command::Health { client } => client::health(&client).await.map_err(anyhow::Error::from),
-        Command::Cluster { client } => client::cluster(&client).await.map_err(anyhow::Error::from),
-        Command::Watch {
-            client,
-            tenant,
-            provider,
-        } => client::watch(&client, tenant, provider)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Verify {
-            client,
-            tenant,
-            provider,
-            issuer,
-            audience,
-            token,
-        } => client::verify(&client, tenant, provider, issuer, audience, &token)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Tokens { client, action } => client::tokens(&client, action)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::TenantAccess {
-            client,
-            tenant,
-            require_verifier_token,
-        } => client::tenant_access(&client, tenant, require_verifier_token)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Audit {
-            client,
-            tenant,
-            limit,
-        } => client::audit(&client, tenant, limit)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Resolve {
-            client,
-            tenant,
-            provider,
-            kid,
-        } => client::resolve(&client, tenant, provider, kid)
-            .await
-            .map_err(anyhow::Error::from),
+        Command::Client(command) => cli::run(*command).await.map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

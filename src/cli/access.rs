@@ -3,14 +3,18 @@
 use prost_types::Duration as PbDuration;
 use serde_json::{Value, json};
 
-use super::{ClientError, admin_client, print_line, time};
-use crate::{
-    cli::{ClientOptions, TokenRoleArg, TokensCommand},
-    proto::v1 as pb,
+use super::{
+    ClientOptions, TokenRoleArg, TokensCommand,
+    connect::{ClientError, admin_client},
+    output::{print_line, time},
 };
+use crate::proto::v1 as pb;
 
 /// Runs `keyrelay tokens <action>`.
-pub async fn tokens(options: &ClientOptions, action: TokensCommand) -> Result<(), ClientError> {
+pub(super) async fn tokens(
+    options: &ClientOptions,
+    action: TokensCommand,
+) -> Result<(), ClientError> {
     let mut admin = admin_client(options).await?;
     match action {
         TokensCommand::Create {
@@ -70,7 +74,7 @@ pub async fn tokens(options: &ClientOptions, action: TokensCommand) -> Result<()
 }
 
 /// Runs `keyrelay tenant-access`: shows the setting, or changes it.
-pub async fn tenant_access(
+pub(super) async fn tenant_access(
     options: &ClientOptions,
     tenant: String,
     require_verifier_token: Option<bool>,
@@ -111,7 +115,7 @@ pub async fn tenant_access(
 }
 
 /// Runs `keyrelay audit`: up to `limit` events, newest first.
-pub async fn audit(
+pub(super) async fn audit(
     options: &ClientOptions,
     tenant: Option<String>,
     limit: u32,

@@ -1,0 +1,171 @@
+//! `keyrelay providers add|get|list|remove|refresh`.
+
+use prost_types::Duration as PbDuration;
+use serde_json::{Value, json};
+
+use super::{
+    ClientOptions, PolicyArgs, ProvidersCommand,
+    connect::{AdminClient, ClientError, admin_client},
+    output::{print_line, state_name, time},
+};
+use crate::proto::v1 as pb;
+
+/// Runs `keyrelay providers <action>`.
+pub(super) async fn run(
+    options: &ClientOptions,
+    action: ProvidersCommand,
+) -> Result<(), ClientError> {
+    let mut admin = admin_client(options).await?;
+    let provider = match action {
+        ProvidersCommand::Add {
+            tenant,
+            provider,
+            jwks_url,
+            policy,
+        } => {
+            let request = pb::RegisterProviderRequest {
+                tenant,
+                provider,
+                jwks_url,
+                policy: Some(policy_message(&policy)),
+            };
+            admin
+                .register_provider(request)
+                .await?
+                .into_inner()
+                .provider
+        }
+        ProvidersCommand::List { tenant } => {
+            return list(&mut admin, tenant.unwrap_or_default(), options.json).await;
+        }
+        ProvidersCommand::Get { tenant, provider } => {
+            let request = pb::GetProviderRequest { tenant, provider };
+            admin.get_provider(request).await?.into_inner().provider
+        }
+        ProvidersCommand::Rm { tenant, provider } => {
+            let request = pb::UnregisterProviderRequest {
+                tenant: tenant.clone(),
+                provider: provider.clone(),
+            };
+            admin.unregister_provider(request).await?;
+            print_line(
+                options.json,
+                json!({"removed": {"tenant": tenant, "provider": provider}}),
+                || format!("removed {tenant}/{provider}"),
+            );
+            return Ok(());
+        }
+        ProvidersCommand::Refresh { tenant, provider } => {
+            let request = pb::RefreshProviderRequest { tenant, provider };
+            admin.refresh_provider(request).await?.into_inner().provider
+        }
+    };
+    if let Some(provider) = provider {
+        print_line(options.json, provider_json(&provider), || {
+            provider_text(&provider)
+        });
+    }
+    Ok(())
+}
+
+pub(super) async fn list(
+    admin: &mut AdminClient,
+    tenant: String,
+    as_json: bool,
+) -> Result<(), ClientError> {
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListProvidersRequest {
+            tenant: tenant.clone(),
+            page_size: 0,
+            page_token,
+        };
+        let page = admin.list_providers(request).await?.into_inner();
+        for provider in &page.providers {
+            print_line(as_json, provider_json(provider), || {
+                provider_summary(provider)
+            });
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+pub(super) fn policy_message(policy: &PolicyArgs) -> pb::ProviderPolicy {
+    let duration = |d: std::time::Duration| PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    };
+    pb::ProviderPolicy {
+        min_ttl: policy.min_ttl.map(duration),
+        max_ttl: policy.max_ttl.map(duration),
+        default_ttl: policy.default_ttl.map(duration),
+        refresh_early: policy.refresh_early.map(duration),
+        max_stale: policy.max_stale.map(duration),
+        max_response_bytes: policy.max_response_bytes,
+        allowed_hosts: policy.allowed_hosts.clone(),
+        spki_sha256_pins: policy.spki_sha256_pins.clone(),
+    }
+}
+
+pub(super) fn provider_summary(provider: &pb::Provider) -> String {
+    let status = provider.status.clone().unwrap_or_default();
+    format!(
+        "{}/{}\t{}\tversion {}\t{} keys\t{}",
+        provider.tenant,
+        provider.provider,
+        state_name(&status),
+        status.version,
+        status.key_count,
+        provider.jwks_url
+    )
+}
+
+pub(super) fn provider_text(provider: &pb::Provider) -> String {
+    let status = provider.status.clone().unwrap_or_default();
+    let mut text = format!(
+        "{}/{}: {} (version {}, {} keys)\n  url:          {}\n  fetched at:   {}\n  fresh until:  {}\n  usable until: {}\n  next refresh: {}",
+        provider.tenant,
+        provider.provider,
+        state_name(&status),
+        status.version,
+        status.key_count,
+        provider.jwks_url,
+        time(status.fetched_at.as_ref()),
+        time(status.fresh_until.as_ref()),
+        time(status.usable_until.as_ref()),
+        time(status.next_refresh_at.as_ref()),
+    );
+    if !status.last_error.is_empty() {
+        text.push_str(&format!(
+            "\n  last error:   {} ({} failures in a row)",
+            status.last_error, status.consecutive_failures
+        ));
+    }
+    text
+}
+
+pub(super) fn provider_json(provider: &pb::Provider) -> Value {
+    let status = provider.status.clone().unwrap_or_default();
+    json!({
+        "tenant": provider.tenant,
+        "provider": provider.provider,
+        "jwks_url": provider.jwks_url,
+        "state": state_name(&status),
+        "version": status.version,
+        "key_count": status.key_count,
+        "fetched_at": time(status.fetched_at.as_ref()),
+        "fresh_until": time(status.fresh_until.as_ref()),
+        "usable_until": time(status.usable_until.as_ref()),
+        "next_refresh_at": time(status.next_refresh_at.as_ref()),
+        "last_attempt_at": time(status.last_attempt_at.as_ref()),
+        "last_error": status.last_error,
+        "consecutive_failures": status.consecutive_failures,
+        "etag": status.etag,
+        "last_modified": status.last_modified,
+        "created_at": time(provider.created_at.as_ref()),
+        "updated_at": time(provider.updated_at.as_ref()),
+    })
+}
