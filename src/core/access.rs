@@ -155,12 +155,13 @@ impl AccessControl {
         verifier_token_required: bool,
     ) -> Result<TenantAccess, Error> {
         ensure_administers(caller, &tenant)?;
+        let now = self.clock.now();
         let access = TenantAccess {
             tenant,
             verifier_token_required,
-            updated_at: Some(self.clock.now()),
+            updated_at: Some(now),
         };
-        let stored = self.store.set_tenant_access(&access, origin).await?;
+        let stored = self.store.set_tenant_access(&access, now, origin).await?;
         self.registry.apply(AccessChange::Tenant(stored.clone()));
         Ok(stored)
     }

@@ -1,11 +1,10 @@
-//! Storage of access tokens, tenant access settings and the audit log: the `AccessStore`
-//! trait, the SQL both backends share, and the rows it reads.
+//! Storage of access tokens, tenant access settings and the audit log, written once for both
+//! databases: every change records its audit event and announces itself in its transaction.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Database, Encode, Type, query::Query};
 
-use super::{RowPart, StoreError, UnreadableRows};
+use super::{RowPart, SqlStore, StoreError, UnreadableRows, backend::Backend, sql::Arg};
 use crate::{
     access::{
         AccessState, Action, AuditEvent, AuditRecord, Origin, Role, SecretDigest, TenantAccess,
@@ -55,10 +54,11 @@ pub trait AccessStore: Send + Sync {
     /// A tenant's settings (the defaults when never set).
     async fn tenant_access(&self, tenant: &TenantId) -> Result<TenantAccess, StoreError>;
 
-    /// Changes a tenant's settings.
+    /// Changes a tenant's settings at `now`.
     async fn set_tenant_access(
         &self,
         access: &TenantAccess,
+        now: DateTime<Utc>,
         origin: &Origin,
     ) -> Result<TenantAccess, StoreError>;
 
@@ -66,31 +66,28 @@ pub trait AccessStore: Send + Sync {
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
-pub(super) const INSERT_TOKEN: &str = "\
+const INSERT_TOKEN: &str = "\
 INSERT INTO access_tokens (id, secret_sha256, role, tenant, description, created_at, created_by, expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-pub(super) const SELECT_ACTIVE_TOKENS: &str =
+const SELECT_ACTIVE_TOKENS: &str =
     "SELECT * FROM access_tokens WHERE revoked_at IS NULL ORDER BY id";
 
-pub(super) const SELECT_TOKENS: &str = "\
+const SELECT_TOKENS: &str = "\
 SELECT * FROM access_tokens
 WHERE ($1 IS NULL OR tenant = $1) AND ($2 OR revoked_at IS NULL)
 ORDER BY id";
 
-pub(super) const SELECT_TOKEN_IN_SCOPE: &str =
-    "SELECT * FROM access_tokens WHERE id = $1 AND ($2 IS NULL OR tenant = $2)";
-
-pub(super) const REVOKE_TOKEN: &str =
+const REVOKE_TOKEN: &str =
     "UPDATE access_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
 
-pub(super) const SELECT_PROTECTED_TENANTS: &str =
+const SELECT_PROTECTED_TENANTS: &str =
     "SELECT tenant FROM tenant_access WHERE verifier_token_required ORDER BY tenant";
 
-pub(super) const SELECT_TENANT_ACCESS: &str =
+const SELECT_TENANT_ACCESS: &str =
     "SELECT verifier_token_required, updated_at FROM tenant_access WHERE tenant = $1";
 
-pub(super) const UPSERT_TENANT_ACCESS: &str = "\
+const UPSERT_TENANT_ACCESS: &str = "\
 INSERT INTO tenant_access (tenant, verifier_token_required, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (tenant) DO UPDATE SET verifier_token_required = $2, updated_at = $3";
 
@@ -98,7 +95,7 @@ const INSERT_AUDIT: &str = "\
 INSERT INTO audit_events (at, actor, action, tenant, provider, before, after, client)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-pub(super) const SELECT_AUDIT: &str = "\
+const SELECT_AUDIT: &str = "\
 SELECT * FROM audit_events
 WHERE ($1 IS NULL OR tenant = $1) AND ($2 IS NULL OR id < $2)
 ORDER BY id DESC LIMIT $3";
@@ -177,31 +174,9 @@ impl From<AuditRow> for AuditRecord {
     }
 }
 
-/// The insertion of `event` into the audit log.
-pub(super) fn insert_audit<'q, DB>(
-    event: &'q AuditEvent,
-) -> Query<'q, DB, <DB as Database>::Arguments>
-where
-    DB: Database,
-    DateTime<Utc>: Encode<'q, DB> + Type<DB>,
-    &'q str: Encode<'q, DB> + Type<DB>,
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-{
-    sqlx::query(INSERT_AUDIT)
-        .bind(event.at)
-        .bind(event.origin.actor.as_str())
-        .bind(event.action.as_str())
-        .bind(event.tenant.as_ref().map(TenantId::as_str))
-        .bind(event.provider.as_deref())
-        .bind(event.before.as_ref().map(ToString::to_string))
-        .bind(event.after.as_ref().map(ToString::to_string))
-        .bind(event.origin.client.as_deref())
-}
-
 /// The protected tenants read by `SELECT_PROTECTED_TENANTS`, checked. A name that is no
 /// tenant protects no tenant that can be asked for: it is reported and left out.
-pub(super) fn protected_tenants(names: Vec<String>, unreadable: &UnreadableRows) -> Vec<TenantId> {
+fn protected_tenants(names: Vec<String>, unreadable: &UnreadableRows) -> Vec<TenantId> {
     names
         .into_iter()
         .filter_map(|name| {
@@ -249,188 +224,12 @@ pub(super) fn registration_json(jwks_url: &str, policy: &str) -> serde_json::Val
 }
 
 /// A tenant's settings as shown in the audit log.
-pub(super) fn tenant_access_json(access: &TenantAccess) -> serde_json::Value {
+fn tenant_access_json(access: &TenantAccess) -> serde_json::Value {
     serde_json::json!({ "verifier_token_required": access.verifier_token_required })
 }
 
-/// Implements `AccessStore` for a backend whose store has `fn pool(&self)`: `$announce` tells
-/// other replicas about a committed change, `$token_in_scope` reads a token (locking it where
-/// the backend can), `$insert_audit` appends an event within the transaction. The SQL, and so
-/// the body, is the same for both backends.
-macro_rules! impl_access_store {
-    ($store:ty, $announce:path, $token_in_scope:path, $insert_audit:path) => {
-        const _: () = {
-            use async_trait::async_trait;
-            use chrono::{DateTime, Utc};
-
-            use crate::{
-                access::{
-                    AccessState, Action, AuditEvent, AuditRecord, Origin, TenantAccess, TokenId,
-                    TokenRecord,
-                },
-                domain::TenantId,
-                store::{
-                    StoreError,
-                    access::{
-                        AccessStore, AuditQuery, AuditRow, INSERT_TOKEN, REVOKE_TOKEN,
-                        SELECT_ACTIVE_TOKENS, SELECT_AUDIT, SELECT_PROTECTED_TENANTS,
-                        SELECT_TENANT_ACCESS, SELECT_TOKENS, TokenRow, UPSERT_TENANT_ACCESS,
-                        active_tokens, protected_tenants, tenant_access, tenant_event, token_event,
-                    },
-                },
-            };
-
-            #[async_trait]
-            impl AccessStore for $store {
-                async fn load_access(&self) -> Result<AccessState, StoreError> {
-                    let mut tx = self.pool().begin().await?;
-                    let rows = sqlx::query(SELECT_ACTIVE_TOKENS)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let tenants: Vec<String> = sqlx::query_scalar(SELECT_PROTECTED_TENANTS)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(AccessState {
-                        tokens: active_tokens(&rows, self.unreadable()),
-                        protected_tenants: protected_tenants(tenants, self.unreadable()),
-                    })
-                }
-
-                async fn create_token(
-                    &self,
-                    token: &TokenRecord,
-                    origin: &Origin,
-                ) -> Result<(), StoreError> {
-                    let mut tx = self.pool().begin().await?;
-                    sqlx::query(INSERT_TOKEN)
-                        .bind(token.id.as_str())
-                        .bind(token.digest.0.as_slice())
-                        .bind(token.role.as_str())
-                        .bind(token.tenant.as_ref().map(TenantId::as_str))
-                        .bind(token.description.as_str())
-                        .bind(token.created_at)
-                        .bind(token.created_by.as_str())
-                        .bind(token.expires_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    let event = AuditEvent {
-                        after: Some(token.audit_json()),
-                        ..token_event(token.created_at, origin, Action::CreateToken, token)
-                    };
-                    $insert_audit(&mut tx, &event).await?;
-                    $announce(&mut tx).await?;
-                    tx.commit().await?;
-                    Ok(())
-                }
-
-                async fn revoke_token(
-                    &self,
-                    id: &TokenId,
-                    scope: Option<&TenantId>,
-                    now: DateTime<Utc>,
-                    origin: &Origin,
-                ) -> Result<Option<TokenRecord>, StoreError> {
-                    let mut tx = self.pool().begin().await?;
-                    let Some(before) = $token_in_scope(&mut tx, id, scope).await? else {
-                        return Ok(None);
-                    };
-                    if before.revoked_at.is_some() {
-                        return Ok(Some(before));
-                    }
-                    sqlx::query(REVOKE_TOKEN)
-                        .bind(id.as_str())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    let after = TokenRecord {
-                        revoked_at: Some(now),
-                        ..before.clone()
-                    };
-                    let event = AuditEvent {
-                        before: Some(before.audit_json()),
-                        after: Some(after.audit_json()),
-                        ..token_event(now, origin, Action::RevokeToken, &after)
-                    };
-                    $insert_audit(&mut tx, &event).await?;
-                    $announce(&mut tx).await?;
-                    tx.commit().await?;
-                    Ok(Some(after))
-                }
-
-                async fn list_tokens(
-                    &self,
-                    tenant: Option<&TenantId>,
-                    include_revoked: bool,
-                ) -> Result<Vec<TokenRecord>, StoreError> {
-                    let rows: Vec<TokenRow> = sqlx::query_as(SELECT_TOKENS)
-                        .bind(tenant.map(TenantId::as_str))
-                        .bind(include_revoked)
-                        .fetch_all(self.pool())
-                        .await?;
-                    rows.into_iter().map(TokenRow::into_record).collect()
-                }
-
-                async fn tenant_access(
-                    &self,
-                    tenant: &TenantId,
-                ) -> Result<TenantAccess, StoreError> {
-                    let row: Option<(bool, DateTime<Utc>)> = sqlx::query_as(SELECT_TENANT_ACCESS)
-                        .bind(tenant.as_str())
-                        .fetch_optional(self.pool())
-                        .await?;
-                    Ok(tenant_access(tenant, row))
-                }
-
-                async fn set_tenant_access(
-                    &self,
-                    access: &TenantAccess,
-                    origin: &Origin,
-                ) -> Result<TenantAccess, StoreError> {
-                    let now = access.updated_at.unwrap_or_else(Utc::now);
-                    let mut tx = self.pool().begin().await?;
-                    let row: Option<(bool, DateTime<Utc>)> = sqlx::query_as(SELECT_TENANT_ACCESS)
-                        .bind(access.tenant.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let before = tenant_access(&access.tenant, row);
-                    sqlx::query(UPSERT_TENANT_ACCESS)
-                        .bind(access.tenant.as_str())
-                        .bind(access.verifier_token_required)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    let after = TenantAccess {
-                        updated_at: Some(now),
-                        ..access.clone()
-                    };
-                    $insert_audit(&mut tx, &tenant_event(now, origin, &before, &after)).await?;
-                    $announce(&mut tx).await?;
-                    tx.commit().await?;
-                    Ok(after)
-                }
-
-                async fn audit_events(
-                    &self,
-                    query: &AuditQuery,
-                ) -> Result<Vec<AuditRecord>, StoreError> {
-                    let rows: Vec<AuditRow> = sqlx::query_as(SELECT_AUDIT)
-                        .bind(query.tenant.as_ref().map(TenantId::as_str))
-                        .bind(query.before.and_then(|id| i64::try_from(id).ok()))
-                        .bind(i64::from(query.limit))
-                        .fetch_all(self.pool())
-                        .await?;
-                    Ok(rows.into_iter().map(AuditRecord::from).collect())
-                }
-            }
-        };
-    };
-}
-
-pub(super) use impl_access_store;
-
 /// The audit event of a change to `token`.
-pub(super) fn token_event(
+fn token_event(
     at: DateTime<Utc>,
     origin: &Origin,
     action: Action,
@@ -448,7 +247,7 @@ pub(super) fn token_event(
 }
 
 /// A tenant's settings from its row, the defaults when there is none.
-pub(super) fn tenant_access(tenant: &TenantId, row: Option<(bool, DateTime<Utc>)>) -> TenantAccess {
+fn tenant_access(tenant: &TenantId, row: Option<(bool, DateTime<Utc>)>) -> TenantAccess {
     TenantAccess {
         tenant: tenant.clone(),
         verifier_token_required: row.is_some_and(|(required, _)| required),
@@ -457,7 +256,7 @@ pub(super) fn tenant_access(tenant: &TenantId, row: Option<(bool, DateTime<Utc>)
 }
 
 /// The audit event of a change of a tenant's settings.
-pub(super) fn tenant_event(
+fn tenant_event(
     at: DateTime<Utc>,
     origin: &Origin,
     before: &TenantAccess,
@@ -472,4 +271,173 @@ pub(super) fn tenant_event(
         before: before.updated_at.map(|_| tenant_access_json(before)),
         after: Some(tenant_access_json(after)),
     }
+}
+
+/// Appends `event` to the audit log, within the caller's transaction.
+pub(super) async fn insert_audit<B: Backend>(
+    conn: &mut B::Connection,
+    event: &AuditEvent,
+) -> Result<(), StoreError> {
+    let before = event.before.as_ref().map(ToString::to_string);
+    let after = event.after.as_ref().map(ToString::to_string);
+    let args = [
+        Arg::time(event.at),
+        Arg::text(&event.origin.actor),
+        Arg::text(event.action.as_str()),
+        Arg::Text(event.tenant.as_ref().map(TenantId::as_str)),
+        Arg::Text(event.provider.as_deref()),
+        Arg::Text(before.as_deref()),
+        Arg::Text(after.as_deref()),
+        Arg::Text(event.origin.client.as_deref()),
+    ];
+    B::execute(conn, INSERT_AUDIT, &args).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl<B: Backend> AccessStore for SqlStore<B> {
+    async fn load_access(&self) -> Result<AccessState, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let tokens = B::rows(&mut tx, SELECT_ACTIVE_TOKENS, &[]).await?;
+        let tenants = B::rows(&mut tx, SELECT_PROTECTED_TENANTS, &[]).await?;
+        tx.commit().await?;
+        let names = tenants
+            .iter()
+            .map(|row| B::text(row, 0))
+            .collect::<Result<_, _>>()?;
+        Ok(AccessState {
+            tokens: B::readable_tokens(&tokens, &self.unreadable),
+            protected_tenants: protected_tenants(names, &self.unreadable),
+        })
+    }
+
+    async fn create_token(&self, token: &TokenRecord, origin: &Origin) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let args = [
+            Arg::text(token.id.as_str()),
+            Arg::Bytes(Some(token.digest.0.as_slice())),
+            Arg::text(token.role.as_str()),
+            Arg::Text(token.tenant.as_ref().map(TenantId::as_str)),
+            Arg::text(&token.description),
+            Arg::time(token.created_at),
+            Arg::text(&token.created_by),
+            Arg::Time(token.expires_at),
+        ];
+        B::execute(&mut tx, INSERT_TOKEN, &args).await?;
+        let event = AuditEvent {
+            after: Some(token.audit_json()),
+            ..token_event(token.created_at, origin, Action::CreateToken, token)
+        };
+        insert_audit::<B>(&mut tx, &event).await?;
+        B::announce_access(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_token(
+        &self,
+        id: &TokenId,
+        scope: Option<&TenantId>,
+        now: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let args = [
+            Arg::text(id.as_str()),
+            Arg::Text(scope.map(TenantId::as_str)),
+        ];
+        let Some(row) = B::row(&mut tx, B::TOKEN_FOR_WRITE, &args).await? else {
+            return Ok(None);
+        };
+        let before = B::token(&row)?;
+        if before.revoked_at.is_some() {
+            return Ok(Some(before));
+        }
+        B::execute(
+            &mut tx,
+            REVOKE_TOKEN,
+            &[Arg::text(id.as_str()), Arg::time(now)],
+        )
+        .await?;
+        let after = TokenRecord {
+            revoked_at: Some(now),
+            ..before.clone()
+        };
+        let event = AuditEvent {
+            before: Some(before.audit_json()),
+            after: Some(after.audit_json()),
+            ..token_event(now, origin, Action::RevokeToken, &after)
+        };
+        insert_audit::<B>(&mut tx, &event).await?;
+        B::announce_access(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some(after))
+    }
+
+    async fn list_tokens(
+        &self,
+        tenant: Option<&TenantId>,
+        include_revoked: bool,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let args = [
+            Arg::Text(tenant.map(TenantId::as_str)),
+            Arg::Bool(include_revoked),
+        ];
+        let rows = B::rows(&mut conn, SELECT_TOKENS, &args).await?;
+        rows.iter().map(B::token).collect()
+    }
+
+    async fn tenant_access(&self, tenant: &TenantId) -> Result<TenantAccess, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        stored_tenant_access::<B>(&mut conn, tenant).await
+    }
+
+    async fn set_tenant_access(
+        &self,
+        access: &TenantAccess,
+        now: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<TenantAccess, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let before = stored_tenant_access::<B>(&mut tx, &access.tenant).await?;
+        let args = [
+            Arg::text(access.tenant.as_str()),
+            Arg::Bool(access.verifier_token_required),
+            Arg::time(now),
+        ];
+        B::execute(&mut tx, UPSERT_TENANT_ACCESS, &args).await?;
+        let after = TenantAccess {
+            updated_at: Some(now),
+            ..access.clone()
+        };
+        insert_audit::<B>(&mut tx, &tenant_event(now, origin, &before, &after)).await?;
+        B::announce_access(&mut tx).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let args = [
+            Arg::Text(query.tenant.as_ref().map(TenantId::as_str)),
+            Arg::Int(query.before.and_then(|id| i64::try_from(id).ok())),
+            Arg::int(i64::from(query.limit)),
+        ];
+        let rows = B::rows(&mut conn, SELECT_AUDIT, &args).await?;
+        rows.iter().map(B::audit_record).collect()
+    }
+}
+
+/// A tenant's settings as stored, the defaults when there is no row.
+async fn stored_tenant_access<B: Backend>(
+    conn: &mut B::Connection,
+    tenant: &TenantId,
+) -> Result<TenantAccess, StoreError> {
+    let row = B::row(conn, SELECT_TENANT_ACCESS, &[Arg::text(tenant.as_str())]).await?;
+    let stored = match row {
+        Some(row) => Some((B::bool(&row, 0)?, B::time(&row, 1)?)),
+        None => None,
+    };
+    Ok(tenant_access(tenant, stored))
 }

@@ -1,15 +1,16 @@
-//! Durable storage of registrations and last good key sets, behind one `Store` trait with two
-//! implementations: Postgres for production and fleets (writes fenced by the leader's lease
-//! and announced with NOTIFY), and an embedded SQLite file for a single node. Reads on the
-//! request path never come here; the cache is loaded from the store at start and kept in
-//! step by every write.
+//! Durable storage of registrations, last good key sets and access control, behind the
+//! `Store` trait: one SQL store (`SqlStore`) written once for Postgres (production and fleets:
+//! writes fenced by the leader's lease and announced with NOTIFY) and for an embedded SQLite
+//! file (a single node), with the real differences in `backend`. Reads on the request path
+//! never come here; the cache is loaded from the store at start and kept in step by every
+//! write.
 
 mod access;
-mod postgres;
-mod postgres_access;
+mod backend;
+mod change;
+mod providers;
 mod row;
-mod sqlite;
-mod sqlite_access;
+mod sql;
 mod unreadable;
 
 use std::{path::Path, time::Duration};
@@ -17,7 +18,7 @@ use std::{path::Path, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    PgPool,
+    PgPool, Pool, Postgres, Sqlite,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -30,10 +31,8 @@ use crate::{
 };
 
 pub use access::{AccessStore, AuditQuery};
-pub use postgres::{CHANGES_CHANNEL, Change, PostgresStore};
-pub use postgres_access::ACCESS_CHANNEL;
+pub use change::{ACCESS_CHANNEL, CHANGES_CHANNEL, Change};
 pub use row::{RefreshColumns, RegistrationColumns, StoredRow, UndecodedRefresh};
-pub use sqlite::SqliteStore;
 pub use unreadable::{RowPart, UnreadableRows, UnreadableRowsCollector};
 
 /// File name of the embedded database inside the data directory.
@@ -200,9 +199,10 @@ pub async fn open(
             if !skip_migrations {
                 sqlx::migrate!("./migrations/postgres").run(&pool).await?;
             }
-            let unreadable = Arc::default();
+            let store = SqlStore::<Postgres>::new(pool.clone());
+            let unreadable = Arc::clone(&store.unreadable);
             Ok(Opened {
-                store: Arc::new(PostgresStore::new(pool.clone(), Arc::clone(&unreadable))),
+                store: Arc::new(store),
                 postgres: Some(pool),
                 unreadable,
             })
@@ -230,50 +230,31 @@ async fn open_sqlite(
     if !skip_migrations {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     }
-    let unreadable = Arc::default();
+    let store = SqlStore::<Sqlite>::new(pool);
+    let unreadable = Arc::clone(&store.unreadable);
     Ok(Opened {
-        store: Arc::new(SqliteStore::new(pool, Arc::clone(&unreadable))),
+        store: Arc::new(store),
         postgres: None,
         unreadable,
     })
 }
 
-const SELECT_ALL: &str = "SELECT * FROM providers ORDER BY tenant, provider";
-const SELECT_ONE: &str = "SELECT * FROM providers WHERE tenant = $1 AND provider = $2";
+/// The SQL store on database `B` (Postgres or SQLite).
+pub struct SqlStore<B: sqlx::Database> {
+    pool: Pool<B>,
+    unreadable: Arc<UnreadableRows>,
+}
 
-fn policy_json(registration: &NewRegistration) -> Result<String, StoreError> {
-    serde_json::to_string(&registration.overrides).map_err(|err| StoreError::Corrupt {
-        key: registration.key.to_string(),
-        reason: format!("policy: {err}"),
-    })
+impl<B: sqlx::Database> SqlStore<B> {
+    /// A store over a migrated pool.
+    fn new(pool: Pool<B>) -> Self {
+        Self {
+            pool,
+            unreadable: Arc::default(),
+        }
+    }
 }
 
 fn sequence(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
-}
-
-/// The record decoded from `row`, when it was found.
-fn decoded<R>(
-    key: &ProviderKey,
-    row: Option<R>,
-    unreadable: &UnreadableRows,
-) -> Result<Option<ProviderRecord>, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> RegistrationColumns: sqlx::FromRow<'r, R>,
-    for<'r> RefreshColumns: sqlx::FromRow<'r, R>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-{
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    match row::decode_rows(std::slice::from_ref(&row), unreadable).pop() {
-        Some(record) => Ok(Some(record)),
-        None => Err(StoreError::Corrupt {
-            key: key.to_string(),
-            reason: "its registration is unreadable (see the error logged for it)".into(),
-        }),
-    }
 }

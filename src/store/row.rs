@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::{ColumnIndex, Database, Decode, Encode, FromRow, Row, Type, query::QueryScalar};
+use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
 use super::{
     StoreError,
+    sql::Arg,
     unreadable::{RowPart, UnreadableRows},
 };
 use crate::{
@@ -124,31 +125,22 @@ impl RefreshColumns {
         })
     }
 
-    /// Binds the columns as parameters `$4` to `$15` of a refresh write.
-    pub fn bind_to<'q, DB, O>(
-        self,
-        query: QueryScalar<'q, DB, O, <DB as Database>::Arguments>,
-    ) -> QueryScalar<'q, DB, O, <DB as Database>::Arguments>
-    where
-        DB: Database,
-        i64: Encode<'q, DB> + Type<DB>,
-        Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
-        Option<String>: Encode<'q, DB> + Type<DB>,
-        Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
-    {
-        query
-            .bind(self.version)
-            .bind(self.jwks_json)
-            .bind(self.etag)
-            .bind(self.last_modified)
-            .bind(self.cache_policy)
-            .bind(self.fetched_at)
-            .bind(self.fresh_until)
-            .bind(self.last_attempt_at)
-            .bind(self.last_error)
-            .bind(self.consecutive_failures)
-            .bind(self.next_refresh_at)
-            .bind(self.skipped_keys)
+    /// The columns as the parameters `$4` to `$15` of a refresh write.
+    pub(super) fn args(&self) -> [Arg<'_>; 12] {
+        [
+            Arg::int(self.version),
+            Arg::Bytes(self.jwks_json.as_deref()),
+            Arg::Text(self.etag.as_deref()),
+            Arg::Text(self.last_modified.as_deref()),
+            Arg::Text(self.cache_policy.as_deref()),
+            Arg::Time(self.fetched_at),
+            Arg::Time(self.fresh_until),
+            Arg::Time(self.last_attempt_at),
+            Arg::Text(self.last_error.as_deref()),
+            Arg::int(self.consecutive_failures),
+            Arg::Time(self.next_refresh_at),
+            Arg::Text(self.skipped_keys.as_deref()),
+        ]
     }
 }
 

@@ -1,0 +1,204 @@
+//! Provider registrations and their refresh results, written once for both databases: every
+//! write takes a change sequence (see `Backend::begin_write`), records its audit event and
+//! announces itself in the same transaction; refresh writes apply only for the registration
+//! revision they were fetched for and, on Postgres, only under the writer's lease.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    Fence, NewRegistration, Registered, SqlStore, Store, StoreError, UnreadableRows,
+    access::{insert_audit, registration_json},
+    backend::Backend,
+    change::Change,
+    row::RefreshColumns,
+    sequence,
+    sql::Arg,
+};
+use crate::{
+    access::{Action, AuditEvent, Origin},
+    domain::ProviderKey,
+    state::record::ProviderRecord,
+};
+
+const SELECT_ALL: &str = "SELECT * FROM providers ORDER BY tenant, provider";
+const SELECT_ONE: &str = "SELECT * FROM providers WHERE tenant = $1 AND provider = $2";
+
+const INSERT_IF_ABSENT: &str = "\
+INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, next_refresh_at, change_seq)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)
+ON CONFLICT (tenant, provider) DO NOTHING";
+
+/// Right-hand sides see the old row, so the validators are dropped only when the URL changes.
+const UPDATE_REGISTRATION: &str = "\
+UPDATE providers SET
+    jwks_url = $3,
+    policy = $4,
+    revision = $5,
+    updated_at = $6,
+    next_refresh_at = $7,
+    change_seq = $8,
+    etag = CASE WHEN jwks_url = $3 THEN etag END,
+    last_modified = CASE WHEN jwks_url = $3 THEN last_modified END,
+    cache_policy = CASE WHEN jwks_url = $3 THEN cache_policy END
+WHERE tenant = $1 AND provider = $2";
+
+const DELETE: &str = "DELETE FROM providers WHERE tenant = $1 AND provider = $2";
+
+fn key_args(key: &ProviderKey) -> [Arg<'_>; 2] {
+    [
+        Arg::text(key.tenant.as_str()),
+        Arg::text(key.provider.as_str()),
+    ]
+}
+
+#[async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = B::rows(&mut conn, SELECT_ALL, &[]).await?;
+        Ok(B::provider_records(&rows, &self.unreadable))
+    }
+
+    async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let row = B::row(&mut conn, SELECT_ONE, &key_args(key)).await?;
+        decoded::<B>(row, key, &self.unreadable)
+    }
+
+    async fn register(
+        &self,
+        registration: &NewRegistration,
+        revision: i64,
+        now: DateTime<Utc>,
+        fetch_by: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<Registered, StoreError> {
+        let policy = policy_json(registration)?;
+        let key = &registration.key;
+        let mut tx = self.pool.begin().await?;
+        let (mut before, mut change_seq) = B::begin_write(&mut tx, key).await?;
+        let args = |change_seq| {
+            [
+                Arg::text(key.tenant.as_str()),
+                Arg::text(key.provider.as_str()),
+                Arg::text(registration.url.as_str()),
+                Arg::text(&policy),
+                Arg::int(revision),
+                Arg::time(now),
+                Arg::time(fetch_by),
+                Arg::int(change_seq),
+            ]
+        };
+        let created = before.is_none()
+            && B::execute(&mut tx, INSERT_IF_ABSENT, &args(change_seq)).await? == 1;
+        if !created {
+            if before.is_none() {
+                // Registered concurrently since the first look: read what is replaced.
+                (before, change_seq) = B::begin_write(&mut tx, key).await?;
+            }
+            B::execute(&mut tx, UPDATE_REGISTRATION, &args(change_seq)).await?;
+        }
+        let row = B::row(&mut tx, SELECT_ONE, &key_args(key)).await?;
+        let record =
+            decoded::<B>(row, key, &self.unreadable)?.ok_or_else(|| StoreError::Corrupt {
+                key: key.to_string(),
+                reason: "the row just written is gone".into(),
+            })?;
+        let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
+        event.before = before.map(|(url, policy)| registration_json(&url, &policy));
+        event.after = Some(registration_json(registration.url.as_str(), &policy));
+        insert_audit::<B>(&mut tx, &event).await?;
+        B::announce(&mut tx, &Change::Updated(key.clone(), record.change_seq)).await?;
+        tx.commit().await?;
+        Ok(Registered { record, created })
+    }
+
+    async fn unregister(
+        &self,
+        key: &ProviderKey,
+        now: DateTime<Utc>,
+        origin: &Origin,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (before, change_seq) = B::begin_write(&mut tx, key).await?;
+        let Some((url, policy)) = before else {
+            return Ok(None);
+        };
+        B::execute(&mut tx, DELETE, &key_args(key)).await?;
+        let change_seq = sequence(change_seq);
+        let mut event = AuditEvent::provider(now, origin.clone(), Action::UnregisterProvider, key);
+        event.before = Some(registration_json(&url, &policy));
+        insert_audit::<B>(&mut tx, &event).await?;
+        B::announce(&mut tx, &Change::Removed(key.clone(), change_seq)).await?;
+        tx.commit().await?;
+        Ok(Some(change_seq))
+    }
+
+    async fn save_refresh(
+        &self,
+        record: &ProviderRecord,
+        fence: Option<&Fence>,
+        audit: Option<&AuditEvent>,
+    ) -> Result<Option<u64>, StoreError> {
+        let columns = RefreshColumns::from_record(record)?;
+        let registration = &record.registration;
+        let key = &registration.key;
+        let mut tx = self.pool.begin().await?;
+        let (_, change_seq) = B::begin_write(&mut tx, key).await?;
+        let mut args = vec![
+            Arg::text(key.tenant.as_str()),
+            Arg::text(key.provider.as_str()),
+            Arg::int(registration.revision),
+        ];
+        args.extend(columns.args());
+        args.push(Arg::int(change_seq));
+        args.extend(B::fence_args(fence));
+        let Some(written) = B::row(&mut tx, B::SAVE_REFRESH, &args).await? else {
+            return Ok(None);
+        };
+        let change_seq = sequence(B::int(&written, 0)?);
+        if let Some(event) = audit {
+            insert_audit::<B>(&mut tx, event).await?;
+        }
+        B::announce(&mut tx, &Change::Updated(key.clone(), change_seq)).await?;
+        tx.commit().await?;
+        Ok(Some(change_seq))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        B::execute(&mut conn, "SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The record decoded from `row`, when it was found; `Corrupt` when its registration is
+/// unreadable (the decoding reported it).
+fn decoded<B: Backend>(
+    row: Option<B::Row>,
+    key: &ProviderKey,
+    unreadable: &UnreadableRows,
+) -> Result<Option<ProviderRecord>, StoreError> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    match B::provider_records(std::slice::from_ref(&row), unreadable).pop() {
+        Some(record) => Ok(Some(record)),
+        None => Err(StoreError::Corrupt {
+            key: key.to_string(),
+            reason: "its registration is unreadable (see the error logged for it)".into(),
+        }),
+    }
+}
+
+fn policy_json(registration: &NewRegistration) -> Result<String, StoreError> {
+    serde_json::to_string(&registration.overrides).map_err(|err| StoreError::Corrupt {
+        key: registration.key.to_string(),
+        reason: format!("policy: {err}"),
+    })
+}
