@@ -4,8 +4,9 @@
 # Runs, in order and stopping at the first failure:
 #   the Python client's virtual environment and stubs (target/python-venv, target/python-gen)
 #   buf lint and buf breaking against proto/baseline/keyrelay-v1.json (buf from npm)
-#   ruff on the Python code; hadolint on the Dockerfile, and its build stage rebuilt from
-#       exactly what its COPY lines bring (scripts/docker_context.py); tools in target/tools-venv
+#   ruff on the Python code; the subsystems' dependency order (scripts/check_layers.py);
+#       hadolint on the Dockerfile, and its build stage rebuilt from exactly what its COPY
+#       lines bring (scripts/docker_context.py); tools in target/tools-venv
 #   cargo fmt --all -- --check
 #   cargo clippy --workspace --all-targets --locked -- -D warnings
 #   cargo test --workspace --locked "$@"   (unit and integration tests of the server and
@@ -231,6 +232,7 @@ TOOLS=target/tools-venv
 python_venv "$TOOLS" scripts/requirements-tools.txt
 "$TOOLS/bin/ruff" check scripts clients/python
 "$TOOLS/bin/ruff" format --check scripts clients/python
+"$TOOLS/bin/python" scripts/check_layers.py
 "$TOOLS/bin/hadolint" Dockerfile
 "$TOOLS/bin/python" scripts/docker_context.py
 

@@ -91,6 +91,7 @@ pub struct UndecodedRefresh {
 }
 
 impl RefreshColumns {
+    /// The refresh columns of `record`, to write.
     pub fn from_record(record: &ProviderRecord) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             key: record.registration.key.to_string(),
