@@ -97,10 +97,14 @@ impl Handlers {
     /// Every route of the gRPC listener.
     fn routes(self) -> Result<(Routes, HealthReporter), StartupError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // grpcurl asks v1; Postman, grpcui, Evans and Python's grpcio-reflection v1alpha.
+        let (reflection_v1, reflection_v1alpha) =
+            (reflection().build_v1()?, reflection().build_v1alpha()?);
         let registry = Arc::clone(self.access.registry());
         let authenticator = Authenticator::new(
             Arc::clone(&registry),
@@ -116,7 +120,8 @@ impl Handlers {
         let admin = AdminApi::new(self.providers, self.cluster, self.egress, self.access);
         let grpc = Routes::default()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(
                 KeyServiceServer::new(keys).max_decoding_message_size(MAX_REQUEST_BYTES),
                 authenticator.verifier(),
