@@ -11,6 +11,8 @@
 #   cargo clippy --workspace --all-targets --locked -- -D warnings
 #   cargo test --workspace --locked "$@"   (unit and integration tests of the server and
 #       the Rust verifier SDK; benches are type-checked by clippy, run with `cargo bench`)
+#   the deployment files: compose and Kubernetes schemas, their settings against
+#       `keyrelay serve --help`, promtool on the alert rules (scripts/check_deploy.py)
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 #
 # The Rust tests need a Postgres server. The URL of a superuser able to
@@ -190,6 +192,17 @@ fi
 [[ -n "${TEST_DATABASE_URL:-}" ]] || die "no Postgres available; refusing to run the tests"
 export TEST_DATABASE_URL
 
+# Makes command $1 available, installing Debian package $2 when it is missing (as root).
+ensure_command() {
+  local command="$1" package="$2"
+  command -v "$command" >/dev/null 2>&1 && return 0
+  ((EUID == 0)) || die "$command is missing; install Debian's $package package"
+  log "installing Debian's $package package for $command"
+  apt-get update >&2 || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" >&2 ||
+    die "apt-get install $package failed"
+}
+
 # A virtual environment at $1 with the packages of requirements file $2 from PyPI, rebuilt
 # when the requirements change.
 python_venv() {
@@ -239,3 +252,8 @@ python_venv "$TOOLS" scripts/requirements-tools.txt
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+
+# The deployment files (compose, Kubernetes, alert rules and their tests, the dashboard),
+# checked against the binary just built and against their schemas; promtool from Debian.
+ensure_command promtool prometheus
+"$TOOLS/bin/python" scripts/check_deploy.py target/debug/keyrelay

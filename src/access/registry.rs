@@ -40,6 +40,9 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every `kind`.
+    pub const KINDS: [&'static str; 3] = ["missing", "malformed", "rejected"];
+
     /// A short name for the auth-failures metric's `reason` label.
     pub fn kind(&self) -> &'static str {
         match self {

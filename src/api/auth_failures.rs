@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{core::failure_limiter::FailureLimiter, observability::metrics::Metrics};
+use crate::{
+    access::AuthError, core::failure_limiter::FailureLimiter, observability::metrics::Metrics,
+};
 
 /// A client's failures are logged at warn at most once per this long.
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -30,6 +32,9 @@ pub enum Service {
 }
 
 impl Service {
+    /// Every service.
+    pub const ALL: [Service; 3] = [Service::Admin, Service::Key, Service::Mirror];
+
     /// The metric's `service` label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +44,15 @@ impl Service {
         }
     }
 }
+
+/// Every `reason` a failed authentication is counted under.
+pub const REASONS: [&str; 5] = [
+    AuthError::KINDS[0],
+    AuthError::KINDS[1],
+    AuthError::KINDS[2],
+    "verifier_token",
+    "rate_limited",
+];
 
 /// Counts, logs and limits failed authentications.
 pub struct AuthFailures {

@@ -6,6 +6,17 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::server::config::ServeConfig;
 
+/// What `keyrelay serve` reads from the environment besides its flags' variables.
+const SERVE_ENVIRONMENT: &str = "\
+Environment read besides the flags' variables:
+  RUST_LOG                            log filter (default info)
+  OTEL_EXPORTER_OTLP_ENDPOINT         export traces over OTLP/gRPC to this endpoint
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT  the same, for traces only
+  OTEL_SERVICE_NAME                   service name of the traces (default keyrelay)
+  OTEL_RESOURCE_ATTRIBUTES            extra resource attributes of the traces
+  OTEL_TRACES_SAMPLER                 sampler, e.g. parentbased_always_on
+  OTEL_TRACES_SAMPLER_ARG             the sampler's argument";
+
 /// keyrelay: fetch every identity provider's JWKS once, serve it to all verifiers.
 #[derive(Debug, Parser)]
 #[command(name = "keyrelay", version, about, propagate_version = true)]
@@ -19,6 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the keyrelay server.
+    #[command(after_long_help = SERVE_ENVIRONMENT)]
     Serve(Box<ServeConfig>),
     /// Apply database migrations and exit (`serve` applies them too, unless
     /// --skip-migrations).

@@ -127,6 +127,20 @@ pub enum JwksError {
 }
 
 impl JwksError {
+    /// Every `kind`.
+    pub const KINDS: [&'static str; 10] = [
+        "not_json",
+        "no_keys_array",
+        "duplicate_kid",
+        "private_material",
+        "empty_set",
+        "too_many_keys",
+        "key_too_large",
+        "weak_rsa_key",
+        "kid_reused",
+        "unconfirmed_replacement",
+    ];
+
     /// A short name for the rejection metric's `reason` label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -177,6 +191,15 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Every `kind`.
+    pub const KINDS: [&'static str; 5] = [
+        "not_an_object",
+        "unsupported_key_type",
+        "unsupported_curve",
+        "unsupported_algorithm",
+        "malformed",
+    ];
+
     /// A short name for the skipped-keys metric's `reason` label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -552,6 +575,41 @@ mod tests {
         let again = KeySetDocument::parse(first.json()).unwrap().document;
         assert!(again.same_keys_as(&first));
         assert_eq!(again.json(), first.json());
+    }
+
+    #[test]
+    fn every_kind_is_listed_for_the_metrics() {
+        let rejections = [
+            JwksError::NotJson(String::new()),
+            JwksError::NoKeysArray,
+            JwksError::DuplicateKid(String::new()),
+            JwksError::PrivateMaterial {
+                kid: String::new(),
+                member: "d",
+            },
+            JwksError::EmptyReplacesNonEmpty { previous: 1 },
+            JwksError::TooManyKeys { count: 1, limit: 1 },
+            JwksError::KeyTooLarge {
+                kid: String::new(),
+                bytes: 1,
+                limit: 1,
+            },
+            JwksError::WeakRsaKey {
+                kid: String::new(),
+                bits: 1,
+            },
+            JwksError::KidReused(String::new()),
+            JwksError::UnconfirmedReplacement { previous: 1 },
+        ];
+        assert_eq!(rejections.map(|e| e.kind()), JwksError::KINDS);
+        let skips = [
+            SkipReason::NotAnObject,
+            SkipReason::UnsupportedKeyType(String::new()),
+            SkipReason::UnsupportedCurve(String::new()),
+            SkipReason::UnsupportedAlgorithm(String::new()),
+            SkipReason::Malformed(String::new()),
+        ];
+        assert_eq!(skips.map(|s| s.kind()), SkipReason::KINDS);
     }
 
     #[test]

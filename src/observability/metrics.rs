@@ -59,6 +59,20 @@ pub enum CacheResult {
     Miss,
 }
 
+/// The label values of the families keyrelay's subsystems define, so that each series exists
+/// from the start at zero: an alert on `increase(...)` then sees the first event too.
+#[derive(Debug, Default)]
+pub struct KnownLabels {
+    /// `keyrelay_refreshes_total{outcome}`.
+    pub refresh_outcomes: Vec<&'static str>,
+    /// `keyrelay_key_set_rejections_total{reason}`.
+    pub rejection_reasons: Vec<&'static str>,
+    /// `keyrelay_keys_skipped_total{reason}`.
+    pub skip_reasons: Vec<&'static str>,
+    /// `keyrelay_auth_failures_total{service, reason}`.
+    pub auth_failures: Vec<(&'static str, &'static str)>,
+}
+
 /// Every instrument keyrelay updates.
 #[derive(Debug)]
 pub struct Metrics {
@@ -181,10 +195,46 @@ impl Metrics {
         for collector in collectors {
             registry.register_collector(collector);
         }
+        for result in ["hit", "stale", "miss"] {
+            drop(
+                metrics
+                    .resolve_cache
+                    .get_or_create(&ResultLabels { result }),
+            );
+        }
+        for outcome in ["ok", "error"] {
+            drop(
+                metrics
+                    .tls_reloads
+                    .get_or_create(&OutcomeLabels { outcome }),
+            );
+        }
         Arc::new(Self {
             registry,
             ..metrics
         })
+    }
+
+    /// Creates the series of `known` at zero.
+    pub fn start_at_zero(&self, known: &KnownLabels) {
+        for &outcome in &known.refresh_outcomes {
+            drop(self.refreshes.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for &reason in &known.rejection_reasons {
+            drop(
+                self.key_set_rejections
+                    .get_or_create(&ReasonLabels { reason }),
+            );
+        }
+        for &reason in &known.skip_reasons {
+            drop(self.keys_skipped.get_or_create(&ReasonLabels { reason }));
+        }
+        for &(service, reason) in &known.auth_failures {
+            drop(
+                self.auth_failures
+                    .get_or_create(&AuthLabels { service, reason }),
+            );
+        }
     }
 
     /// The metrics in the Prometheus text format.

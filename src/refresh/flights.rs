@@ -440,6 +440,13 @@ fn rejection_event(
     })
 }
 
+/// Every outcome a fetch is counted under in `keyrelay_refreshes_total`.
+pub fn outcomes() -> impl Iterator<Item = &'static str> {
+    ["modified", "not_modified", "rejected"]
+        .into_iter()
+        .chain(FetchError::KINDS)
+}
+
 /// The metric label of a fetch result.
 fn fetch_outcome(result: &Result<FetchOutcome, FetchError>) -> &'static str {
     match result {

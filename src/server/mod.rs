@@ -20,11 +20,20 @@ use tokio_util::sync::CancellationToken;
 pub use error::StartupError;
 
 use crate::{
-    api::{http_server::HttpServer, mirror, watch::WatchHub},
+    api::{
+        auth_failures::{REASONS, Service},
+        http_server::HttpServer,
+        mirror,
+        watch::WatchHub,
+    },
     clock::Clock,
     cluster::{Cluster, LeadershipCollector},
-    domain::{EgressRules, Policy},
-    observability::metrics::Metrics,
+    domain::{
+        EgressRules, Policy,
+        key_set::{JwksError, SkipReason},
+    },
+    observability::metrics::{KnownLabels, Metrics},
+    refresh,
     server::{
         config::ServeConfig,
         fleet::{Fleet, FleetTasks, Followed},
@@ -80,6 +89,7 @@ impl Application {
             }),
             Box::new(UnreadableRowsCollector(Arc::clone(&storage.unreadable))),
         ]);
+        metrics.start_at_zero(&known_labels());
         // Before taking part in the fleet, so bad TLS files fail the start cleanly.
         let listener = Listener::new(tcp, tls, &metrics).await?;
         let (http_listener, http_addr) = bind(config.listener.http_listen).await?;
@@ -212,6 +222,20 @@ async fn drain_flights(flights: &tokio_util::task::TaskTracker, grace: Duration)
     flights.close();
     if tokio::time::timeout(grace, flights.wait()).await.is_err() {
         tracing::warn!("refreshes still running after the shutdown grace period; abandoning them");
+    }
+}
+
+/// The label values of the metrics the subsystems define.
+fn known_labels() -> KnownLabels {
+    let services = Service::ALL.map(Service::as_str);
+    KnownLabels {
+        refresh_outcomes: refresh::flights::outcomes().collect(),
+        rejection_reasons: JwksError::KINDS.to_vec(),
+        skip_reasons: SkipReason::KINDS.to_vec(),
+        auth_failures: services
+            .into_iter()
+            .flat_map(|service| REASONS.map(|reason| (service, reason)))
+            .collect(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Provider state as metrics, read from the cache at scrape time: providers by state, the
-//! time until each provider's keys stop being served (for the closest ones only, so the
-//! series stay bounded), and the smallest of those times.
+//! time until each provider's keys stop being served and the failed refreshes in a row (for
+//! the providers closest to trouble only, so the series stay bounded), and the smallest time
+//! until unusable.
 
-use std::sync::Arc;
+use std::{cmp::Reverse, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -60,6 +61,7 @@ impl Collector for ProvidersCollector {
             ("failing", 0),
         ];
         let mut remaining = Vec::new();
+        let mut failing = Vec::new();
         for record in &records {
             let index = match record.state(now) {
                 ProviderState::Pending => 0,
@@ -68,14 +70,34 @@ impl Collector for ProvidersCollector {
                 ProviderState::Failing => 3,
             };
             by_state[index].1 += 1;
+            let failures = record.status.consecutive_failures;
+            if failures > 0 {
+                failing.push((Reverse(i64::from(failures)), &record.registration.key));
+            }
             if let Some(keys) = &record.keys {
                 let until = keys.usable_until(&record.policy(&self.defaults));
                 remaining.push(((until - now).num_seconds(), &record.registration.key));
             }
         }
         remaining.sort();
+        failing.sort();
         encode_states(&mut encoder, by_state)?;
-        encode_closest(&mut encoder, &remaining)?;
+        encode_per_provider(
+            &mut encoder,
+            "provider_time_until_unusable",
+            "Time until a provider's last good keys stop being served (fresh_until + max_stale), for the 100 providers closest to it",
+            Some(&Unit::Seconds),
+            remaining.iter().map(|(seconds, key)| (*seconds, *key)),
+        )?;
+        encode_per_provider(
+            &mut encoder,
+            "provider_consecutive_failures",
+            "Failed refreshes in a row, for the 100 providers failing longest (absent: none is failing)",
+            None,
+            failing
+                .iter()
+                .map(|(Reverse(failures), key)| (*failures, *key)),
+        )?;
         let minimum = remaining.first().map_or(0, |(seconds, _)| *seconds);
         encode_gauge(
             &mut encoder,
@@ -99,24 +121,21 @@ fn encode_states(
     Ok(())
 }
 
-/// One series per provider of the `MAX_PROVIDER_SERIES` closest to unusable (`remaining` is
-/// sorted by seconds left).
-fn encode_closest(
+/// One series per provider, for the first `MAX_PROVIDER_SERIES` of `series`.
+fn encode_per_provider<'k>(
     encoder: &mut DescriptorEncoder,
-    remaining: &[(i64, &ProviderKey)],
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: impl Iterator<Item = (i64, &'k ProviderKey)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut series = encoder.encode_descriptor(
-        "provider_time_until_unusable",
-        "Time until a provider's last good keys stop being served (fresh_until + max_stale), for the 100 providers closest to it",
-        Some(&Unit::Seconds),
-        MetricType::Gauge,
-    )?;
-    for (seconds, key) in remaining.iter().take(MAX_PROVIDER_SERIES) {
+    let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (value, key) in series.take(MAX_PROVIDER_SERIES) {
         let labels = ProviderLabels {
             tenant: key.tenant.as_str().to_owned(),
             provider: key.provider.as_str().to_owned(),
         };
-        ConstGauge::new(*seconds).encode(series.encode_family(&labels)?)?;
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
 }

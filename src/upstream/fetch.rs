@@ -127,6 +127,19 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Every `kind`.
+    pub const KINDS: [&'static str; 9] = [
+        "connect",
+        "timeout",
+        "too_large",
+        "status_5xx",
+        "status_4xx",
+        "redirect",
+        "refused",
+        "unmatched_304",
+        "transport",
+    ];
+
     /// A short name for metrics and the `error.type` span attribute.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -587,6 +600,26 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed_for_the_metrics() {
+        let status = |code| FetchError::Status {
+            code,
+            retry_after: None,
+        };
+        let errors = [
+            FetchError::Connect(String::new()),
+            FetchError::Timeout(Duration::ZERO),
+            FetchError::TooLarge { limit: 1 },
+            status(503),
+            status(404),
+            FetchError::Redirect(String::new()),
+            FetchError::Refused(String::new()),
+            FetchError::UnmatchedNotModified,
+            FetchError::Transport(String::new()),
+        ];
+        assert_eq!(errors.map(|e| e.kind()), FetchError::KINDS);
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {

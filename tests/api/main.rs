@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod auth_failures;
 mod cli;
+mod deploy;
 mod egress;
 mod failures;
 mod fleet;
