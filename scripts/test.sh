@@ -7,6 +7,7 @@
 #   ruff on the Python code; the subsystems' dependency order (scripts/check_layers.py);
 #       hadolint on the Dockerfile, and its build stage rebuilt from exactly what its COPY
 #       lines bring (scripts/docker_context.py); tools in target/tools-venv
+#   Chromium (Debian) and playwright-core (npm) for the status page's browser test
 #   cargo fmt --all -- --check
 #   cargo clippy --workspace --all-targets --locked -- -D warnings
 #   cargo test --workspace --locked "$@"   (unit and integration tests of the server and
@@ -248,6 +249,16 @@ python_venv "$TOOLS" scripts/requirements-tools.txt
 "$TOOLS/bin/python" scripts/check_layers.py
 "$TOOLS/bin/hadolint" Dockerfile
 "$TOOLS/bin/python" scripts/docker_context.py
+
+# The status page's browser test (tests/api/status_page.rs): Debian's Chromium, driven by
+# playwright-core from the npm registry.
+ensure_command chromium chromium
+BROWSER_MODULES=target/browser/node_modules
+if [[ ! -d "$BROWSER_MODULES/playwright-core" ]]; then
+  log "installing playwright-core from the npm registry"
+  npm install --prefix target/browser --no-save --silent playwright-core@1
+fi
+export KEYRELAY_TEST_NODE_MODULES="$PWD/$BROWSER_MODULES"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

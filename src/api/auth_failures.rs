@@ -29,11 +29,18 @@ pub enum Service {
     Key,
     /// The HTTP JWKS mirror.
     Mirror,
+    /// The status page's login (admin tokens, limited like AdminService).
+    StatusPage,
 }
 
 impl Service {
     /// Every service.
-    pub const ALL: [Service; 3] = [Service::Admin, Service::Key, Service::Mirror];
+    pub const ALL: [Service; 4] = [
+        Service::Admin,
+        Service::Key,
+        Service::Mirror,
+        Service::StatusPage,
+    ];
 
     /// The metric's `service` label.
     pub fn as_str(self) -> &'static str {
@@ -41,6 +48,7 @@ impl Service {
             Service::Admin => "admin",
             Service::Key => "key",
             Service::Mirror => "mirror",
+            Service::StatusPage => "status_page",
         }
     }
 }
@@ -73,9 +81,10 @@ impl AuthFailures {
     }
 
     /// Whether `client` may try to authenticate on `service` now; otherwise how long until it
-    /// may. Only AdminService is limited. A refusal is itself counted as a failure.
+    /// may. Only admin credentials are limited (AdminService and the status page, sharing one
+    /// bucket per address). A refusal is itself counted as a failure.
     pub fn admit(&self, service: Service, client: Option<IpAddr>) -> Result<(), Duration> {
-        let (Service::Admin, Some(address)) = (service, client) else {
+        let (Service::Admin | Service::StatusPage, Some(address)) = (service, client) else {
             return Ok(());
         };
         self.admin_limiter.admit(address).inspect_err(|_| {
@@ -86,7 +95,7 @@ impl AuthFailures {
     /// `client` failed to authenticate on `service` for `reason` (a short name, the metric's
     /// `reason` label).
     pub fn failed(&self, service: Service, reason: &'static str, client: Option<IpAddr>) {
-        if let (Service::Admin, Some(address)) = (service, client) {
+        if let (Service::Admin | Service::StatusPage, Some(address)) = (service, client) {
             self.admin_limiter.failed(address);
         }
         self.report(service, reason, client);

@@ -1,6 +1,7 @@
-//! The plain-HTTP side of the server, for tools that do not speak gRPC: `/metrics`
-//! (Prometheus), `/healthz` (the process is alive), `/readyz` (the store answers and the
-//! key sets are loaded, which they are before this listener serves), and the JWKS mirror.
+//! The plain-HTTP side of the server, for tools and people that do not speak gRPC:
+//! `/metrics` (Prometheus), `/healthz` (the process is alive), `/readyz` (the store answers
+//! and the key sets are loaded, which they are before this listener serves), and the routes
+//! given to it: the status page, and the JWKS mirror when the gRPC listener has no TLS.
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,19 +35,19 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves on `listener`: metrics and health, plus the `mirror` routes.
+    /// Serves on `listener`: metrics and health, plus `routes`.
     pub fn new(
         listener: TcpListener,
         metrics: Arc<Metrics>,
         store: Arc<dyn Store>,
-        mirror: Router,
+        routes: Router,
     ) -> Self {
         let router = Router::new()
             .route("/metrics", get(metrics_text))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(ready))
             .with_state(Shared { metrics, store })
-            .merge(mirror);
+            .merge(routes);
         Self { listener, router }
     }
 

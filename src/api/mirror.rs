@@ -7,15 +7,11 @@
 //! served only to `Authorization: Bearer` holders of one (privately cacheable), and looks
 //! absent to everyone else.
 
-use std::{
-    collections::HashSet,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::{collections::HashSet, sync::Arc};
 
 use axum::{
     Router,
-    extract::{ConnectInfo, Path, State},
+    extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
     routing::get,
@@ -24,7 +20,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::{
     access::AccessRegistry,
@@ -63,7 +58,7 @@ impl Mirror {
             .access
             .caller(authorization, self.clock.now())
             .inspect_err(|err| {
-                let client = client_ip(&request.extensions);
+                let client = super::http_client_ip(&request.extensions);
                 self.failures.failed(Service::Mirror, err.kind(), client);
             })?;
         Ok(self.access.may_read(caller.as_ref(), tenant))
@@ -77,23 +72,6 @@ impl Mirror {
             "private"
         }
     }
-}
-
-/// The address of the client of an HTTP request, on the gRPC listener (plain or TLS) and on
-/// the HTTP listener.
-fn client_ip(extensions: &http::Extensions) -> Option<IpAddr> {
-    let tcp = |info: &TcpConnectInfo| info.remote_addr().map(|addr| addr.ip());
-    extensions
-        .get::<TcpConnectInfo>()
-        .and_then(tcp)
-        .or_else(|| {
-            let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
-            tcp(tls.get_ref())
-        })
-        .or_else(|| {
-            let ConnectInfo(addr) = extensions.get::<ConnectInfo<SocketAddr>>()?;
-            Some(addr.ip())
-        })
 }
 
 /// The mirror's routes, served on the gRPC listener and on the HTTP listener.

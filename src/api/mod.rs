@@ -12,6 +12,7 @@ mod key_service;
 pub mod mirror;
 mod observe;
 pub mod status;
+pub mod status_page;
 pub mod watch;
 mod watch_access;
 
@@ -20,7 +21,13 @@ pub use auth::{AdminAuth, Authenticator, VerifierAuth};
 pub use key_service::KeyApi;
 pub use observe::{ObserveLayer, code_name};
 
-use tonic::Status;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use tonic::{
+    Status,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 
 use crate::{core::error::Error, domain::ProviderKey};
 
@@ -37,4 +44,21 @@ fn record_key(key: &ProviderKey) {
     let span = tracing::Span::current();
     span.record("keyrelay.tenant", key.tenant.as_str());
     span.record("keyrelay.provider", key.provider.as_str());
+}
+
+/// The address of the client of an HTTP request, on the gRPC listener (plain or TLS) and on
+/// the HTTP listener.
+pub(crate) fn http_client_ip(extensions: &http::Extensions) -> Option<IpAddr> {
+    let tcp = |info: &TcpConnectInfo| info.remote_addr().map(|addr| addr.ip());
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(tcp)
+        .or_else(|| {
+            let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
+            tcp(tls.get_ref())
+        })
+        .or_else(|| {
+            let ConnectInfo(addr) = extensions.get::<ConnectInfo<SocketAddr>>()?;
+            Some(addr.ip())
+        })
 }

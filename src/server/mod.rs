@@ -24,6 +24,7 @@ use crate::{
         auth_failures::{REASONS, Service},
         http_server::HttpServer,
         mirror,
+        status_page::{self, StatusPage},
         watch::WatchHub,
     },
     clock::Clock,
@@ -110,11 +111,18 @@ impl Application {
             false => mirror::router(services.mirror.clone()),
             true => axum::Router::new(),
         };
+        let status_page = status_page::router(StatusPage {
+            providers: Arc::clone(&services.providers),
+            cluster: Arc::clone(&cluster),
+            access: Arc::clone(&storage.access),
+            clock: Arc::clone(&clock),
+            failures: Arc::clone(&services.auth_failures),
+        });
         let http = HttpServer::new(
             http_listener,
             Arc::clone(&metrics),
             Arc::clone(&storage.store),
-            http_mirror,
+            http_mirror.merge(status_page),
         );
         let fleet = fleet
             .join(Followed {

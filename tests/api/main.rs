@@ -20,6 +20,7 @@ mod restart;
 mod revalidation;
 mod server;
 mod signing;
+mod status_page;
 mod store;
 mod timestamps;
 mod tls;
