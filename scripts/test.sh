@@ -244,11 +244,18 @@ fi
 # hadolint, then the build stage rebuilt from exactly the context its COPY lines bring.
 TOOLS=target/tools-venv
 python_venv "$TOOLS" scripts/requirements-tools.txt
-"$TOOLS/bin/ruff" check scripts clients/python
-"$TOOLS/bin/ruff" format --check scripts clients/python
+"$TOOLS/bin/ruff" check scripts clients/python clients/conformance
+"$TOOLS/bin/ruff" format --check scripts clients/python clients/conformance
 "$TOOLS/bin/python" scripts/check_layers.py
 "$TOOLS/bin/hadolint" Dockerfile
 "$TOOLS/bin/python" scripts/docker_context.py
+
+# The SDK conformance vectors (clients/conformance), signed now; every SDK verifies them.
+CONFORMANCE=target/conformance
+mkdir -p "$CONFORMANCE"
+"$TOOLS/bin/python" clients/conformance/materialize.py "$CONFORMANCE/vectors.json"
+export KEYRELAY_CONFORMANCE_VECTORS="$PWD/$CONFORMANCE/vectors.json"
+export KEYRELAY_CONFORMANCE_RESULTS="$PWD/$CONFORMANCE/results-rust.jsonl"
 
 # The status page's browser test (tests/api/status_page.rs): Debian's Chromium, driven by
 # playwright-core from the npm registry.
@@ -268,3 +275,8 @@ cargo test --workspace --locked "$@"
 # checked against the binary just built and against their schemas; promtool from Debian.
 ensure_command promtool prometheus
 "$TOOLS/bin/python" scripts/check_deploy.py target/debug/keyrelay
+
+# One behaviour for every SDK: the verdicts of every SDK on the conformance vectors, side by
+# side (the Rust SDK's were written by its test above).
+"$TOOLS/bin/python" clients/conformance/compare.py "$CONFORMANCE/vectors.json" \
+  rust="$CONFORMANCE/results-rust.jsonl"

@@ -7,6 +7,7 @@ use std::{
 };
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
+use serde::Deserialize;
 
 use crate::proto;
 
@@ -19,6 +20,8 @@ pub struct ProviderKeys {
     pub version: u64,
     /// The keys.
     pub keys: JwkSet,
+    /// Each key's `alg` as written, by kid.
+    named_algs: HashMap<String, String>,
     /// When the identity provider last confirmed them.
     pub fetched_at: Option<SystemTime>,
     /// Until when keyrelay considers them fresh.
@@ -37,8 +40,10 @@ impl ProviderKeys {
 
     pub(crate) fn from_message(set: proto::KeySet) -> Result<Self, serde_json::Error> {
         let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
+        let KeySet { jwks, named_algs } = KeySet::parse(&set.jwks_json)?;
         Ok(Self {
-            keys: serde_json::from_slice(&set.jwks_json)?,
+            keys: jwks,
+            named_algs,
             state: set.state(),
             provider: set.provider,
             version: set.version,
@@ -50,6 +55,52 @@ impl ProviderKeys {
 
     pub(crate) fn find(&self, kid: &str) -> Option<&Jwk> {
         self.keys.find(kid)
+    }
+
+    /// The `alg` of key `kid` as written.
+    pub(crate) fn named_alg(&self, kid: &str) -> Option<&str> {
+        self.named_algs.get(kid).map(String::as_str)
+    }
+}
+
+/// A JWKS document parsed for verification: the keys in the JWK model, and each key's `alg`
+/// as written (the model maps names it does not know, such as `Ed25519`, to one value).
+pub(crate) struct KeySet {
+    jwks: JwkSet,
+    named_algs: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    keys: Vec<NamedKey>,
+}
+
+#[derive(Deserialize)]
+struct NamedKey {
+    kid: Option<String>,
+    alg: Option<String>,
+}
+
+impl KeySet {
+    pub fn parse(json: &[u8]) -> Result<Self, serde_json::Error> {
+        let named: Named = serde_json::from_slice(json)?;
+        let named_algs = named
+            .keys
+            .into_iter()
+            .filter_map(|key| Some((key.kid?, key.alg?)))
+            .collect();
+        Ok(Self {
+            jwks: serde_json::from_slice(json)?,
+            named_algs,
+        })
+    }
+
+    pub fn find(&self, kid: &str) -> Option<&Jwk> {
+        self.jwks.find(kid)
+    }
+
+    pub fn named_alg(&self, kid: &str) -> Option<&str> {
+        self.named_algs.get(kid).map(String::as_str)
     }
 }
 

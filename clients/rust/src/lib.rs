@@ -52,5 +52,5 @@ pub mod proto {
 pub use endpoint::endpoint;
 pub use keys::{ProviderKeys, Status};
 pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-pub use verify::{Expectations, VerifyError};
+pub use verify::{Expectations, VerifyError, verify_with_key_set};
 pub use watch::{ConnectError, Verifier, VerifierBuilder};

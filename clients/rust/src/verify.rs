@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{
-    Algorithm, DecodingKey, Validation, decode, decode_header, errors::ErrorKind, jwk::Jwk,
-};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind, jwk::Jwk};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use crate::{algorithms, watch::Verifier};
+use crate::{algorithms, keys::KeySet, watch::Verifier};
 
 /// What a token must satisfy beyond a valid signature and time window.
 #[derive(Debug, Clone)]
@@ -115,26 +115,18 @@ impl Verifier {
         token: &str,
         expected: &Expectations,
     ) -> Result<C, VerifyError> {
-        let header = decode_header(token).map_err(|err| VerifyError::Malformed(err.to_string()))?;
-        let kid = header.kid.ok_or(VerifyError::NoKid)?;
-        let jwk = self.key_for(&kid, expected).await?;
-        let permitted = algorithms::permitted(&jwk);
-        if !permitted.contains(&header.alg) {
-            return Err(VerifyError::AlgorithmNotPermitted {
-                token: format!("{:?}", header.alg),
-                kid,
-                permitted: format!("{permitted:?}"),
-            });
-        }
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|err| VerifyError::Malformed(format!("key {kid}: {err}")))?;
-        let data = decode::<C>(token, &key, &validation(header.alg, expected)).map_err(refusal)?;
-        Ok(data.claims)
+        let header = checked_header(token)?;
+        let (jwk, named_alg) = self.key_for(&header.kid, expected).await?;
+        check(token, &header, &jwk, named_alg.as_deref(), expected)
     }
 
-    /// The key with `kid` among the providers `expected` allows, asking keyrelay for each
-    /// provider once when none has it.
-    async fn key_for(&self, kid: &str, expected: &Expectations) -> Result<Jwk, VerifyError> {
+    /// The key with `kid` among the providers `expected` allows, and its `alg` as written,
+    /// asking keyrelay for each provider once when none has it.
+    async fn key_for(
+        &self,
+        kid: &str,
+        expected: &Expectations,
+    ) -> Result<(Jwk, Option<String>), VerifyError> {
         let shared = &self.shared;
         let providers: Vec<String> = match &expected.provider {
             Some(provider) => vec![provider.clone()],
@@ -146,12 +138,14 @@ impl Verifier {
                 .collect(),
         };
         let find = || {
-            providers
-                .iter()
-                .find_map(|provider| shared.keys.get(provider)?.find(kid).cloned())
+            providers.iter().find_map(|provider| {
+                let keys = shared.keys.get(provider)?;
+                let jwk = keys.find(kid)?.clone();
+                Some((jwk, keys.named_alg(kid).map(str::to_owned)))
+            })
         };
-        if let Some(jwk) = find() {
-            return Ok(jwk);
+        if let Some(found) = find() {
+            return Ok(found);
         }
         for provider in &providers {
             shared.resolve_kid(provider, kid).await;
@@ -166,19 +160,111 @@ impl Verifier {
     }
 }
 
+/// Verifies `token` with the keys of the JWKS document `jwks` alone, by the same rules as
+/// [`Verifier::verify`] (the rules every keyrelay SDK follows, in clients/conformance). A
+/// `kid` the set lacks is `UnknownKid`.
+pub fn verify_with_key_set<C: DeserializeOwned>(
+    token: &str,
+    jwks: &[u8],
+    expected: &Expectations,
+) -> Result<C, VerifyError> {
+    let header = checked_header(token)?;
+    let keys =
+        KeySet::parse(jwks).map_err(|err| VerifyError::Malformed(format!("key set: {err}")))?;
+    let jwk = keys
+        .find(&header.kid)
+        .ok_or_else(|| VerifyError::UnknownKid {
+            kid: header.kid.clone(),
+            scope: "the key set".into(),
+        })?;
+    check(token, &header, jwk, keys.named_alg(&header.kid), expected)
+}
+
+/// The parts of a token's header verification needs, once its shape is checked.
+struct CheckedHeader {
+    /// The token's algorithm; `None` for one the JOSE library cannot verify (ES512, say),
+    /// which no key permits.
+    alg: Option<Algorithm>,
+    /// The `alg` as written.
+    alg_name: String,
+    kid: String,
+}
+
+/// Checks the token's shape: three base64url parts, a JSON object header with a string `alg`
+/// other than `none`, a string `kid`, and no `crit` (no SDK understands an extension).
+fn checked_header(token: &str) -> Result<CheckedHeader, VerifyError> {
+    let malformed = |why: &str| VerifyError::Malformed(why.to_owned());
+    let mut parts = token.split('.');
+    let (Some(encoded), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("a JWT has three dot-separated parts"));
+    };
+    let raw = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| malformed("the header is not base64url"))?;
+    let fields: serde_json::Map<String, Value> =
+        serde_json::from_slice(&raw).map_err(|_| malformed("the header is not a JSON object"))?;
+    if fields.contains_key("crit") {
+        return Err(malformed(
+            "the header has crit extensions, which keyrelay does not support",
+        ));
+    }
+    let alg_name = match fields.get("alg") {
+        Some(Value::String(alg)) if !alg.eq_ignore_ascii_case("none") => alg.clone(),
+        Some(Value::String(_)) => return Err(malformed("alg none is never accepted")),
+        _ => return Err(malformed("the header has no string alg")),
+    };
+    let kid = match fields.get("kid") {
+        None => return Err(VerifyError::NoKid),
+        Some(Value::String(kid)) => kid.clone(),
+        Some(_) => return Err(malformed("the header's kid is not a string")),
+    };
+    Ok(CheckedHeader {
+        alg: alg_name.parse().ok(),
+        alg_name,
+        kid,
+    })
+}
+
+/// The algorithm from the key, then signature, time and claims.
+fn check<C: DeserializeOwned>(
+    token: &str,
+    header: &CheckedHeader,
+    jwk: &Jwk,
+    named_alg: Option<&str>,
+    expected: &Expectations,
+) -> Result<C, VerifyError> {
+    let permitted = algorithms::permitted(jwk, named_alg);
+    let Some(alg) = header.alg.filter(|alg| permitted.contains(alg)) else {
+        return Err(VerifyError::AlgorithmNotPermitted {
+            token: header.alg_name.clone(),
+            kid: header.kid.clone(),
+            permitted: format!("{permitted:?}"),
+        });
+    };
+    let key = DecodingKey::from_jwk(jwk)
+        .map_err(|err| VerifyError::Malformed(format!("key {}: {err}", header.kid)))?;
+    let data = decode::<C>(token, &key, &validation(alg, expected)).map_err(refusal)?;
+    Ok(data.claims)
+}
+
 fn validation(alg: Algorithm, expected: &Expectations) -> Validation {
     let mut validation = Validation::new(alg);
     validation.leeway = expected.leeway.as_secs();
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    let mut required = vec!["exp"];
     if !expected.issuers.is_empty() {
         validation.set_issuer(&expected.issuers);
+        required.push("iss");
     }
     if expected.audiences.is_empty() {
         validation.validate_aud = false;
     } else {
         validation.set_audience(&expected.audiences);
+        required.push("aud");
     }
+    validation.set_required_spec_claims(&required);
     validation
 }
 
@@ -189,9 +275,32 @@ fn refusal(err: jsonwebtoken::errors::Error) -> VerifyError {
         ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
         ErrorKind::InvalidIssuer => VerifyError::Issuer,
         ErrorKind::InvalidAudience => VerifyError::Audience,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => VerifyError::Issuer,
+        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => VerifyError::Audience,
         ErrorKind::MissingRequiredClaim(claim) => {
             VerifyError::Claims(format!("missing required claim {claim}"))
         }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            VerifyError::Claims(format!("claim {claim} is not a number"))
+        }
         _ => VerifyError::Malformed(err.to_string()),
+    }
+}
+
+impl VerifyError {
+    /// The refusal's kind, as the conformance vectors name it (`malformed`, `no_kid`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Malformed(_) => "malformed",
+            VerifyError::NoKid => "no_kid",
+            VerifyError::UnknownKid { .. } => "unknown_kid",
+            VerifyError::AlgorithmNotPermitted { .. } => "algorithm_not_permitted",
+            VerifyError::Signature => "signature",
+            VerifyError::Expired => "expired",
+            VerifyError::NotYetValid => "not_yet_valid",
+            VerifyError::Issuer => "issuer",
+            VerifyError::Audience => "audience",
+            VerifyError::Claims(_) => "claims",
+        }
     }
 }
