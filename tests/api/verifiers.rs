@@ -163,6 +163,43 @@ fn header_of(key: &SigningKey) -> String {
     key.sign(&claims("x")).split('.').next().unwrap().to_owned()
 }
 
+/// Resolve calls the server answered so far, whatever their outcome.
+async fn resolves(app: &TestApp) -> f64 {
+    let (_, metrics) = app.http_get("/metrics").await;
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with(
+                r#"keyrelay_rpc_requests_total{method="keyrelay.v1.KeyService/Resolve""#,
+            )
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn fifty_concurrent_verifications_of_an_unknown_kid_make_one_resolve() {
+    let (app, idp) = serve(&[&ED_1]).await;
+    let verifier = std::sync::Arc::new(
+        Verifier::builder(app.endpoint(), "acme")
+            .connect()
+            .await
+            .expect("synced"),
+    );
+    rotate(&idp, &[&ED_1, &ED_2]);
+    let before = resolves(&app).await;
+    let token = ED_2.sign(&claims("carol"));
+    let verifications = (0..50).map(|_| {
+        let verifier = std::sync::Arc::clone(&verifier);
+        let token = token.clone();
+        tokio::spawn(async move { verifier.verify::<Value>(&token, &expected()).await })
+    });
+    for verification in futures::future::join_all(verifications).await {
+        assert_eq!(verification.unwrap().expect("verified")["sub"], "carol");
+    }
+    assert_eq!(resolves(&app).await - before, 1.0, "one Resolve for all 50");
+}
+
 #[tokio::test]
 async fn the_sdk_keeps_verifying_while_disconnected_and_resumes_after() {
     let (app, _idp) = serve(&[&ED_1]).await;
