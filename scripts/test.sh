@@ -2,7 +2,6 @@
 # keyrelay's single test command.
 #
 # Runs, in order and stopping at the first failure:
-#   the Python client's virtual environment and stubs (target/python-venv, target/python-gen)
 #   buf lint and buf breaking against proto/baseline/keyrelay-v1.json (buf from npm)
 #   ruff on the Python code; the subsystems' dependency order (scripts/check_layers.py);
 #       hadolint on the Dockerfile, and its build stage rebuilt from exactly what its COPY
@@ -14,6 +13,8 @@
 #       the Rust verifier SDK; benches are type-checked by clippy, run with `cargo bench`)
 #   the deployment files: compose and Kubernetes schemas, their settings against
 #       `keyrelay serve --help`, promtool on the alert rules (scripts/check_deploy.py)
+#   the Python and TypeScript verifier SDKs (clients/python/test.sh, clients/node/test.sh)
+#   the conformance verdicts of all three SDKs, compared (clients/conformance/compare.py)
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -- --nocapture`.
 #
 # The Rust tests need a Postgres server. The URL of a superuser able to
@@ -219,16 +220,9 @@ python_venv() {
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# The Python client's test environment (tests/api/python.rs): a virtual environment with the
-# client's requirements from PyPI, and stubs generated from proto/. Rebuilt when the
-# requirements change.
-PY_VENV=target/python-venv
-python_venv "$PY_VENV" clients/python/requirements.txt
-mkdir -p target/python-gen
-"$PY_VENV/bin/python" -m grpc_tools.protoc -I proto --python_out=target/python-gen \
-  --grpc_python_out=target/python-gen proto/keyrelay/v1/*.proto
-export KEYRELAY_TEST_PYTHON="$PWD/$PY_VENV/bin/python"
-export KEYRELAY_TEST_PYTHONPATH="$PWD/target/python-gen"
+# Node (Debian's, 20.19 or newer) runs buf, the browser test's driver and the TypeScript SDK.
+ensure_command node nodejs
+ensure_command npm npm
 
 # The gRPC contract: buf (from the npm registry) lints it and checks it against the last
 # released contract.
@@ -276,7 +270,15 @@ cargo test --workspace --locked "$@"
 ensure_command promtool prometheus
 "$TOOLS/bin/python" scripts/check_deploy.py target/debug/keyrelay
 
+# The Python and TypeScript verifier SDKs: their own lint, types and tests, against the
+# binary just built, and their verdicts on the same conformance vectors.
+clients/python/test.sh target/debug/keyrelay "$CONFORMANCE/vectors.json" \
+  "$CONFORMANCE/results-python.jsonl"
+clients/node/test.sh target/debug/keyrelay "$CONFORMANCE/vectors.json" \
+  "$CONFORMANCE/results-node.jsonl"
+
 # One behaviour for every SDK: the verdicts of every SDK on the conformance vectors, side by
 # side (the Rust SDK's were written by its test above).
 "$TOOLS/bin/python" clients/conformance/compare.py "$CONFORMANCE/vectors.json" \
-  rust="$CONFORMANCE/results-rust.jsonl"
+  rust="$CONFORMANCE/results-rust.jsonl" python="$CONFORMANCE/results-python.jsonl" \
+  node="$CONFORMANCE/results-node.jsonl"

@@ -13,7 +13,6 @@ mod helpers;
 mod mock_idp;
 mod observability;
 mod pki;
-mod python;
 mod quarantine;
 mod resolve;
 mod restart;

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (generate.sh); do not edit."""

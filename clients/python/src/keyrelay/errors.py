@@ -1,0 +1,99 @@
+"""Why a token was refused, and why a verifier could not start.
+
+Every refusal is a :class:`VerifyError`; each kind of refusal has its own subclass, whose
+``kind`` is the verdict string of the conformance rules (clients/conformance/README.md).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlgorithmNotPermittedError",
+    "AudienceError",
+    "ClaimsError",
+    "ConnectError",
+    "ExpiredError",
+    "IssuerError",
+    "MalformedError",
+    "NoKidError",
+    "NotSyncedError",
+    "NotYetValidError",
+    "SignatureError",
+    "UnknownKidError",
+    "VerifyError",
+]
+
+
+class VerifyError(Exception):
+    """A token was refused. ``kind`` names the refusal (``"expired"``, ``"audience"``, ...)."""
+
+    kind: ClassVar[str] = "invalid"
+
+
+class MalformedError(VerifyError):
+    """Not a JWT, or a header no SDK accepts (``alg`` missing or ``none``, ``crit``, ...)."""
+
+    kind = "malformed"
+
+
+class NoKidError(VerifyError):
+    """The token's header names no ``kid`` (refused even when a single key is held)."""
+
+    kind = "no_kid"
+
+
+class UnknownKidError(VerifyError):
+    """No held key has the token's ``kid``, even after asking keyrelay."""
+
+    kind = "unknown_kid"
+
+
+class AlgorithmNotPermittedError(VerifyError):
+    """The token's ``alg`` is not one that its key permits."""
+
+    kind = "algorithm_not_permitted"
+
+
+class SignatureError(VerifyError):
+    """The signature does not verify."""
+
+    kind = "signature"
+
+
+class ExpiredError(VerifyError):
+    """``exp`` has passed, beyond the leeway."""
+
+    kind = "expired"
+
+
+class NotYetValidError(VerifyError):
+    """``nbf`` is in the future, beyond the leeway."""
+
+    kind = "not_yet_valid"
+
+
+class IssuerError(VerifyError):
+    """``iss`` is missing or not one of the expected issuers."""
+
+    kind = "issuer"
+
+
+class AudienceError(VerifyError):
+    """``aud`` is missing or names none of the expected audiences."""
+
+    kind = "audience"
+
+
+class ClaimsError(VerifyError):
+    """``exp`` is missing, or ``exp``/``nbf`` is not a number."""
+
+    kind = "claims"
+
+
+class ConnectError(Exception):
+    """A verifier could not be set up (bad endpoint or TLS settings)."""
+
+
+class NotSyncedError(ConnectError):
+    """No complete view of the key sets arrived from keyrelay in time."""
