@@ -7,6 +7,7 @@
 #       hadolint on the Dockerfile, and its build stage rebuilt from exactly what its COPY
 #       lines bring (scripts/docker_context.py); tools in target/tools-venv
 #   Chromium (Debian) and playwright-core (npm) for the status page's browser test
+#   Go and go-oidc (Debian, GOPATH mode, nothing downloaded) for the Go recipe's test
 #   cargo fmt --all -- --check
 #   cargo clippy --workspace --all-targets --locked -- -D warnings
 #   cargo test --workspace --locked "$@"   (unit and integration tests of the server and
@@ -205,6 +206,17 @@ ensure_command() {
     die "apt-get install $package failed"
 }
 
+# Makes Debian package $1 installed (as root), for packages with no command, such as -dev ones.
+ensure_package() {
+  local package="$1"
+  [[ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" == installed ]] && return 0
+  ((EUID == 0)) || die "Debian's $package package is missing; install it"
+  log "installing Debian's $package package"
+  apt-get update >&2 || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" >&2 ||
+    die "apt-get install $package failed"
+}
+
 # A virtual environment at $1 with the packages of requirements file $2 from PyPI, rebuilt
 # when the requirements change.
 python_venv() {
@@ -260,6 +272,14 @@ if [[ ! -d "$BROWSER_MODULES/playwright-core" ]]; then
   npm install --prefix target/browser --no-save --silent playwright-core@1
 fi
 export KEYRELAY_TEST_NODE_MODULES="$PWD/$BROWSER_MODULES"
+
+# The Go recipe's test (clients/go, tests/api/go.rs): Debian's Go and go-oidc, built in GOPATH
+# mode from /usr/share/gocode.
+ensure_command go golang-go
+ensure_package golang-github-coreos-go-oidc-dev
+KEYRELAY_TEST_GO="$(command -v go)"
+export KEYRELAY_TEST_GO
+export KEYRELAY_TEST_GOPATH=/usr/share/gocode
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

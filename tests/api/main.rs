@@ -9,6 +9,7 @@ mod deploy;
 mod egress;
 mod failures;
 mod fleet;
+mod go;
 mod helpers;
 mod mock_idp;
 mod observability;
