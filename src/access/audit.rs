@@ -21,6 +21,10 @@ pub enum Action {
     SetTenantAccess,
     /// A fetched key set refused by the guardrails.
     RejectKeySet,
+    /// A key id withheld by an administrator.
+    RevokeKey,
+    /// A revoked key id served again.
+    ReinstateKey,
 }
 
 impl Action {
@@ -33,6 +37,8 @@ impl Action {
             Action::RevokeToken => "token.revoke",
             Action::SetTenantAccess => "tenant.set_access",
             Action::RejectKeySet => "key_set.rejected",
+            Action::RevokeKey => "key.revoke",
+            Action::ReinstateKey => "key.reinstate",
         }
     }
 }

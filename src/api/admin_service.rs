@@ -1,5 +1,6 @@
 //! `keyrelay.v1.AdminService`: register, unregister, inspect, list and refresh providers;
-//! issue and revoke access tokens, set tenant access, read the audit log. Every call is
+//! revoke and reinstate their keys; issue and revoke access tokens, set tenant access, read
+//! the audit log. Every call is
 //! confined to the caller's tenant scope.
 
 use std::sync::Arc;
@@ -15,7 +16,8 @@ use crate::{
     core::access::{AccessControl, ensure_administers, visible_filter},
     core::error::{Denial, Error},
     core::providers::Providers,
-    domain::{EgressRules, ProviderKey, TenantId, ValidationError},
+    domain::revocation::RevocationReason,
+    domain::{EgressRules, Kid, ProviderKey, TenantId, ValidationError},
     proto::v1 as pb,
 };
 
@@ -294,6 +296,43 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListAuditEventsResponse {
             events: events.iter().map(convert::audit_event).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let request = request.into_inner();
+        let key = super::request_key(&request.tenant, &request.provider)?;
+        let kid = Kid::parse(&request.kid).map_err(Error::from)?;
+        let reason = RevocationReason::parse(&request.reason).map_err(Error::from)?;
+        ensure_visible(&caller, &key)?;
+        let revised = self
+            .providers
+            .revoke_key(&key, &kid, &reason, &origin)
+            .await?;
+        Ok(Response::new(pb::RevokeKeyResponse {
+            in_key_set: revised.snapshot.provider_publishes(&kid),
+            provider: Some(convert::provider(&revised.snapshot)),
+            already_revoked: !revised.changed,
+        }))
+    }
+
+    async fn reinstate_key(
+        &self,
+        request: Request<pb::ReinstateKeyRequest>,
+    ) -> Result<Response<pb::ReinstateKeyResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let request = request.into_inner();
+        let key = super::request_key(&request.tenant, &request.provider)?;
+        let kid = Kid::parse(&request.kid).map_err(Error::from)?;
+        ensure_visible(&caller, &key)?;
+        let revised = self.providers.reinstate_key(&key, &kid, &origin).await?;
+        Ok(Response::new(pb::ReinstateKeyResponse {
+            in_key_set: revised.snapshot.provider_publishes(&kid),
+            provider: Some(convert::provider(&revised.snapshot)),
         }))
     }
 }

@@ -147,6 +147,48 @@ pub enum ClientCommand {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// Revoke a provider's key in an emergency, reinstate it, or list what is revoked.
+    Keys {
+        /// Connection settings.
+        #[command(flatten)]
+        client: ClientOptions,
+        /// The action.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+/// `keyrelay keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Withhold a key id from every verifier and replica at once, whatever the identity
+    /// provider keeps publishing, until reinstated.
+    Revoke {
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+        /// The key id to withhold.
+        kid: String,
+        /// Why (kept in the audit log and shown in the provider's status).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Serve a revoked key id again.
+    Reinstate {
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+        /// The revoked key id.
+        kid: String,
+    },
+    /// List the revoked key ids of every provider the admin token may see.
+    ListRevoked {
+        /// Only this tenant's providers.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 /// How the client reaches the server.

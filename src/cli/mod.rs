@@ -6,13 +6,14 @@ mod access;
 mod args;
 mod connect;
 mod fleet;
-mod keys;
 mod output;
 mod providers;
+mod revocation;
+mod verifier;
 
 pub use args::{
-    Cli, ClientCommand, ClientOptions, Command, PolicyArgs, ProvidersCommand, TokenRoleArg,
-    TokensCommand,
+    Cli, ClientCommand, ClientOptions, Command, KeysCommand, PolicyArgs, ProvidersCommand,
+    TokenRoleArg, TokensCommand,
 };
 pub use connect::ClientError;
 
@@ -26,7 +27,7 @@ pub async fn run(command: ClientCommand) -> Result<(), ClientError> {
             client,
             tenant,
             provider,
-        } => keys::watch(&client, tenant, provider).await,
+        } => verifier::watch(&client, tenant, provider).await,
         ClientCommand::Verify {
             client,
             tenant,
@@ -34,7 +35,7 @@ pub async fn run(command: ClientCommand) -> Result<(), ClientError> {
             issuer,
             audience,
             token,
-        } => keys::verify(&client, tenant, provider, issuer, audience, &token).await,
+        } => verifier::verify(&client, tenant, provider, issuer, audience, &token).await,
         ClientCommand::Tokens { client, action } => access::tokens(&client, action).await,
         ClientCommand::TenantAccess {
             client,
@@ -51,6 +52,7 @@ pub async fn run(command: ClientCommand) -> Result<(), ClientError> {
             tenant,
             provider,
             kid,
-        } => keys::resolve(&client, tenant, provider, kid).await,
+        } => verifier::resolve(&client, tenant, provider, kid).await,
+        ClientCommand::Keys { client, action } => revocation::run(&client, action).await,
     }
 }

@@ -7,6 +7,7 @@ use super::{
     ClientOptions, PolicyArgs, ProvidersCommand,
     connect::{AdminClient, ClientError, admin_client},
     output::{print_line, state_name, time},
+    revocation::revoked_key_json,
 };
 use crate::proto::v1 as pb;
 
@@ -73,6 +74,20 @@ pub(super) async fn list(
     tenant: String,
     as_json: bool,
 ) -> Result<(), ClientError> {
+    for_each_provider(admin, tenant, |provider| {
+        print_line(as_json, provider_json(provider), || {
+            provider_summary(provider)
+        });
+    })
+    .await
+}
+
+/// Calls `visit` with every provider of `tenant` (every tenant when empty), page by page.
+pub(super) async fn for_each_provider(
+    admin: &mut AdminClient,
+    tenant: String,
+    mut visit: impl FnMut(&pb::Provider),
+) -> Result<(), ClientError> {
     let mut page_token = String::new();
     loop {
         let request = pb::ListProvidersRequest {
@@ -81,11 +96,7 @@ pub(super) async fn list(
             page_token,
         };
         let page = admin.list_providers(request).await?.into_inner();
-        for provider in &page.providers {
-            print_line(as_json, provider_json(provider), || {
-                provider_summary(provider)
-            });
-        }
+        page.providers.iter().for_each(&mut visit);
         if page.next_page_token.is_empty() {
             return Ok(());
         }
@@ -144,6 +155,15 @@ pub(super) fn provider_text(provider: &pb::Provider) -> String {
             status.last_error, status.consecutive_failures
         ));
     }
+    for revoked in &status.revoked_keys {
+        text.push_str(&format!(
+            "\n  revoked:      {:?} at {} by {}: {}",
+            revoked.kid,
+            time(revoked.revoked_at.as_ref()),
+            revoked.revoked_by,
+            revoked.reason
+        ));
+    }
     text
 }
 
@@ -165,6 +185,11 @@ pub(super) fn provider_json(provider: &pb::Provider) -> Value {
         "consecutive_failures": status.consecutive_failures,
         "etag": status.etag,
         "last_modified": status.last_modified,
+        "revoked_keys": status
+            .revoked_keys
+            .iter()
+            .map(|revoked| revoked_key_json(provider, revoked))
+            .collect::<Vec<_>>(),
         "created_at": time(provider.created_at.as_ref()),
         "updated_at": time(provider.updated_at.as_ref()),
     })

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     access::AuthError,
+    domain::revocation::{RevocationError, RevokedKey},
     domain::{ProviderKey, TenantId, ValidationError},
     refresh::RefreshError,
     store::StoreError,
@@ -34,6 +35,20 @@ pub enum Error {
     /// The requested kid is not in the provider's keys, even after a refresh.
     #[error(transparent)]
     KidNotFound(Box<KidNotFound>),
+    /// The requested kid was revoked by an administrator.
+    #[error(transparent)]
+    KidRevoked(Box<KidRevoked>),
+    /// A revocation list cannot change as asked.
+    #[error("{key}: {source}")]
+    Revocation {
+        /// The provider.
+        key: ProviderKey,
+        /// Why.
+        source: RevocationError,
+    },
+    /// A write kept meeting concurrent changes of the same provider.
+    #[error("{0} kept changing while this change was written; retry it")]
+    Contended(ProviderKey),
     /// No keys may be served.
     #[error(transparent)]
     NoUsableKeys(#[from] NoUsableKeys),
@@ -135,6 +150,22 @@ pub struct KidNotFound {
     pub refresh: KidRefresh,
 }
 
+/// A kid a verifier asked for was revoked by an administrator.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kid {:?} of {key} was revoked at {} by {} ({:?}); keyrelay withholds it until an administrator reinstates it",
+    revoked.kid,
+    revoked.revoked_at.to_rfc3339(),
+    revoked.revoked_by,
+    revoked.reason
+)]
+pub struct KidRevoked {
+    /// The provider.
+    pub key: ProviderKey,
+    /// The revocation.
+    pub revoked: RevokedKey,
+}
+
 /// What became of the refresh an unknown kid triggered.
 #[derive(Debug, thiserror::Error)]
 pub enum KidRefresh {
@@ -197,9 +228,19 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid(_) => ErrorKind::InvalidArgument,
-            Error::ProviderNotFound(_) | Error::KidNotFound(_) | Error::TokenNotFound(_) => {
-                ErrorKind::NotFound
-            }
+            Error::ProviderNotFound(_)
+            | Error::KidNotFound(_)
+            | Error::KidRevoked(_)
+            | Error::TokenNotFound(_)
+            | Error::Revocation {
+                source: RevocationError::NotRevoked { .. },
+                ..
+            } => ErrorKind::NotFound,
+            Error::Revocation {
+                source: RevocationError::TooMany { .. },
+                ..
+            } => ErrorKind::Conflict,
+            Error::Contended(_) => ErrorKind::Aborted,
             Error::Unauthenticated(_) | Error::StreamEnded(StreamEnd::TokenLost) => {
                 ErrorKind::Unauthenticated
             }

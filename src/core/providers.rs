@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     access::Origin,
     clock::Clock,
-    core::error::{Error, KidNotFound, KidRefresh, NoUsableKeys},
+    core::error::{Error, KidNotFound, KidRefresh, KidRevoked, NoUsableKeys},
     core::failure_limiter::FailureLimiter,
     domain::{Kid, Policy, ProviderKey, TenantId},
     observability::metrics::{CacheResult, Metrics},
@@ -59,7 +59,7 @@ pub struct ProvidersParts {
 
 /// The operations on providers: what the gRPC handlers and the JWKS mirror call.
 pub struct Providers {
-    parts: ProvidersParts,
+    pub(super) parts: ProvidersParts,
 }
 
 impl Providers {
@@ -79,7 +79,7 @@ impl Providers {
         self.parts
             .defaults
             .with_overrides(&registration.overrides)?;
-        let revision = rand::random::<i64>().wrapping_abs();
+        let revision = new_revision();
         let now = self.parts.clock.now();
         let fetch_by = now + self.parts.first_fetch_grace;
         let registered = self
@@ -160,6 +160,15 @@ impl Providers {
         let mut snapshot = self
             .usable(key)
             .inspect_err(|_| metrics.resolved(CacheResult::Miss))?;
+        if let Some(kid) = kid
+            && let Some(revoked) = snapshot.record.registration.revoked.get(kid.as_str())
+        {
+            metrics.resolved(CacheResult::Miss);
+            return Err(Error::KidRevoked(Box::new(KidRevoked {
+                key: key.clone(),
+                revoked: revoked.clone(),
+            })));
+        }
         if let Some(kid) = kid
             && !snapshot.has_kid(kid)
         {
@@ -253,13 +262,19 @@ impl Providers {
         Ok(snapshot)
     }
 
-    fn snapshot(&self, record: Arc<ProviderRecord>) -> Snapshot {
+    pub(super) fn snapshot(&self, record: Arc<ProviderRecord>) -> Snapshot {
         Snapshot {
             policy: record.policy(&self.parts.defaults),
             record,
             at: self.parts.clock.now(),
         }
     }
+}
+
+/// A registration revision no write has used: it fences off refresh results fetched under
+/// the previous one.
+pub(super) fn new_revision() -> i64 {
+    rand::random::<i64>().wrapping_abs()
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use jsonwebtoken::jwk::Jwk;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::revocation::Revocations;
+
 /// Members that only private or symmetric keys carry. A document holding any of them is a
 /// leak at the identity provider and is never published.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
@@ -303,6 +305,28 @@ impl KeySetDocument {
         }
     }
 
+    /// This set without the keys whose kid is revoked; `None` when it holds none of them.
+    pub fn without_revoked(&self, revoked: &Revocations) -> Option<KeySetDocument> {
+        let withheld =
+            |key: &PublicKey| key.kid.as_deref().is_some_and(|kid| revoked.contains(kid));
+        if !self.keys.iter().any(withheld) {
+            return None;
+        }
+        let keys: Vec<PublicKey> = self.keys.iter().filter(|k| !withheld(k)).cloned().collect();
+        let mut json = b"{\"keys\":[".to_vec();
+        for (i, key) in keys.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(&key.json);
+        }
+        json.extend_from_slice(b"]}");
+        Some(Self {
+            json: Bytes::from(json),
+            keys,
+        })
+    }
+
     /// The sanitized document, `{"keys": [...]}`.
     pub fn json(&self) -> &Bytes {
         &self.json
@@ -546,6 +570,47 @@ mod tests {
 
     fn parse(doc: Value) -> Result<Parsed, JwksError> {
         KeySetDocument::parse(doc.to_string().as_bytes())
+    }
+
+    #[test]
+    fn revoked_keys_are_withheld_and_the_rest_reads_back_the_same() {
+        use crate::domain::revocation::RevokedKey;
+        let document = parse(json!({"keys": [rsa("a"), rsa("b"), rsa("c")]}))
+            .unwrap()
+            .document;
+        let revoke = |kids: &[&str]| {
+            Revocations::from_stored(
+                kids.iter()
+                    .map(|kid| RevokedKey {
+                        kid: (*kid).to_owned(),
+                        reason: "leaked".to_owned(),
+                        revoked_at: chrono::Utc::now(),
+                        revoked_by: "admin".to_owned(),
+                    })
+                    .collect(),
+            )
+        };
+        assert_eq!(
+            document.without_revoked(&revoke(&["zz"])),
+            None,
+            "nothing to withhold"
+        );
+        let published = document.without_revoked(&revoke(&["b", "zz"])).unwrap();
+        let kids: Vec<_> = published
+            .keys()
+            .iter()
+            .filter_map(|k| k.kid.as_deref())
+            .collect();
+        assert_eq!(kids, ["a", "c"]);
+        let expected = parse(json!({"keys": [rsa("a"), rsa("c")]}))
+            .unwrap()
+            .document;
+        assert_eq!(
+            published, expected,
+            "the same JSON as a document without the key"
+        );
+        let none_left = document.without_revoked(&revoke(&["a", "b", "c"])).unwrap();
+        assert_eq!(none_left.json().as_ref(), br#"{"keys":[]}"#);
     }
 
     /// Found by the `jwks_document` fuzz target: a numeric `crv` was published, and read

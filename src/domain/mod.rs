@@ -5,6 +5,7 @@ mod ids;
 mod jwks_url;
 pub mod key_set;
 mod policy;
+pub mod revocation;
 mod upstream_trust;
 
 pub use ids::{Kid, ProviderId, ProviderKey, TenantId};

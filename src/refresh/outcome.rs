@@ -11,7 +11,7 @@ use crate::{
     domain::Policy,
     domain::key_set::{JwksError, KeySetDocument, Parsed, SkippedKey},
     refresh::freshness::{self, Backoff},
-    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Validators},
+    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Validators, published},
     upstream::fetch::{CacheFacts, FetchError, FetchOutcome, Retry},
 };
 
@@ -62,11 +62,12 @@ pub fn apply<R: Rng>(
             Err(err) => reject(current, err, Retry::Later, ctx),
         },
         (Ok(FetchOutcome::NotModified { cache }), Some(previous)) => {
-            let keys = (
-                previous.version,
-                Arc::clone(&previous.document),
-                Arc::clone(&previous.skipped),
-            );
+            let keys = Versioned {
+                version: previous.version,
+                document: Arc::clone(&previous.document),
+                fetched: Arc::clone(&previous.fetched),
+                skipped: Arc::clone(&previous.skipped),
+            };
             succeed(current, keys, Change::Unchanged, cache, ctx)
         }
         (Ok(FetchOutcome::NotModified { .. }), None) => {
@@ -91,13 +92,13 @@ fn is_unconfirmed_replacement(current: &ProviderRecord, document: &KeySetDocumen
     let replaces_all = current
         .keys
         .as_ref()
-        .is_some_and(|keys| document.replaces_every_key_of(&keys.document));
+        .is_some_and(|keys| document.replaces_every_key_of(&keys.fetched));
     replaces_all && current.pending_replacement != Some(document.fingerprint())
 }
 
 fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
     let parsed = KeySetDocument::parse(body)?;
-    let previous = current.keys.as_ref().map(|keys| keys.document.as_ref());
+    let previous = current.keys.as_ref().map(|keys| keys.fetched.as_ref());
     parsed.document.may_replace(previous)?;
     if !parsed.skipped.is_empty() {
         tracing::info!(
@@ -109,31 +110,52 @@ fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
     Ok(parsed)
 }
 
-/// The keys a fetched document becomes: the previous version when the keys are the same,
-/// the next one (continuing from a dropped version, if any) when they are not.
+/// The keys a fetched document becomes, published without the revoked keys: the previous
+/// version when the published keys are the same, the next one (continuing from a dropped
+/// version, if any) when they are not.
 fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
     let skipped = Arc::from(parsed.skipped);
-    match &current.keys {
-        Some(prev) if parsed.document.same_keys_as(&prev.document) => (
-            (prev.version, Arc::clone(&prev.document), skipped),
-            Change::Unchanged,
-        ),
+    let previous = current.keys.as_ref();
+    let fetched = match previous {
+        Some(prev) if parsed.document.same_keys_as(&prev.fetched) => Arc::clone(&prev.fetched),
+        _ => Arc::new(parsed.document),
+    };
+    let document = published(&fetched, &current.registration.revoked);
+    match previous {
+        Some(prev) if document.same_keys_as(&prev.document) => {
+            let keys = Versioned {
+                version: prev.version,
+                document: Arc::clone(&prev.document),
+                fetched,
+                skipped,
+            };
+            (keys, Change::Unchanged)
+        }
         _ => {
             let version = current.version() + 1;
-            (
-                (version, Arc::new(parsed.document), skipped),
-                Change::NewVersion(version),
-            )
+            let keys = Versioned {
+                version,
+                document,
+                fetched,
+                skipped,
+            };
+            (keys, Change::NewVersion(version))
         }
     }
 }
 
-/// A version, its document and the keys left out of it.
-type Versioned = (u64, Arc<KeySetDocument>, Arc<[SkippedKey]>);
+/// A version, what it publishes, the document it was published from and the keys left
+/// out of that.
+struct Versioned {
+    version: u64,
+    document: Arc<KeySetDocument>,
+    fetched: Arc<KeySetDocument>,
+    skipped: Arc<[SkippedKey]>,
+}
 
 fn succeed<R: Rng>(
     current: &ProviderRecord,
-    (version, document, skipped): Versioned,
+    keys: Versioned,
     change: Change,
     cache: CacheFacts,
     ctx: Context<'_, R>,
@@ -144,11 +166,12 @@ fn succeed<R: Rng>(
         change_seq: current.change_seq,
         registration: current.registration.clone(),
         keys: Some(CurrentKeys {
-            version,
-            document,
+            version: keys.version,
+            document: keys.document,
+            fetched: keys.fetched,
             fetched_at: ctx.now,
             fresh_until: fresh.fresh_until,
-            skipped,
+            skipped: keys.skipped,
         }),
         validators: cache.validators,
         status: RefreshStatus {
@@ -212,6 +235,7 @@ mod tests {
 
     use super::*;
     use crate::domain::documented_defaults;
+    use crate::domain::revocation::{Revocations, RevokedKey};
 
     const BACKOFF: Backoff = Backoff {
         initial: std::time::Duration::from_secs(1),
@@ -266,6 +290,79 @@ mod tests {
             body: body(kids),
             cache: cache(etag),
         })
+    }
+
+    fn revoked(record: &ProviderRecord, kids: &[&str]) -> ProviderRecord {
+        let list = kids.iter().fold(Revocations::default(), |list, kid| {
+            let key = RevokedKey {
+                kid: (*kid).to_owned(),
+                reason: "leaked".to_owned(),
+                revoked_at: Utc::now(),
+                revoked_by: "admin".to_owned(),
+            };
+            list.with(key).unwrap().unwrap()
+        });
+        record.with_revocations(list, record.registration.revision + 1, Utc::now())
+    }
+
+    fn published(record: &ProviderRecord) -> (u64, Vec<String>) {
+        let keys = record.keys.as_ref().expect("keys");
+        let kids = keys
+            .document
+            .keys()
+            .iter()
+            .filter_map(|k| k.kid.clone())
+            .collect();
+        (keys.version, kids)
+    }
+
+    #[test]
+    fn a_revoked_kid_stays_out_whatever_the_provider_publishes() {
+        let start = revoked(&registered(), &["b"]);
+        let (first, change) = step(&start, modified(&["a", "b"], "\"1\""));
+        assert_eq!(
+            (change, published(&first)),
+            (Change::NewVersion(1), (1, vec!["a".into()]))
+        );
+        let (again, change) = step(&first, modified(&["a", "b"], "\"2\""));
+        assert_eq!(
+            (change, published(&again)),
+            (Change::Unchanged, (1, vec!["a".into()]))
+        );
+        let (dropped, change) = step(&again, modified(&["a"], "\"3\""));
+        assert_eq!(
+            (change, published(&dropped)),
+            (Change::Unchanged, (1, vec!["a".into()])),
+            "the provider dropping a revoked key changes nothing published"
+        );
+        assert!(!dropped.keys.as_ref().unwrap().fetched.contains_kid("b"));
+        let (back, change) = step(&dropped, modified(&["a", "b"], "\"4\""));
+        assert_eq!(
+            (change, published(&back)),
+            (Change::Unchanged, (1, vec!["a".into()]))
+        );
+    }
+
+    #[test]
+    fn revoking_and_reinstating_a_held_key_each_publish_a_new_version() {
+        let (fetched, _) = step(&registered(), modified(&["a", "b"], "\"1\""));
+        let without_b = revoked(&fetched, &["b"]);
+        assert_eq!(published(&without_b), (2, vec!["a".into()]));
+        let reinstated = revoked(&without_b, &[]);
+        assert_eq!(published(&reinstated), (3, vec!["a".into(), "b".into()]));
+        let unpublished = revoked(&reinstated, &["zz"]);
+        assert_eq!(
+            published(&unpublished),
+            (3, vec!["a".into(), "b".into()]),
+            "a kid the provider does not publish changes no version"
+        );
+        let (fetched_zz, change) = step(&unpublished, modified(&["a", "b", "zz"], "\"2\""));
+        assert_eq!(
+            change,
+            Change::Unchanged,
+            "and stays out once it is published"
+        );
+        assert_eq!(published(&fetched_zz), (3, vec!["a".into(), "b".into()]));
     }
 
     #[test]

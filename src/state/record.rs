@@ -8,6 +8,7 @@ use http_cache_semantics::CachePolicy;
 
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
+    domain::revocation::Revocations,
     domain::{JwksUrl, Policy, PolicyOverrides, ProviderKey},
 };
 
@@ -20,8 +21,10 @@ pub struct Registration {
     pub url: JwksUrl,
     /// The policy overrides given at registration.
     pub overrides: PolicyOverrides,
-    /// Changes on every (re-)registration; refresh results are only written for the revision
-    /// they were fetched for.
+    /// Key ids withheld by an administrator, whatever the identity provider publishes.
+    pub revoked: Revocations,
+    /// Changes on every (re-)registration and revocation; refresh results are only written
+    /// for the revision they were fetched for.
     pub revision: i64,
     /// When the registration was created.
     pub created_at: DateTime<Utc>,
@@ -43,10 +46,13 @@ pub struct Validators {
 /// The last good key set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CurrentKeys {
-    /// Starts at 1 and grows by one whenever the set of keys changes.
+    /// Starts at 1 and grows by one whenever the published keys change.
     pub version: u64,
-    /// The sanitized document.
+    /// What is published: the fetched document without the revoked keys.
     pub document: Arc<KeySetDocument>,
+    /// The sanitized document as the identity provider last served it (the same `Arc` as
+    /// `document` while none of its keys is revoked): what the next fetch is compared with.
+    pub fetched: Arc<KeySetDocument>,
     /// When the identity provider last confirmed it.
     pub fetched_at: DateTime<Utc>,
     /// Until when it is fresh.
@@ -140,6 +146,37 @@ impl ProviderRecord {
     pub fn policy(&self, defaults: &Policy) -> Policy {
         defaults.merge(&self.registration.overrides)
     }
+
+    /// This record under a new revocation list, written as registration `revision` at
+    /// `now`: the held keys are published again without the revoked ones, under the next
+    /// version when that changes what is published.
+    pub fn with_revocations(
+        &self,
+        revoked: Revocations,
+        revision: i64,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut record = self.clone();
+        if let Some(keys) = &mut record.keys {
+            let document = published(&keys.fetched, &revoked);
+            if !document.same_keys_as(&keys.document) {
+                keys.version += 1;
+            }
+            keys.document = document;
+        }
+        record.registration.revoked = revoked;
+        record.registration.revision = revision;
+        record.registration.updated_at = now;
+        record
+    }
+}
+
+/// What `fetched` publishes while `revoked` are withheld: `fetched` itself when it holds
+/// none of them.
+pub fn published(fetched: &Arc<KeySetDocument>, revoked: &Revocations) -> Arc<KeySetDocument> {
+    fetched
+        .without_revoked(revoked)
+        .map_or_else(|| Arc::clone(fetched), Arc::new)
 }
 
 impl CurrentKeys {
@@ -164,6 +201,7 @@ pub(crate) fn sample(provider: &str, change_seq: u64) -> ProviderRecord {
         url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
             .expect("valid test URL"),
         overrides: PolicyOverrides::default(),
+        revoked: Revocations::default(),
         revision: 1,
         created_at: now,
         updated_at: now,

@@ -28,6 +28,14 @@ impl Snapshot {
             .is_some_and(|keys| keys.document.contains_kid(kid.as_str()))
     }
 
+    /// Whether the identity provider's last fetched set holds `kid`, revoked or not.
+    pub fn provider_publishes(&self, kid: &Kid) -> bool {
+        self.record
+            .keys
+            .as_ref()
+            .is_some_and(|keys| keys.fetched.contains_kid(kid.as_str()))
+    }
+
     /// The version of the held keys; 0 without keys.
     pub fn version(&self) -> u64 {
         self.record.keys.as_ref().map_or(0, |keys| keys.version)

@@ -11,7 +11,7 @@ use super::{
     access::{insert_audit, registration_json},
     backend::Backend,
     change::Change,
-    row::RefreshColumns,
+    row::{RefreshColumns, revocations_json},
     sequence,
     sql::Arg,
 };
@@ -44,6 +44,11 @@ UPDATE providers SET
 WHERE tenant = $1 AND provider = $2";
 
 const DELETE: &str = "DELETE FROM providers WHERE tenant = $1 AND provider = $2";
+
+/// A new revision fences off refresh writes fetched under the old revocation list.
+const SAVE_REVOCATIONS: &str = "\
+UPDATE providers SET revoked_keys = $3, revision = $4, updated_at = $5, version = $6, change_seq = $7
+WHERE tenant = $1 AND provider = $2 AND change_seq = $8";
 
 fn key_args(key: &ProviderKey) -> [Arg<'_>; 2] {
     [
@@ -161,6 +166,45 @@ impl<B: Backend> Store for SqlStore<B> {
         if let Some(event) = audit {
             insert_audit::<B>(&mut tx, event).await?;
         }
+        B::announce(&mut tx, &Change::Updated(key.clone(), change_seq)).await?;
+        tx.commit().await?;
+        Ok(Some(change_seq))
+    }
+
+    async fn save_revocations(
+        &self,
+        record: &ProviderRecord,
+        read_at: u64,
+        audit: &AuditEvent,
+    ) -> Result<Option<u64>, StoreError> {
+        let registration = &record.registration;
+        let key = &registration.key;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.to_string(),
+            reason,
+        };
+        let revoked = revocations_json(&registration.revoked)
+            .map_err(|err| corrupt(format!("revoked keys: {err}")))?;
+        let version = i64::try_from(record.version()).map_err(|err| corrupt(err.to_string()))?;
+        let read_at = i64::try_from(read_at).map_err(|err| corrupt(err.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let (_, change_seq) = B::begin_write(&mut tx, key).await?;
+        let [tenant, provider] = key_args(key);
+        let args = [
+            tenant,
+            provider,
+            Arg::Text(revoked.as_deref()),
+            Arg::int(registration.revision),
+            Arg::time(registration.updated_at),
+            Arg::int(version),
+            Arg::int(change_seq),
+            Arg::int(read_at),
+        ];
+        if B::execute(&mut tx, SAVE_REVOCATIONS, &args).await? == 0 {
+            return Ok(None);
+        }
+        let change_seq = sequence(change_seq);
+        insert_audit::<B>(&mut tx, audit).await?;
         B::announce(&mut tx, &Change::Updated(key.clone(), change_seq)).await?;
         tx.commit().await?;
         Ok(Some(change_seq))

@@ -3,7 +3,8 @@
 //! registration (names, URL, policy) leaves the row out, since nothing about it can be served
 //! or fetched safely; an unreadable key set quarantines the provider (no keys, FAILING, fetched
 //! again at once, its version carried on); unreadable validators are dropped. Each is
-//! reported through `UnreadableRows`.
+//! reported through `UnreadableRows`. An unreadable revocation list counts as an unreadable
+//! registration: serving nothing is safer than serving a key an administrator revoked.
 
 use std::sync::Arc;
 
@@ -17,8 +18,11 @@ use super::{
 };
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
+    domain::revocation::{Revocations, RevokedKey},
     domain::{JwksUrl, ProviderKey},
-    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Registration, Validators},
+    state::record::{
+        CurrentKeys, ProviderRecord, RefreshStatus, Registration, Validators, published,
+    },
 };
 
 /// A `providers` row as read from the database, not yet trusted.
@@ -45,8 +49,10 @@ pub struct RegistrationColumns {
     pub revision: i64,
     /// When registered.
     pub created_at: DateTime<Utc>,
-    /// When last re-registered.
+    /// When last re-registered, or its revocations last changed.
     pub updated_at: DateTime<Utc>,
+    /// JSON of the revoked keys; NULL when none are.
+    pub revoked_keys: Option<String>,
     /// Change sequence of the row's state.
     pub change_seq: i64,
 }
@@ -112,7 +118,7 @@ impl RefreshColumns {
             .map_err(|err| corrupt(format!("skipped keys: {err}")))?;
         Ok(Self {
             version: i64::try_from(record.version()).map_err(|err| corrupt(err.to_string()))?,
-            jwks_json: keys.map(|k| k.document.json().to_vec()),
+            jwks_json: keys.map(|k| k.fetched.json().to_vec()),
             etag: record.validators.etag.clone(),
             last_modified: record.validators.last_modified.clone(),
             cache_policy,
@@ -223,10 +229,12 @@ fn registration(columns: RegistrationColumns) -> Result<Registration, String> {
     let key = ProviderKey::parse(&columns.tenant, &columns.provider).map_err(|e| e.to_string())?;
     let url = JwksUrl::parse_stored(&columns.jwks_url).map_err(|e| e.to_string())?;
     let overrides = serde_json::from_str(&columns.policy).map_err(|e| format!("policy: {e}"))?;
+    let revoked = revocations(columns.revoked_keys.as_deref())?;
     Ok(Registration {
         key,
         url,
         overrides,
+        revoked,
         revision: columns.revision,
         created_at: columns.created_at,
         updated_at: columns.updated_at,
@@ -246,7 +254,7 @@ fn restore_refresh(
         consecutive_failures: u32::try_from(columns.consecutive_failures).unwrap_or(u32::MAX),
         next_refresh_at: columns.next_refresh_at,
     };
-    match current_keys(&columns) {
+    match current_keys(&columns, &record.registration.revoked) {
         Ok(Some(keys)) => record.keys = Some(keys),
         Ok(None) => record.dropped_version = stored_version(columns.version),
         Err(reason) => {
@@ -271,7 +279,10 @@ fn restore_refresh(
 }
 
 /// The stored key set: `None` when none is held (never fetched, or dropped earlier).
-fn current_keys(columns: &RefreshColumns) -> Result<Option<CurrentKeys>, String> {
+fn current_keys(
+    columns: &RefreshColumns,
+    revoked: &Revocations,
+) -> Result<Option<CurrentKeys>, String> {
     let version = u64::try_from(columns.version)
         .map_err(|_| format!("version {} is negative", columns.version))?;
     let Some(json) = &columns.jwks_json else {
@@ -284,9 +295,11 @@ fn current_keys(columns: &RefreshColumns) -> Result<Option<CurrentKeys>, String>
         return Err("key set has no fetched_at or fresh_until".into());
     };
     let parsed = KeySetDocument::parse(json).map_err(|e| format!("key set: {e}"))?;
+    let fetched = Arc::new(parsed.document);
     Ok(Some(CurrentKeys {
         version,
-        document: Arc::new(parsed.document),
+        document: published(&fetched, revoked),
+        fetched,
         fetched_at,
         fresh_until,
         skipped: Arc::from([]),
@@ -305,6 +318,24 @@ fn validators(columns: &RefreshColumns) -> Result<Validators, String> {
         last_modified: columns.last_modified.clone(),
         cache_policy,
     })
+}
+
+/// The revoked keys as stored (NULL or a JSON list).
+pub(super) fn revocations(json: Option<&str>) -> Result<Revocations, String> {
+    let Some(json) = json else {
+        return Ok(Revocations::default());
+    };
+    serde_json::from_str::<Vec<RevokedKey>>(json)
+        .map(Revocations::from_stored)
+        .map_err(|e| format!("revoked keys: {e}"))
+}
+
+/// The revoked keys to store: NULL when none are.
+pub(super) fn revocations_json(revoked: &Revocations) -> Result<Option<String>, serde_json::Error> {
+    if revoked.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(revoked.keys()).map(Some)
 }
 
 fn skipped_keys(json: Option<&str>) -> Result<Arc<[SkippedKey]>, String> {
@@ -350,6 +381,7 @@ mod tests {
                 revision: 1,
                 created_at: now,
                 updated_at: now,
+                revoked_keys: None,
                 change_seq: 9,
             },
             refresh: Ok(RefreshColumns {
@@ -397,6 +429,35 @@ mod tests {
         assert_eq!(keys.skipped[0].kid.as_deref(), Some("pq"));
         assert_eq!(record.validators.etag.as_deref(), Some("\"e\""));
         assert_eq!(record.status.last_error, None);
+    }
+
+    #[test]
+    fn a_revoked_kid_is_withheld_from_what_is_read_back_and_kept_in_what_is_written() {
+        let mut stored = row();
+        stored.registration.revoked_keys = Some(
+            r#"[{"kid":"a","reason":"leaked","revoked_at":"2026-12-01T00:00:00Z","revoked_by":"admin"}]"#
+                .into(),
+        );
+        let (record, _) = read(stored);
+        let record = record.expect("readable");
+        assert!(record.registration.revoked.contains("a"));
+        let keys = record.keys.as_ref().expect("keys");
+        assert!(!keys.document.contains_kid("a") && keys.fetched.contains_kid("a"));
+        let written = RefreshColumns::from_record(&record).expect("writable");
+        let stored = KeySetDocument::parse(&written.jwks_json.expect("a key set")).unwrap();
+        assert!(
+            stored.document.contains_kid("a"),
+            "the set as fetched is what is stored"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_revocation_list_leaves_the_row_out() {
+        let mut stored = row();
+        stored.registration.revoked_keys = Some(r#"[{"kid":"a"}]"#.into());
+        let (record, counts) = read(stored);
+        assert!(record.is_none(), "nothing served rather than a revoked key");
+        assert_eq!(count(&counts, RowPart::Registration), 1);
     }
 
     #[test]

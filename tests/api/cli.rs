@@ -49,13 +49,9 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-// Multi-threaded: the CLI runs as blocking child processes while the mock IdP must answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
-    let idp = MockIdp::start(ManualClock::new(chrono::Utc::now())).await;
-    idp.serve_kids(&["k1"], Some("max-age=600"));
-    let data_dir = tempfile::tempdir().unwrap();
-    let data = data_dir.path().to_str().unwrap();
+/// `keyrelay serve` on the embedded store in `data`, once it reports serving: the process and
+/// its gRPC endpoint.
+async fn serve(data: &str) -> (Server, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(BINARY)
         .args([
@@ -65,6 +61,8 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
             "--data-dir",
             data,
             "--dev-allow-http-loopback",
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .env_remove("DATABASE_URL")
         .env_remove("KEYRELAY_ADMIN_TOKEN")
@@ -89,7 +87,17 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
         "server did not report serving"
     );
 
-    let endpoint = format!("http://{listen}");
+    (server, format!("http://{listen}"))
+}
+
+// Multi-threaded: the CLI runs as blocking child processes while the mock IdP must answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
+    let idp = MockIdp::start(ManualClock::new(chrono::Utc::now())).await;
+    idp.serve_kids(&["k1"], Some("max-age=600"));
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let (server, endpoint) = serve(data).await;
     let added = stdout(&cli(
         &endpoint,
         data,
@@ -210,4 +218,83 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
     assert!(!no_token.status.success());
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("no admin token"));
     drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_revokes_a_key_lists_it_and_reinstates_it() {
+    let idp = MockIdp::start(ManualClock::new(chrono::Utc::now())).await;
+    idp.serve_kids(&["k1", "k2"], Some("max-age=600"));
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let (_server, endpoint) = serve(data).await;
+    stdout(&cli(
+        &endpoint,
+        data,
+        &["providers", "add", "acme", "okta", &idp.jwks_url()],
+    ));
+
+    let revoked = stdout(&cli(
+        &endpoint,
+        data,
+        &[
+            "keys",
+            "revoke",
+            "acme",
+            "okta",
+            "k2",
+            "--reason",
+            "leaked in CI logs",
+        ],
+    ));
+    assert_eq!(
+        revoked.trim(),
+        r#"revoked "k2" of acme/okta: withheld from every verifier (version 2)"#
+    );
+    let typo = stdout(&cli(
+        &endpoint,
+        data,
+        &["keys", "revoke", "acme", "okta", "k9", "--reason", "typo"],
+    ));
+    assert!(typo.contains("check the kid for a typo"), "{typo}");
+
+    let listed = stdout(&cli(&endpoint, data, &["keys", "list-revoked", "--json"]));
+    let listed: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let kids: Vec<_> = listed.iter().map(|r| r["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, ["k2", "k9"]);
+    assert_eq!(listed[0]["reason"], "leaked in CI logs");
+    assert_eq!(listed[0]["published_by_provider"], true);
+    let shown = stdout(&cli(&endpoint, data, &["providers", "get", "acme", "okta"]));
+    assert!(shown.contains(r#"revoked:      "k2" at "#), "{shown}");
+
+    let resolved = stdout(&cli(
+        &endpoint,
+        data,
+        &["resolve", "acme", "okta", "--json"],
+    ));
+    let resolved: serde_json::Value = serde_json::from_str(resolved.trim()).unwrap();
+    assert_eq!(resolved["jwks"]["keys"].as_array().unwrap().len(), 1);
+
+    let reinstated = stdout(&cli(
+        &endpoint,
+        data,
+        &["keys", "reinstate", "acme", "okta", "k2"],
+    ));
+    assert_eq!(
+        reinstated.trim(),
+        r#"reinstated "k2" of acme/okta: served again (version 3)"#
+    );
+    let again = cli(
+        &endpoint,
+        data,
+        &["keys", "reinstate", "acme", "okta", "k2"],
+    );
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains(r#"is not revoked (revoked: "k9")"#),
+        "{stderr}"
+    );
 }

@@ -365,6 +365,96 @@ async fn one_leader_and_every_change_reaches_every_replica() {
     }
 }
 
+async fn open_watch(replica: &Replica, version: u64) -> tonic::Streaming<pb::WatchKeysResponse> {
+    let request = pb::WatchKeysRequest {
+        selectors: vec![selector("acme", "okta")],
+        known_versions: vec![known("acme", "okta", version)],
+    };
+    let mut stream = replica
+        .keys()
+        .await
+        .watch_keys(request)
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(matches!(
+        stream.message().await.unwrap().unwrap().event,
+        Some(Event::Synced(_))
+    ));
+    stream
+}
+
+async fn next_set(stream: &mut tonic::Streaming<pb::WatchKeysResponse>) -> pb::KeySet {
+    let message = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    match message
+        .expect("an event within 5 s")
+        .unwrap()
+        .unwrap()
+        .event
+    {
+        Some(Event::KeySet(set)) => set,
+        other => panic!("expected a key set, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_reaches_every_replica_and_the_leader_keeps_it_out() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    idp.serve_kids(&["key-1", "key-2"], None);
+    let replicas = start_fleet(&database.url, &["r1", "r2", "r3"], &[]).await;
+    let leader = agreed_leader(&replicas).await;
+    let follower = (leader + 1) % 3;
+    register(&replicas[follower], "okta", &idp.jwks_url()).await;
+    for replica in &replicas {
+        within(Duration::from_secs(5), "registration visible", || async {
+            replica.resolve("okta", None).await.ok()
+        })
+        .await;
+    }
+    let mut watches = Vec::new();
+    for replica in &replicas {
+        watches.push(open_watch(replica, 1).await);
+    }
+
+    let request = pb::RevokeKeyRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+        kid: "key-2".into(),
+        reason: "leaked".into(),
+    };
+    let mut admin = replicas[follower].admin().await;
+    admin.revoke_key(request).await.expect("revoke");
+    for stream in &mut watches {
+        let set = next_set(stream).await;
+        assert_eq!((set.version, kids(&set)), (2, vec!["key-1"]));
+        assert_eq!(set.revoked_kids, ["key-2"]);
+    }
+
+    let fetches = idp.request_count();
+    let request = pb::RefreshProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+    };
+    let refreshed = replicas[(leader + 2) % 3]
+        .admin()
+        .await
+        .refresh_provider(request)
+        .await
+        .expect("refresh")
+        .into_inner();
+    assert!(idp.request_count() > fetches, "the leader fetched again");
+    assert_eq!(refreshed.provider.unwrap().status.unwrap().version, 2);
+    for replica in &replicas {
+        let refused = replica.resolve("okta", Some("key-2")).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+        assert_eq!(
+            kids(&replica.resolve("okta", None).await.unwrap()),
+            ["key-1"]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_fetches_once_per_interval_and_an_unknown_kid_on_a_follower_fetches_once() {
     let database = TestDatabase::create().await;

@@ -18,6 +18,7 @@ mod quarantine;
 mod resolve;
 mod restart;
 mod revalidation;
+mod revocation;
 mod server;
 mod signing;
 mod status_page;

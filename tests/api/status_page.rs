@@ -81,6 +81,13 @@ async fn the_page_needs_an_admin_login_and_never_shows_a_secret() {
         StatusCode::FORBIDDEN
     );
 
+    let revoke = pb::RevokeKeyRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+        kid: "key-1".into(),
+        reason: "leaked <in> a log".into(),
+    };
+    app.admin().await.revoke_key(revoke).await.expect("revoke");
     let logged_in = log_in(&app, ADMIN_TOKEN).await;
     assert_eq!(logged_in.status(), StatusCode::SEE_OTHER);
     let cookie = logged_in.headers()[header::SET_COOKIE]
@@ -122,6 +129,7 @@ async fn the_page_needs_an_admin_login_and_never_shows_a_secret() {
         "FAILING",
         "HTTP 503",
         "postgres store",
+        "revoked <code>key-1</code> now by admin: leaked &lt;in&gt; a log",
     ] {
         assert!(html.contains(shown), "{shown} missing from the page");
     }

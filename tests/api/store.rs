@@ -93,12 +93,14 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
         .body(())
         .unwrap();
     let body = jwks(&["k1", "k2"]).to_string();
+    let document = Arc::new(KeySetDocument::parse(body.as_bytes()).unwrap().document);
     ProviderRecord {
         change_seq: record.change_seq,
         registration: record.registration.clone(),
         keys: Some(CurrentKeys {
             version,
-            document: Arc::new(KeySetDocument::parse(body.as_bytes()).unwrap().document),
+            fetched: Arc::clone(&document),
+            document,
             fetched_at: now,
             fresh_until: now + Duration::seconds(600),
             skipped: Arc::from([SkippedKey {

@@ -209,6 +209,33 @@ async fn every_timestamp_in_every_response_is_in_range(backend: Backend) {
         "ListAuditEvents",
         check(&pool, "keyrelay.v1.ListAuditEventsResponse", &audit),
     );
+    let revoked = admin
+        .revoke_key(pb::RevokeKeyRequest {
+            tenant: "acme".into(),
+            provider: "okta".into(),
+            kid: "key-1".into(),
+            reason: "leaked".into(),
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    record(
+        "RevokeKey",
+        check(&pool, "keyrelay.v1.RevokeKeyResponse", &revoked),
+    );
+    let reinstated = admin
+        .reinstate_key(pb::ReinstateKeyRequest {
+            tenant: "acme".into(),
+            provider: "okta".into(),
+            kid: "key-1".into(),
+        })
+        .await
+        .expect("reinstate")
+        .into_inner();
+    record(
+        "ReinstateKey",
+        check(&pool, "keyrelay.v1.ReinstateKeyResponse", &reinstated),
+    );
     key_service(&app, &pool, &mut record).await;
     let removed = admin
         .unregister_provider(pb::UnregisterProviderRequest {

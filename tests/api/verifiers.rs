@@ -201,6 +201,47 @@ async fn fifty_concurrent_verifications_of_an_unknown_kid_make_one_resolve() {
 }
 
 #[tokio::test]
+async fn the_sdk_refuses_a_revoked_key_at_the_next_event_without_asking_for_it() {
+    let (app, _idp) = serve(&[&ED_1, &ED_2]).await;
+    let verifier = Verifier::builder(app.endpoint(), "acme")
+        .connect()
+        .await
+        .expect("synced");
+    let token = ED_2.sign(&claims("mallory"));
+    verifier
+        .verify::<Value>(&token, &expected())
+        .await
+        .expect("valid before the revocation");
+
+    let request = keyrelay::proto::v1::RevokeKeyRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+        kid: ED_2.kid.into(),
+        reason: "signing key stolen".into(),
+    };
+    app.admin().await.revoke_key(request).await.expect("revoke");
+    wait_until(|| async { (verifier.status().providers[0].version == 2).then_some(()) }).await;
+    let before = resolves(&app).await;
+    let refused = verifier
+        .verify::<Value>(&token, &expected())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), "revoked", "{refused}");
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "kid {:?} of acme/okta was revoked by a keyrelay administrator",
+            ED_2.kid
+        )
+    );
+    assert_eq!(resolves(&app).await, before, "refused without a Resolve");
+    verifier
+        .verify::<Value>(&ED_1.sign(&claims("alice")), &expected())
+        .await
+        .expect("the other key still verifies");
+}
+
+#[tokio::test]
 async fn the_sdk_keeps_verifying_while_disconnected_and_resumes_after() {
     let (app, _idp) = serve(&[&ED_1]).await;
     let verifier = Verifier::builder(app.endpoint(), "acme")

@@ -5,6 +5,7 @@
 export type VerifyErrorKind =
   | 'malformed'
   | 'no_kid'
+  | 'revoked'
   | 'unknown_kid'
   | 'algorithm_not_permitted'
   | 'signature'
@@ -18,6 +19,7 @@ export type VerifyErrorKind =
 export const VERIFY_ERROR_KINDS: readonly VerifyErrorKind[] = [
   'malformed',
   'no_kid',
+  'revoked',
   'unknown_kid',
   'algorithm_not_permitted',
   'signature',

@@ -60,6 +60,8 @@ export interface KeySetMessage {
   stale: boolean;
   usableUntil: Timestamp | null;
   state: string;
+  /** Key ids a keyrelay administrator revoked (AdminService.RevokeKey): never in `keys`. */
+  revokedKids: string[];
 }
 
 export interface WatchKeysRequest {

@@ -85,6 +85,9 @@ export interface ProviderStatus {
   stale: boolean;
   /** keyrelay's state of the provider when the set was sent: READY, STALE or FAILING. */
   state: string;
+  /** Key ids a keyrelay administrator revoked (never in `kids`): a token naming one is
+   * refused as `revoked`, without a Resolve. */
+  revokedKids: string[];
   /** When this verifier received the set. */
   receivedAt: Date;
 }
@@ -120,6 +123,8 @@ interface Held {
   provider: string;
   version: number;
   keys: KeySet;
+  /** The kids the set lists as revoked by a keyrelay administrator, in its order. */
+  revoked: ReadonlySet<string>;
   message: KeySetMessage;
   receivedAt: Date;
 }
@@ -265,8 +270,9 @@ export class Verifier extends EventEmitter<VerifierEvents> {
 
   /**
    * Verifies `token` and resolves to its claims, or rejects with a {@link VerifyError} whose
-   * `kind` says why. A kid no held key has triggers one Resolve per provider, shared by every
-   * concurrent caller.
+   * `kind` says why. A kid no held key has is refused as `revoked` when a held set lists it as
+   * revoked by a keyrelay administrator; any other triggers one Resolve per provider, shared by
+   * every concurrent caller.
    */
   async verify(token: string, expected: VerifyOptions = {}): Promise<Claims> {
     if (this.#state === 'closed') {
@@ -294,6 +300,7 @@ export class Verifier extends EventEmitter<VerifierEvents> {
           usableUntil: timestampToDate(held.message.usableUntil),
           stale: held.message.stale,
           state: held.message.state.replace(/^PROVIDER_STATE_/, ''),
+          revokedKids: [...held.revoked],
           receivedAt: held.receivedAt,
         };
       });
@@ -431,7 +438,8 @@ export class Verifier extends EventEmitter<VerifierEvents> {
       this.emit('warning', `ignoring a key set of ${message.provider} that does not parse: ${String(error)}`);
       return;
     }
-    this.#sets.set(message.provider, { provider: message.provider, version, keys, message, receivedAt: new Date() });
+    const revoked = new Set(message.revokedKids);
+    this.#sets.set(message.provider, { provider: message.provider, version, keys, revoked, message, receivedAt: new Date() });
     this.emit('keySet', { provider: message.provider, version, source });
   }
 
@@ -463,6 +471,14 @@ export class Verifier extends EventEmitter<VerifierEvents> {
     const found = this.#find(kid, providers);
     if (found !== undefined) {
       return found;
+    }
+    // Rule 2: a kid no held key has but a held set lists as revoked is refused at once.
+    const revokedBy = providers.find((name) => this.#sets.get(name)?.revoked.has(kid));
+    if (revokedBy !== undefined) {
+      throw new VerifyError(
+        'revoked',
+        `kid ${JSON.stringify(kid)} of ${this.tenant}/${revokedBy} was revoked by a keyrelay administrator`,
+      );
     }
     await Promise.all(providers.map((name) => this.#resolveKid(name, kid)));
     const resolved = this.#find(kid, providers);

@@ -1,6 +1,7 @@
 /**
  * The Verifier against a real keyrelay: verify, a rotation, keyrelay stopped and restarted, and
- * one shared Resolve for an unknown kid. The steps share one server and run in order.
+ * one shared Resolve for an unknown kid. The steps share one server and run in order. Then, on a
+ * server of its own, a key revoked by an administrator and reinstated.
  */
 
 import assert from 'node:assert/strict';
@@ -208,5 +209,105 @@ describe('Verifier with a real keyrelay', () => {
     verifier.close();
     assert.equal(verifier.status().state, 'closed');
     await assert.rejects(verifier.verify(await sign(first), expected), /closed/);
+  });
+});
+
+describe('a key revoked by a keyrelay administrator', () => {
+  let server: Keyrelay;
+  let idp: MockIdp;
+  let admin: Admin;
+  let verifier: Verifier;
+  let kept: SigningKey;
+  let leaked: SigningKey;
+
+  before(async () => {
+    server = await Keyrelay.start();
+    kept = await newKey('ES256');
+    leaked = await newKey('RS256');
+    idp = await MockIdp.start([kept, leaked]);
+    admin = new Admin(server);
+    await admin.register(TENANT, PROVIDER, idp.url);
+    verifier = await Verifier.connect({ endpoint: server.endpoint, tenant: TENANT });
+  });
+
+  after(async () => {
+    verifier?.close();
+    admin?.close();
+    await server?.dispose();
+    await idp?.close();
+  });
+
+  const okta = () => verifier.status().providers.find((held) => held.provider === PROVIDER);
+  const nextVersion = (version: number) =>
+    nextEvent<VerifierEvents['keySet']>(verifier, 'keySet', {
+      accept: (event) => event.provider === PROVIDER && event.version === version,
+    });
+
+  it('is refused as revoked without a Resolve, while the other key verifies, until reinstated', async () => {
+    const token = await sign(leaked, { sub: 'mallory' });
+    assert.equal((await verifier.verify(token, expected)).sub, 'mallory');
+    assert.equal(okta()?.version, 1);
+    assert.deepEqual(okta()?.revokedKids, []);
+
+    const revocation = nextVersion(2);
+    const revoked = await admin.revokeKey(TENANT, PROVIDER, leaked.kid, 'the private key leaked');
+    assert.equal(revoked.alreadyRevoked, false);
+    assert.equal(revoked.inKeySet, true);
+    assert.deepEqual(
+      revoked.provider.status?.revokedKeys.map((key) => key.kid),
+      [leaked.kid],
+    );
+    await revocation;
+    assert.equal(okta()?.version, 2);
+    assert.deepEqual(okta()?.kids, [kept.kid]);
+    assert.deepEqual(okta()?.revokedKids, [leaked.kid]);
+
+    const resolves: VerifierEvents['resolve'][0][] = [];
+    const onResolve = (event: VerifierEvents['resolve'][0]) => resolves.push(event);
+    verifier.on('resolve', onResolve);
+    try {
+      const before = await server.counter('keyrelay_rpc_requests_total', RESOLVE);
+      const refused = await refusal(verifier.verify(token, expected));
+      assert.equal(refused.kind, 'revoked');
+      assert.equal(
+        refused.message,
+        `kid ${JSON.stringify(leaked.kid)} of ${TENANT}/${PROVIDER} was revoked by a keyrelay administrator`,
+      );
+      assert.equal((await refusal(verifier.verify(token, { ...expected, provider: PROVIDER }))).kind, 'revoked');
+      const concurrent = await Promise.all(Array.from({ length: 20 }, () => refusal(verifier.verify(token, expected))));
+      assert.deepEqual(new Set(concurrent.map((error) => error.kind)), new Set(['revoked']));
+      assert.equal((await verifier.verify(await sign(kept, { sub: 'bob' }), expected)).sub, 'bob', 'the other key verifies');
+      assert.equal(resolves.length, 0, `the SDK asked keyrelay for the revoked kid: ${JSON.stringify(resolves)}`);
+
+      // A kid that exists nowhere makes one Resolve: once it is counted, any Resolve made for
+      // the revoked kid before it would be too.
+      const stranger = await newKey('ES256');
+      assert.equal((await refusal(verifier.verify(await sign(stranger), expected))).kind, 'unknown_kid');
+      const afterCount = await waitFor(
+        async () => {
+          const count = await server.counter('keyrelay_rpc_requests_total', RESOLVE);
+          return count > before ? count : undefined;
+        },
+        { what: 'the Resolve to be counted' },
+      );
+      assert.equal(afterCount - before, 1, 'only the unknown kid was resolved, not the revoked one');
+      assert.deepEqual(
+        resolves.map((event) => event.kid),
+        [stranger.kid],
+      );
+    } finally {
+      verifier.off('resolve', onResolve);
+    }
+
+    const reinstatement = nextVersion(3);
+    const reinstated = await admin.reinstateKey(TENANT, PROVIDER, leaked.kid);
+    assert.equal(reinstated.inKeySet, true);
+    assert.deepEqual(reinstated.provider.status?.revokedKeys, []);
+    await reinstatement;
+    assert.equal(okta()?.version, 3);
+    assert.deepEqual(okta()?.kids.slice().sort(), [kept.kid, leaked.kid].sort());
+    assert.deepEqual(okta()?.revokedKids, []);
+    assert.equal((await verifier.verify(token, expected)).sub, 'mallory', 'the reinstated key verifies again');
+    assert.equal((await verifier.verify(await sign(kept), expected)).sub, 'alice');
   });
 });

@@ -273,6 +273,22 @@ class Admin:
         assert not answer.provider.status.last_error, answer.provider.status.last_error
         return answer.provider.status
 
+    def revoke(self, tenant: str, provider: str, kid: str, reason: str) -> Any:
+        """Revokes ``kid`` of the provider (AdminService.RevokeKey); returns the answer."""
+        return self._stub.RevokeKey(
+            admin_pb.RevokeKeyRequest(tenant=tenant, provider=provider, kid=kid, reason=reason),
+            metadata=self._metadata,
+            timeout=10,
+        )
+
+    def reinstate(self, tenant: str, provider: str, kid: str) -> Any:
+        """Serves a revoked ``kid`` again (AdminService.ReinstateKey); returns the answer."""
+        return self._stub.ReinstateKey(
+            admin_pb.ReinstateKeyRequest(tenant=tenant, provider=provider, kid=kid),
+            metadata=self._metadata,
+            timeout=10,
+        )
+
     def unregister(self, tenant: str, provider: str) -> None:
         self._stub.UnregisterProvider(
             admin_pb.UnregisterProviderRequest(tenant=tenant, provider=provider),

@@ -165,6 +165,57 @@ def test_an_unknown_kid_costs_one_resolve_for_fifty_concurrent_callers(
     assert server.resolve_count() == before + 1
 
 
+def test_a_revoked_key_is_refused_without_a_resolve_until_reinstated(
+    connect: Connect, server: KeyrelayServer, admin: Admin, idp: MockIdP
+) -> None:
+    tenant, kept, leaked = new_tenant(), SigningKey("kept"), SigningKey("leaked", "RS256")
+    admin.register(tenant, "okta", idp.publish(f"/{tenant}/jwks", [kept, leaked]))
+    verifier = connect(server.address, tenant)
+    token = leaked.sign("mallory")
+    assert verifier.verify(token, **EXPECTED)["sub"] == "mallory"
+    okta = verifier.status().provider("okta")
+    assert okta is not None and okta.version == 1 and okta.revoked_kids == ()
+
+    answer = admin.revoke(tenant, "okta", "leaked", "the private key leaked")
+    assert not answer.already_revoked and answer.in_key_set
+    assert [k.kid for k in answer.provider.status.revoked_keys] == ["leaked"]
+    okta = wait_until(
+        lambda: (p := verifier.status().provider("okta")) is not None and p.version == 2 and p,
+        what="the revocation (version 2) to reach the verifier",
+    )
+    assert okta.kids == ("kept",) and okta.revoked_kids == ("leaked",)
+
+    before = server.resolve_count()
+    with pytest.raises(keyrelay.RevokedError) as refused:
+        verifier.verify(token, **EXPECTED)
+    assert refused.value.kind == "revoked" and isinstance(refused.value, keyrelay.VerifyError)
+    assert (refused.value.kid, refused.value.provider) == ("leaked", f"{tenant}/okta")
+    assert str(refused.value) == (
+        f'kid "leaked" of {tenant}/okta was revoked by a keyrelay administrator'
+    )
+    with pytest.raises(keyrelay.RevokedError):
+        verifier.verify(token, provider="okta", **EXPECTED)
+    results = verifier.verify_concurrently(token, 20, **EXPECTED)
+    assert all(isinstance(r, keyrelay.RevokedError) for r in results), results
+    assert verifier.verify(kept.sign("alice"), **EXPECTED)["sub"] == "alice"
+    # A kid that exists nowhere makes one Resolve: once it is counted, any Resolve made for
+    # the revoked kid before it would be too.
+    with pytest.raises(keyrelay.UnknownKidError):
+        verifier.verify(SigningKey("nowhere").sign(), **EXPECTED)
+    wait_until(lambda: server.resolve_count() >= before + 1, what="the Resolve to be counted")
+    assert server.resolve_count() == before + 1, "the revoked kid was resolved"
+
+    answer = admin.reinstate(tenant, "okta", "leaked")
+    assert answer.in_key_set and not answer.provider.status.revoked_keys
+    okta = wait_until(
+        lambda: (p := verifier.status().provider("okta")) is not None and p.version == 3 and p,
+        what="the reinstatement (version 3) to reach the verifier",
+    )
+    assert sorted(okta.kids) == ["kept", "leaked"] and okta.revoked_kids == ()
+    assert verifier.verify(token, **EXPECTED)["sub"] == "mallory"
+    assert verifier.verify(kept.sign("alice"), **EXPECTED)["sub"] == "alice"
+
+
 def test_an_access_token_opens_a_tenant_that_requires_one(
     connect: Connect, server: KeyrelayServer, admin: Admin, idp: MockIdP
 ) -> None:

@@ -30,6 +30,8 @@ pub struct ProviderKeys {
     pub stale: bool,
     /// keyrelay's health state of the provider when the set was sent (READY, STALE, FAILING).
     pub state: proto::ProviderState,
+    /// Key ids a keyrelay administrator revoked: never in `keys`, refused as revoked.
+    pub revoked_kids: Vec<String>,
 }
 
 impl ProviderKeys {
@@ -50,7 +52,13 @@ impl ProviderKeys {
             fetched_at: time(set.fetched_at),
             fresh_until: time(set.fresh_until),
             stale: set.stale,
+            revoked_kids: set.revoked_kids,
         })
+    }
+
+    /// Whether a keyrelay administrator revoked `kid`.
+    pub(crate) fn is_revoked(&self, kid: &str) -> bool {
+        self.revoked_kids.iter().any(|revoked| revoked == kid)
     }
 
     pub(crate) fn find(&self, kid: &str) -> Option<&Jwk> {

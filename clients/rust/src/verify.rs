@@ -70,6 +70,15 @@ pub enum VerifyError {
     /// The header names no `kid`.
     #[error("the token header has no kid")]
     NoKid,
+    /// An administrator revoked this `kid` in keyrelay (AdminService.RevokeKey): keyrelay
+    /// withholds the key, and the verifier refuses it without asking for it.
+    #[error("kid {kid:?} of {provider} was revoked by a keyrelay administrator")]
+    Revoked {
+        /// The token's kid.
+        kid: String,
+        /// `tenant/provider` that revoked it.
+        provider: String,
+    },
     /// No held key has this `kid`, even after asking keyrelay.
     #[error("no key with kid {kid:?} for {scope}")]
     UnknownKid {
@@ -121,7 +130,8 @@ impl Verifier {
     }
 
     /// The key with `kid` among the providers `expected` allows, and its `alg` as written,
-    /// asking keyrelay for each provider once when none has it.
+    /// asking keyrelay for each provider once when none has it. A kid that one of them
+    /// revoked, and none holds, is refused without asking.
     async fn key_for(
         &self,
         kid: &str,
@@ -146,6 +156,18 @@ impl Verifier {
         };
         if let Some(found) = find() {
             return Ok(found);
+        }
+        let revoked_by = providers.iter().find(|provider| {
+            shared
+                .keys
+                .get(provider)
+                .is_some_and(|keys| keys.is_revoked(kid))
+        });
+        if let Some(provider) = revoked_by {
+            return Err(VerifyError::Revoked {
+                kid: kid.to_owned(),
+                provider: format!("{}/{provider}", shared.tenant),
+            });
         }
         for provider in &providers {
             shared.resolve_kid(provider, kid).await;
@@ -294,6 +316,7 @@ impl VerifyError {
             VerifyError::Malformed(_) => "malformed",
             VerifyError::NoKid => "no_kid",
             VerifyError::UnknownKid { .. } => "unknown_kid",
+            VerifyError::Revoked { .. } => "revoked",
             VerifyError::AlgorithmNotPermitted { .. } => "algorithm_not_permitted",
             VerifyError::Signature => "signature",
             VerifyError::Expired => "expired",

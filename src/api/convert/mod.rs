@@ -172,6 +172,18 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
                 })
                 .collect()
         }),
+        revoked_keys: registration
+            .revoked
+            .keys()
+            .iter()
+            .map(|revoked| pb::RevokedKey {
+                kid: revoked.kid.clone(),
+                reason: revoked.reason.clone(),
+                revoked_at: Some(timestamp(revoked.revoked_at)),
+                revoked_by: revoked.revoked_by.clone(),
+                published_by_provider: keys.is_some_and(|k| k.fetched.contains_kid(&revoked.kid)),
+            })
+            .collect(),
     };
     pb::Provider {
         tenant: registration.key.tenant.as_str().to_owned(),
@@ -213,6 +225,14 @@ pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
         stale: keys.is_stale(snapshot.at),
         usable_until: Some(timestamp(keys.usable_until(&snapshot.policy))),
         state: state(snapshot.record.state(snapshot.at)).into(),
+        revoked_kids: snapshot
+            .record
+            .registration
+            .revoked
+            .keys()
+            .iter()
+            .map(|revoked| revoked.kid.clone())
+            .collect(),
     }
 }
 

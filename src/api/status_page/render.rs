@@ -17,7 +17,7 @@ pub const REFRESH_SECONDS: u32 = 15;
 const STYLE: &str = "
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; }
 h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
-.muted { color: #666; } .error { color: #a00; }
+.muted { color: #666; } .error { color: #a00; } .revoked { color: #a00; font-weight: 600; }
 table { border-collapse: collapse; width: 100%; } th, td { text-align: left; padding: .3rem .5rem;
   border-bottom: 1px solid #ddd; vertical-align: top; } th { background: #f4f4f6; }
 .state { font-weight: 600; } .READY { color: #176b2c; } .STALE { color: #8a5a00; }
@@ -189,6 +189,12 @@ fn provider(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
                         br; span.muted {
                             "skipped " code { (skipped.kid.as_deref().unwrap_or("(no kid)")) } ": " (skipped.reason)
                         }
+                    }
+                }
+                @for revoked in record.registration.revoked.keys() {
+                    br; span.revoked {
+                        "revoked " code { (revoked.kid) } " " (relative(revoked.revoked_at, now))
+                        " by " (revoked.revoked_by) ": " (revoked.reason)
                     }
                 }
             }

@@ -190,13 +190,15 @@ mod tests {
         let body = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": format!("k{version}"), "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]});
         let change_seq = NEXT_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut record = crate::state::record::sample(provider, change_seq);
+        let document = Arc::new(
+            KeySetDocument::parse(body.to_string().as_bytes())
+                .unwrap()
+                .document,
+        );
         record.keys = Some(CurrentKeys {
             version,
-            document: Arc::new(
-                KeySetDocument::parse(body.to_string().as_bytes())
-                    .unwrap()
-                    .document,
-            ),
+            fetched: Arc::clone(&document),
+            document,
             fetched_at: now,
             fresh_until: now + Duration::seconds(600),
             skipped: Arc::from([]),

@@ -9,7 +9,24 @@ import type { Keyrelay } from './keyrelay.js';
 export interface ProviderMessage {
   tenant: string;
   provider: string;
-  status: { state: string; version: string; lastError: string; keyCount: number } | null;
+  status: {
+    state: string;
+    version: string;
+    lastError: string;
+    keyCount: number;
+    revokedKeys: { kid: string; reason: string; revokedBy: string; publishedByProvider: boolean }[];
+  } | null;
+}
+
+export interface RevokeKeyResponse {
+  provider: ProviderMessage;
+  alreadyRevoked: boolean;
+  inKeySet: boolean;
+}
+
+export interface ReinstateKeyResponse {
+  provider: ProviderMessage;
+  inKeySet: boolean;
 }
 
 type Callback = (error: grpc.ServiceError | null, response: unknown) => void;
@@ -67,6 +84,16 @@ export class Admin {
   async refresh(tenant: string, provider: string): Promise<ProviderMessage> {
     const { provider: refreshed } = await this.call<{ provider: ProviderMessage }>('refreshProvider', { tenant, provider });
     return refreshed;
+  }
+
+  /** Revokes `kid` of `tenant/provider` (AdminService.RevokeKey). */
+  revokeKey(tenant: string, provider: string, kid: string, reason: string): Promise<RevokeKeyResponse> {
+    return this.call<RevokeKeyResponse>('revokeKey', { tenant, provider, kid, reason });
+  }
+
+  /** Serves a revoked `kid` again (AdminService.ReinstateKey). */
+  reinstateKey(tenant: string, provider: string, kid: string): Promise<ReinstateKeyResponse> {
+    return this.call<ReinstateKeyResponse>('reinstateKey', { tenant, provider, kid });
   }
 
   close(): void {

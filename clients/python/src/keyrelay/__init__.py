@@ -7,8 +7,10 @@ rules every keyrelay SDK follows (clients/conformance/README.md): the algorithm 
 the key, never from the token alone (``none`` and HMAC are refused), ``exp`` is required,
 ``exp``/``nbf`` are checked with a leeway (60 s by default), and ``iss``/``aud`` when
 expected. A token whose kid is unknown triggers one Resolve for that kid, shared by
-concurrent callers. The stream reconnects with backoff and resumes from the versions held;
-while disconnected, verification goes on with the keys held, whose age ``status()`` reports.
+concurrent callers, unless a held key set lists the kid as revoked by a keyrelay
+administrator: that token is refused at once (:class:`RevokedError`). The stream
+reconnects with backoff and resumes from the versions held; while disconnected,
+verification goes on with the keys held, whose age ``status()`` reports.
 
 :func:`verify_with_key_set` applies the same rules to a JWKS document, without a server.
 Every refusal is a :class:`VerifyError`, whose ``kind`` names it.
@@ -27,6 +29,7 @@ from .errors import (
     NoKidError,
     NotSyncedError,
     NotYetValidError,
+    RevokedError,
     SignatureError,
     UnknownKidError,
     VerifyError,
@@ -50,6 +53,7 @@ __all__ = [
     "NotSyncedError",
     "NotYetValidError",
     "ProviderStatus",
+    "RevokedError",
     "SignatureError",
     "Status",
     "UnknownKidError",

@@ -3,6 +3,7 @@ state, and ``status()``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 
 from ._connection import Connection, PemSource
 from ._state import FIRST_RETRY, MAX_RETRY, RESOLVE_TIMEOUT, State
+from .errors import RevokedError
 from .status import Status
 
 
@@ -77,6 +79,20 @@ class BaseVerifier:
     def status(self) -> Status:
         """Whether the stream is up, and the key sets held with their versions and age."""
         return self._state.status()
+
+    def _refuse_revoked(self, kid: str, provider: str | None) -> None:
+        """Rule 2 for a kid no held key has: raises :class:`~keyrelay.RevokedError` when a
+        held set of the providers ``provider`` allows (None: any) lists it as revoked, so
+        that it is refused without a Resolve. Both verifiers call it before resolving."""
+        revoked_by = self._state.revoked_by(kid, provider)
+        if revoked_by is not None:
+            scope = f"{self.tenant}/{revoked_by}"
+            raise RevokedError(
+                f"kid {json.dumps(kid, ensure_ascii=False)} of {scope} "
+                "was revoked by a keyrelay administrator",
+                kid=kid,
+                provider=scope,
+            )
 
     def _not_synced_message(self) -> str:
         status = self._state.status()

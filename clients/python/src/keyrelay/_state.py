@@ -48,6 +48,8 @@ class ProviderKeys:
     fresh_until: datetime | None
     usable_until: datetime | None
     received_at: datetime
+    revoked_kids: tuple[str, ...] = ()
+    """Kids a keyrelay administrator revoked (``KeySet.revoked_kids``), never in ``keys``."""
 
     @classmethod
     def from_message(cls, key_set: Any) -> ProviderKeys:
@@ -62,6 +64,7 @@ class ProviderKeys:
             fresh_until=_time(key_set, "fresh_until"),
             usable_until=_time(key_set, "usable_until"),
             received_at=datetime.now(UTC),
+            revoked_kids=tuple(key_set.revoked_kids),
         )
 
     def status(self, now: datetime) -> ProviderStatus:
@@ -78,6 +81,7 @@ class ProviderKeys:
             usable_until=self.usable_until,
             received_at=self.received_at,
             age=age,
+            revoked_kids=self.revoked_kids,
         )
 
 
@@ -112,6 +116,9 @@ class State:
             raise ValueError("a tenant is required")
         self._lock = threading.Lock()
         self._sets: dict[str, ProviderKeys] = {}
+        # Every held kid's key, from the first provider by name that has it (what a search of
+        # the sets in name order finds); made again on the first search after a change.
+        self._by_kid: dict[str, Key] | None = None
         self._state = "connecting"
         self._last_synced_at: datetime | None = None
         self._last_error: str | None = None
@@ -149,6 +156,7 @@ class State:
         elif kind == "removed":
             with self._lock:
                 self._sets.pop(event.removed.provider, None)
+                self._by_kid = None
             log.info("keyrelay: provider %s was removed", event.removed.provider)
         elif kind == "synced":
             with self._lock:
@@ -171,6 +179,7 @@ class State:
             held = self._sets.get(keys.provider)
             if held is None or held.version <= keys.version:
                 self._sets[keys.provider] = keys
+                self._by_kid = None
 
     def stream_lost(self, error: str | None, closing: bool) -> bool:
         """The stream ended; True when it had synced (so backoff starts over)."""
@@ -192,13 +201,27 @@ class State:
         """The key with ``kid`` among the providers ``provider`` allows (None: any held)."""
         with self._lock:
             if provider is not None:
-                sets = [self._sets[provider]] if provider in self._sets else []
-            else:
-                sets = [self._sets[name] for name in sorted(self._sets)]
-        for keys in sets:
-            key = keys.keys.find(kid)
-            if key is not None:
-                return key
+                held = self._sets.get(provider)
+                return None if held is None else held.keys.find(kid)
+            by_kid = self._by_kid
+            if by_kid is None:
+                by_kid = {}
+                for name in sorted(self._sets):
+                    for held_kid, key in self._sets[name].keys.by_kid.items():
+                        by_kid.setdefault(held_kid, key)
+                self._by_kid = by_kid
+        return by_kid.get(kid)
+
+    def revoked_by(self, kid: str, provider: str | None) -> str | None:
+        """The first provider by name among those ``provider`` allows (None: any held) whose
+        held set lists ``kid`` as revoked by a keyrelay administrator, if one does."""
+        with self._lock:
+            if provider is not None:
+                held = self._sets.get(provider)
+                return provider if held is not None and kid in held.revoked_kids else None
+            for name in sorted(self._sets):
+                if kid in self._sets[name].revoked_kids:
+                    return name
         return None
 
     def providers_to_ask(self, provider: str | None) -> list[str]:

@@ -108,6 +108,7 @@ class AsyncVerifier(BaseVerifier):
         key = self._state.find(kid, provider)
         if key is not None:
             return key
+        self._refuse_revoked(kid, provider)
         for name in self._state.providers_to_ask(provider):
             await self._resolve_kid(name, kid)
             key = self._state.find(kid, provider)

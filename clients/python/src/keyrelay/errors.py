@@ -19,6 +19,7 @@ __all__ = [
     "NoKidError",
     "NotSyncedError",
     "NotYetValidError",
+    "RevokedError",
     "SignatureError",
     "UnknownKidError",
     "VerifyError",
@@ -41,6 +42,19 @@ class NoKidError(VerifyError):
     """The token's header names no ``kid`` (refused even when a single key is held)."""
 
     kind = "no_kid"
+
+
+class RevokedError(VerifyError):
+    """A keyrelay administrator revoked the token's ``kid`` (AdminService.RevokeKey): no held
+    key has it, and a held key set lists it in ``revoked_kids``. Refused without asking
+    keyrelay. ``kid`` is the token's kid, ``provider`` the ``tenant/provider`` that lists it."""
+
+    kind = "revoked"
+
+    def __init__(self, message: str, *, kid: str = "", provider: str = "") -> None:
+        super().__init__(message)
+        self.kid = kid
+        self.provider = provider
 
 
 class UnknownKidError(VerifyError):

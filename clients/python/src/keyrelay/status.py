@@ -33,6 +33,9 @@ class ProviderStatus:
     """When this verifier received this version."""
     age: float | None
     """Seconds since the identity provider last confirmed the keys (None if unknown)."""
+    revoked_kids: tuple[str, ...] = ()
+    """Key ids a keyrelay administrator revoked (never among ``kids``): a token naming one
+    is refused with :class:`~keyrelay.RevokedError`, without asking keyrelay."""
 
 
 @dataclass(frozen=True)

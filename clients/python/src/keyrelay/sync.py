@@ -81,8 +81,9 @@ class Verifier(BaseVerifier):
         ``audience`` / ``issuer``: one value or several; when given, ``aud`` must contain one
         and ``iss`` equal one exactly. ``leeway``: seconds allowed on ``exp`` and ``nbf``.
         ``provider``: only this provider's keys may verify the token. A kid no held key has
-        is asked for once (one Resolve shared by concurrent callers, at most once a second
-        per provider and kid).
+        is refused with :class:`~keyrelay.RevokedError` when a held key set lists it as
+        revoked by a keyrelay administrator; any other is asked for once (one Resolve shared
+        by concurrent callers, at most once a second per provider and kid).
         """
         expected = Expectations.of(issuer, audience, leeway)
         header = checked_header(token)
@@ -93,6 +94,7 @@ class Verifier(BaseVerifier):
         key = self._state.find(kid, provider)
         if key is not None:
             return key
+        self._refuse_revoked(kid, provider)
         for name in self._state.providers_to_ask(provider):
             self._resolve_kid(name, kid)
             key = self._state.find(kid, provider)

@@ -100,6 +100,16 @@ class AdminServiceStub:
                 request_serializer=keyrelay_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/keyrelay.v1.AdminService/RevokeKey',
+                request_serializer=keyrelay_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.ReinstateKey = channel.unary_unary(
+                '/keyrelay.v1.AdminService/ReinstateKey',
+                request_serializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -203,6 +213,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeKey(self, request, context):
+        """RevokeKey withholds one key id of a provider from Resolve, WatchKeys and the JWKS mirror
+        on every replica at once, whatever the identity provider keeps publishing, until
+        ReinstateKey. Subscribers get the provider's set again, under the next version, without
+        the key and with the kid in `KeySet.revoked_kids`. Revoking a kid twice changes nothing;
+        a kid the provider does not publish (yet) is withheld as soon as it does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateKey(self, request, context):
+        """ReinstateKey serves a revoked key id again, at once when the held set has it.
+        NOT_FOUND when the kid is not revoked (the message lists those that are).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +294,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=keyrelay_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_admin__service__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'ReinstateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateKey,
+                    request_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -597,6 +636,60 @@ class AdminService:
             '/keyrelay.v1.AdminService/ListAuditEvents',
             keyrelay_dot_v1_dot_admin__service__pb2.ListAuditEventsRequest.SerializeToString,
             keyrelay_dot_v1_dot_admin__service__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.AdminService/RevokeKey',
+            keyrelay_dot_v1_dot_admin__service__pb2.RevokeKeyRequest.SerializeToString,
+            keyrelay_dot_v1_dot_admin__service__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.AdminService/ReinstateKey',
+            keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyRequest.SerializeToString,
+            keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,7 +67,8 @@ class KeyServiceServicer:
         Errors:
         - INVALID_ARGUMENT: a malformed tenant, provider or kid (the message names the field).
         - NOT_FOUND: the provider is not registered, or `kid` is not in its key set even after
-        the shared refresh it triggered.
+        the shared refresh it triggered, or `kid` was revoked by an administrator (answered at
+        once, without a refresh; the message says when, by whom and why).
         - UNAVAILABLE: keyrelay has never fetched this provider's keys successfully, or the last
         good keys are older than the provider's max_stale. The message carries the last error.
         """
