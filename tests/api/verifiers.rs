@@ -201,6 +201,50 @@ async fn fifty_concurrent_verifications_of_an_unknown_kid_make_one_resolve() {
 }
 
 #[tokio::test]
+async fn the_sdk_finds_keys_across_a_tenant_and_forgets_a_removed_provider() {
+    let (app, _okta) = serve(&[&ED_1]).await;
+    let auth0 = MockIdp::start(app.clock.clone()).await;
+    rotate(&auth0, &[&EC_1]);
+    app.register("acme", "auth0", &auth0.jwks_url()).await;
+    let verifier = Verifier::builder(app.endpoint(), "acme")
+        .connect()
+        .await
+        .expect("synced");
+    for (key, sub) in [(&ED_1, "kim"), (&EC_1, "lee")] {
+        let claims: Value = verifier
+            .verify(&key.sign(&claims(sub)), &expected())
+            .await
+            .expect("a key of either provider verifies");
+        assert_eq!(claims["sub"], sub);
+    }
+    let elsewhere = verifier
+        .verify::<Value>(&EC_1.sign(&claims("lee")), &expected().provider("okta"))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.kind(), "unknown_kid", "{elsewhere}");
+
+    let request = keyrelay::proto::v1::UnregisterProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+    };
+    app.admin()
+        .await
+        .unregister_provider(request)
+        .await
+        .expect("unregister");
+    wait_until(|| async { (verifier.status().providers.len() == 1).then_some(()) }).await;
+    let forgotten = verifier
+        .verify::<Value>(&ED_1.sign(&claims("kim")), &expected())
+        .await
+        .unwrap_err();
+    assert_eq!(forgotten.kind(), "unknown_kid", "{forgotten}");
+    verifier
+        .verify::<Value>(&EC_1.sign(&claims("lee")), &expected())
+        .await
+        .expect("the other provider's key still verifies");
+}
+
+#[tokio::test]
 async fn the_sdk_refuses_a_revoked_key_at_the_next_event_without_asking_for_it() {
     let (app, _idp) = serve(&[&ED_1, &ED_2]).await;
     let verifier = Verifier::builder(app.endpoint(), "acme")

@@ -193,6 +193,8 @@ export class Verifier extends EventEmitter<VerifierEvents> {
   readonly #resolveRate: number;
   readonly #resolveTimeout: number;
   readonly #sets = new Map<string, Held>();
+  /** Every held kid's key, from the first provider by name holding it; made again on the first lookup after a change. */
+  #byKid: Map<string, HeldKey> | undefined;
   readonly #resolving = new Map<string, ResolveSlot>();
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
   #state: ConnectionState = 'connecting';
@@ -406,6 +408,7 @@ export class Verifier extends EventEmitter<VerifierEvents> {
       case 'removed':
         if (message.removed) {
           this.#sets.delete(message.removed.provider);
+          this.#byKid = undefined;
           this.emit('removed', { provider: message.removed.provider, version: Number(message.removed.version) });
         }
         break;
@@ -440,6 +443,7 @@ export class Verifier extends EventEmitter<VerifierEvents> {
     }
     const revoked = new Set(message.revokedKids);
     this.#sets.set(message.provider, { provider: message.provider, version, keys, revoked, message, receivedAt: new Date() });
+    this.#byKid = undefined;
     this.emit('keySet', { provider: message.provider, version, source });
   }
 
@@ -466,12 +470,28 @@ export class Verifier extends EventEmitter<VerifierEvents> {
     return undefined;
   }
 
+  /** The key with `kid` in any held set, from the first provider by name holding it. */
+  #heldAnywhere(kid: string): HeldKey | undefined {
+    if (this.#byKid === undefined) {
+      const byKid = new Map<string, HeldKey>();
+      for (const provider of [...this.#sets.keys()].sort()) {
+        for (const key of this.#sets.get(provider)?.keys.keys ?? []) {
+          if (key.kid !== undefined && !byKid.has(key.kid)) {
+            byKid.set(key.kid, key);
+          }
+        }
+      }
+      this.#byKid = byKid;
+    }
+    return this.#byKid.get(kid);
+  }
+
   async #keyFor(kid: string, provider: string | undefined): Promise<HeldKey> {
-    const providers = this.#candidates(provider);
-    const found = this.#find(kid, providers);
+    const found = provider === undefined ? this.#heldAnywhere(kid) : this.#find(kid, this.#candidates(provider));
     if (found !== undefined) {
       return found;
     }
+    const providers = this.#candidates(provider);
     // Rule 2: a kid no held key has but a held set lists as revoked is refused at once.
     const revokedBy = providers.find((name) => this.#sets.get(name)?.revoked.has(kid));
     if (revokedBy !== undefined) {

@@ -212,6 +212,47 @@ describe('Verifier with a real keyrelay', () => {
   });
 });
 
+describe('a tenant of several providers', () => {
+  let server: Keyrelay;
+  let okta: MockIdp;
+  let auth0: MockIdp;
+  let admin: Admin;
+  let verifier: Verifier;
+  let a: SigningKey;
+  let b: SigningKey;
+
+  before(async () => {
+    server = await Keyrelay.start();
+    [a, b] = [await newKey('ES256'), await newKey('RS256')];
+    [okta, auth0] = [await MockIdp.start([a]), await MockIdp.start([b])];
+    admin = new Admin(server);
+    await admin.register(TENANT, 'okta', okta.url);
+    await admin.register(TENANT, 'auth0', auth0.url);
+    verifier = await Verifier.connect({ endpoint: server.endpoint, tenant: TENANT });
+  });
+
+  after(async () => {
+    verifier?.close();
+    admin?.close();
+    await server?.dispose();
+    await okta?.close();
+    await auth0?.close();
+  });
+
+  it('finds a key of any provider, and forgets a removed one', async () => {
+    assert.deepEqual(verifier.status().providers.map((p) => p.provider), ['auth0', 'okta']);
+    assert.equal((await verifier.verify(await sign(a, { sub: 'kim' }), expected)).sub, 'kim');
+    assert.equal((await verifier.verify(await sign(b, { sub: 'lee' }), expected)).sub, 'lee');
+    const elsewhere = await refusal(verifier.verify(await sign(b), { ...expected, provider: 'okta' }));
+    assert.equal(elsewhere.kind, 'unknown_kid');
+
+    await admin.unregister(TENANT, 'okta');
+    await waitFor(() => verifier.status().providers.length === 1, { what: 'okta removed' });
+    assert.equal((await refusal(verifier.verify(await sign(a), expected))).kind, 'unknown_kid');
+    assert.equal((await verifier.verify(await sign(b, { sub: 'lee' }), expected)).sub, 'lee');
+  });
+});
+
 describe('a key revoked by a keyrelay administrator', () => {
   let server: Keyrelay;
   let idp: MockIdp;

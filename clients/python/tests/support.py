@@ -120,7 +120,10 @@ class MockIdP:
 
     def publish(self, path: str, keys: Iterable[SigningKey]) -> str:
         """Serves these keys' JWKS at ``path``; returns its URL."""
-        document = json.dumps({"keys": [key.jwk() for key in keys]}).encode()
+        return self.serve(path, json.dumps({"keys": [key.jwk() for key in keys]}).encode())
+
+    def serve(self, path: str, document: bytes) -> str:
+        """Serves ``document`` at ``path``; returns its URL."""
         with self._lock:
             self._documents[path] = document
         return f"http://127.0.0.1:{self._server.server_address[1]}{path}"

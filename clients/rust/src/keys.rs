@@ -123,31 +123,111 @@ pub struct Status {
     pub providers: Vec<ProviderKeys>,
 }
 
-/// Key sets by provider.
+/// Key sets by provider, with an index of every held kid for verifiers watching a whole
+/// tenant.
 #[derive(Debug, Default)]
-pub(crate) struct KeySets(RwLock<HashMap<String, Arc<ProviderKeys>>>);
+pub(crate) struct KeySets {
+    sets: RwLock<HashMap<String, Arc<ProviderKeys>>>,
+    /// Each held kid's key, from the first provider by name holding it (what a search of the
+    /// sets in name order finds); made again on the first lookup after a change.
+    by_kid: RwLock<Option<Arc<KidIndex>>>,
+}
+
+type KidIndex = HashMap<String, HeldKey>;
+
+/// One held key: its provider's set and its position in it.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldKey {
+    keys: Arc<ProviderKeys>,
+    index: usize,
+}
+
+impl HeldKey {
+    /// The key within its set, if `keys` holds `kid`.
+    pub fn in_set(keys: Arc<ProviderKeys>, kid: &str) -> Option<Self> {
+        let index = keys
+            .keys
+            .keys
+            .iter()
+            .position(|jwk| jwk.common.key_id.as_deref() == Some(kid))?;
+        Some(Self { keys, index })
+    }
+
+    pub fn jwk(&self) -> &Jwk {
+        &self.keys.keys.keys[self.index]
+    }
+
+    /// Its `alg` as written.
+    pub fn named_alg(&self) -> Option<&str> {
+        self.jwk()
+            .common
+            .key_id
+            .as_deref()
+            .and_then(|kid| self.keys.named_alg(kid))
+    }
+}
 
 impl KeySets {
     /// Keeps `keys` unless a newer version is already held.
     pub fn put(&self, keys: ProviderKeys) {
-        let mut sets = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
         let newer_held = sets
             .get(&keys.provider)
             .is_some_and(|held| held.version > keys.version);
         if !newer_held {
             sets.insert(keys.provider.clone(), Arc::new(keys));
+            self.forget_index();
         }
     }
 
-    pub fn remove(&self, provider: &str) {
-        self.0
-            .write()
+    /// The key with `kid` in any held set, the first provider by name that holds it.
+    pub fn holding(&self, kid: &str) -> Option<HeldKey> {
+        let index = self
+            .by_kid
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(provider);
+            .clone();
+        let index = match index {
+            Some(index) => index,
+            None => self.index(),
+        };
+        index.get(kid).cloned()
+    }
+
+    /// Makes the kid index, under the sets' read lock so that no change lands meanwhile.
+    fn index(&self) -> Arc<KidIndex> {
+        let sets = self.sets.read().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<&String> = sets.keys().collect();
+        names.sort();
+        let mut index = KidIndex::new();
+        for keys in names.into_iter().filter_map(|name| sets.get(name)) {
+            for (position, jwk) in keys.keys.keys.iter().enumerate() {
+                if let Some(kid) = &jwk.common.key_id {
+                    index.entry(kid.clone()).or_insert_with(|| HeldKey {
+                        keys: Arc::clone(keys),
+                        index: position,
+                    });
+                }
+            }
+        }
+        let index = Arc::new(index);
+        *self.by_kid.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&index));
+        index
+    }
+
+    fn forget_index(&self) {
+        *self.by_kid.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    pub fn remove(&self, provider: &str) {
+        let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
+        if sets.remove(provider).is_some() {
+            self.forget_index();
+        }
     }
 
     pub fn get(&self, provider: &str) -> Option<Arc<ProviderKeys>> {
-        self.0
+        self.sets
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(provider)
@@ -156,7 +236,7 @@ impl KeySets {
 
     pub fn all(&self) -> Vec<Arc<ProviderKeys>> {
         let mut all: Vec<_> = self
-            .0
+            .sets
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .values()

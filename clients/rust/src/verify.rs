@@ -8,7 +8,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{algorithms, keys::KeySet, watch::Verifier};
+use crate::{
+    algorithms,
+    keys::{HeldKey, KeySet},
+    watch::Verifier,
+};
 
 /// What a token must satisfy beyond a valid signature and time window.
 #[derive(Debug, Clone)]
@@ -125,19 +129,22 @@ impl Verifier {
         expected: &Expectations,
     ) -> Result<C, VerifyError> {
         let header = checked_header(token)?;
-        let (jwk, named_alg) = self.key_for(&header.kid, expected).await?;
-        check(token, &header, &jwk, named_alg.as_deref(), expected)
+        let key = self.key_for(&header.kid, expected).await?;
+        check(token, &header, key.jwk(), key.named_alg(), expected)
     }
 
-    /// The key with `kid` among the providers `expected` allows, and its `alg` as written,
-    /// asking keyrelay for each provider once when none has it. A kid that one of them
-    /// revoked, and none holds, is refused without asking.
-    async fn key_for(
-        &self,
-        kid: &str,
-        expected: &Expectations,
-    ) -> Result<(Jwk, Option<String>), VerifyError> {
+    /// The key with `kid` among the providers `expected` allows, asking keyrelay for each
+    /// provider once when none has it. A kid that one of them revoked, and none holds, is
+    /// refused without asking.
+    async fn key_for(&self, kid: &str, expected: &Expectations) -> Result<HeldKey, VerifyError> {
         let shared = &self.shared;
+        let find = || match &expected.provider {
+            Some(provider) => HeldKey::in_set(shared.keys.get(provider)?, kid),
+            None => shared.keys.holding(kid),
+        };
+        if let Some(found) = find() {
+            return Ok(found);
+        }
         let providers: Vec<String> = match &expected.provider {
             Some(provider) => vec![provider.clone()],
             None => shared
@@ -147,16 +154,6 @@ impl Verifier {
                 .map(|keys| keys.provider.clone())
                 .collect(),
         };
-        let find = || {
-            providers.iter().find_map(|provider| {
-                let keys = shared.keys.get(provider)?;
-                let jwk = keys.find(kid)?.clone();
-                Some((jwk, keys.named_alg(kid).map(str::to_owned)))
-            })
-        };
-        if let Some(found) = find() {
-            return Ok(found);
-        }
         let revoked_by = providers.iter().find(|provider| {
             shared
                 .keys

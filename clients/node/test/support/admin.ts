@@ -86,6 +86,11 @@ export class Admin {
     return refreshed;
   }
 
+  /** Removes `tenant/provider` (AdminService.UnregisterProvider). */
+  async unregister(tenant: string, provider: string): Promise<void> {
+    await this.call<object>('unregisterProvider', { tenant, provider });
+  }
+
   /** Revokes `kid` of `tenant/provider` (AdminService.RevokeKey). */
   revokeKey(tenant: string, provider: string, kid: string, reason: string): Promise<RevokeKeyResponse> {
     return this.call<RevokeKeyResponse>('revokeKey', { tenant, provider, kid, reason });

@@ -14,7 +14,6 @@ share this code.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -22,7 +21,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -42,7 +41,24 @@ from .errors import (
 )
 
 DEFAULT_LEEWAY = 60.0
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+_BASE64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _base64url_to_base64() -> bytes:
+    """A translation of base64url to base64 for binascii's strict mode: ``-`` and ``_``
+    become ``+`` and ``/``, while ``+``, ``/`` and ``=`` (not base64url, or padding) become
+    a byte strict mode refuses, as it refuses every other byte outside the alphabet."""
+    table = bytearray(range(256))
+    for byte in b"+/=":
+        table[byte] = ord("!")
+    table[ord("-")], table[ord("_")] = ord("+"), ord("/")
+    return bytes(table)
+
+
+_BASE64URL_TO_BASE64 = _base64url_to_base64()
+# What json.loads decodes with when given no options, and the whitespace it allows after.
+_JSON = json.JSONDecoder()
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 Claims = dict[str, Any]
 
@@ -64,42 +80,96 @@ class Expectations:
         leeway: float | timedelta = DEFAULT_LEEWAY,
     ) -> Expectations:
         """Expectations from one value or several for each of issuer and audience."""
+        # The same arguments give equal (frozen) expectations: those of immutable types are
+        # made once, as verify passes the same ones on every call.
+        memo = (
+            (cls, issuer, audience, leeway)
+            if type(issuer) in _IMMUTABLE
+            and type(audience) in _IMMUTABLE
+            and type(leeway) in _IMMUTABLE
+            else None
+        )
+        if memo is not None:
+            made = _MADE.get(memo)
+            if made is not None:
+                return made
         if isinstance(leeway, timedelta):
             leeway = leeway.total_seconds()
         if leeway < 0:
             raise ValueError("leeway must not be negative")
-        return cls(_strings(issuer, "issuer"), _strings(audience, "audience"), float(leeway))
+        made = cls(_strings(issuer, "issuer"), _strings(audience, "audience"), float(leeway))
+        if memo is not None:
+            if len(_MADE) >= 256:
+                _MADE.clear()
+            _MADE[memo] = made
+        return made
+
+
+# Argument types Expectations.of keeps what it made for (tuples of strings, or it raises).
+_IMMUTABLE = frozenset({str, tuple, type(None), int, float, timedelta})
+_MADE: dict[tuple[Any, ...], Expectations] = {}
 
 
 def _strings(value: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    values = (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        return (value,)
+    values = tuple(value)
     if not all(isinstance(item, str) for item in values):
         raise TypeError(f"{what} must be a string or an iterable of strings")
     return values
 
 
-@dataclass(frozen=True)
-class Header:
-    """The parts of a well-shaped token's header that verification needs."""
+class Header(NamedTuple):
+    """What verification needs of a well-shaped token: its header's ``alg`` and ``kid``,
+    and its payload as decoded (``payload``) and parsed (``claims``) by rule 1."""
 
     alg: str
     kid: str
+    payload: bytes
+    claims: dict[str, Any]
+
+
+def _check_base64url(part: str, what: str) -> None:
+    """Rule 1's base64url: the url-safe alphabet without padding, and a length that decodes
+    (not 1 modulo 4). Such a part always decodes."""
+    if (
+        not part.isascii()
+        or len(part) % 4 == 1
+        or part.encode("ascii").translate(None, _BASE64URL_ALPHABET)
+    ):
+        raise MalformedError(f"the {what} is not base64url")
 
 
 def _b64decode(part: str, what: str) -> bytes:
-    if not _BASE64URL.fullmatch(part) or len(part) % 4 == 1:
+    """A part checked as :func:`_check_base64url` does, decoded as base64.urlsafe_b64decode
+    does (trailing bits are ignored), both in one pass of binascii's strict mode."""
+    if not part.isascii() or len(part) % 4 == 1:
         raise MalformedError(f"the {what} is not base64url")
+    data = part.encode("ascii").translate(_BASE64URL_TO_BASE64) + b"=" * (-len(part) % 4)
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError) as err:
         raise MalformedError(f"the {what} is not base64url") from err
 
 
+def _end_of_whitespace(text: str, start: int) -> int:
+    match = _JSON_WHITESPACE.match(text, start)
+    return start if match is None else match.end()
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
+        if raw[:1] == b"{" and raw[1:2] != b"\x00":
+            # json.loads(raw), step by step, minus its encoding detection (which finds UTF-8
+            # for such bytes) and the whitespace before (there is none).
+            text = raw.decode("utf-8", "surrogatepass")
+            value, end = _JSON.raw_decode(text)
+            if end != len(text) and _end_of_whitespace(text, end) != len(text):
+                raise ValueError("extra data after the JSON value")
+        else:
+            value = json.loads(raw)
     except (ValueError, RecursionError) as err:
         raise MalformedError(f"the {what} is not a JSON object") from err
     if not isinstance(value, dict):
@@ -121,7 +191,8 @@ def checked_header(token: str | bytes) -> Header:
         raise MalformedError("a JWT has three dot-separated parts")
     header = _json_object(_b64decode(parts[0], "header"), "header")
     payload_raw = _b64decode(parts[1], "payload")
-    _b64decode(parts[2], "signature")
+    # A base64url part always decodes: the signature is checked, and decoded by PyJWT.
+    _check_base64url(parts[2], "signature")
     if "crit" in header:
         raise MalformedError("the header has crit extensions, which keyrelay does not support")
     alg = header.get("alg")
@@ -132,10 +203,10 @@ def checked_header(token: str | bytes) -> Header:
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise MalformedError("the header's kid is not a string")
-    _json_object(payload_raw, "payload")
+    claims = _json_object(payload_raw, "payload")
     if kid is None:
         raise NoKidError("the token header has no kid")
-    return Header(alg=alg, kid=kid)
+    return Header(alg, kid, payload_raw, claims)
 
 
 class Key:
@@ -153,6 +224,9 @@ class Key:
 
     def pyjwk(self, alg: str) -> jwt.PyJWK:
         """This key for PyJWT, for algorithm ``alg`` (one it permits)."""
+        key = self._pyjwk.get(alg)
+        if key is not None:
+            return key
         with self._lock:
             key = self._pyjwk.get(alg)
             if key is None:
@@ -194,16 +268,38 @@ class KeySet:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, _NUMBERS) and not isinstance(value, bool)
+
+
+# A tuple: isinstance checks one faster than the equivalent union (int | float).
+_NUMBERS = (int, float)
+
+
+class _Parsed(threading.local):
+    """The payload rule 1 parsed, as bytes and claims, for the one decode running on this
+    thread: ``check`` sets it right before PyJWT decodes, and clears it after."""
+
+    payload: tuple[bytes, dict[str, Any]] | None = None
+
+
+_parsed = _Parsed()
 
 
 class _PyJWT(jwt.PyJWT):
     """PyJWT, plus rule 5's type check: ``exp`` and ``nbf`` must be JSON numbers (PyJWT
     would take a numeric string). It runs once the signature has verified, before PyJWT
-    validates the claims, so a forged token is still refused for its signature first."""
+    validates the claims, so a forged token is still refused for its signature first.
+
+    PyJWT's payload is not parsed again when it is the very bytes rule 1 parsed: their
+    claims are used (``json.loads`` of equal bytes gives an equal dict)."""
 
     def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
-        payload = super()._decode_payload(decoded)
+        parsed = _parsed.payload
+        _parsed.payload = None
+        if parsed is not None and parsed[0] == decoded["payload"]:
+            payload = parsed[1]
+        else:
+            payload = super()._decode_payload(decoded)
         if "exp" not in payload or payload["exp"] is None:
             raise ClaimsError("the required claim exp is missing")
         for claim in ("exp", "nbf"):
@@ -212,14 +308,17 @@ class _PyJWT(jwt.PyJWT):
         return payload
 
 
-_DECODER = _PyJWT()
+def _decoder(expected: Expectations) -> _PyJWT:
+    """The decoder with PyJWT's options for ``expected``, set when it was made (so no call
+    merges them again)."""
+    return _DECODERS[bool(expected.issuers), bool(expected.audiences)]
 
 
-def _options(expected: Expectations) -> jwt.types.Options:
+def _make_options(issuers: bool, audiences: bool) -> jwt.types.Options:
     require = ["exp"]
-    if expected.issuers:
+    if issuers:
         require.append("iss")
-    if expected.audiences:
+    if audiences:
         require.append("aud")
     return {
         "verify_signature": True,
@@ -229,10 +328,26 @@ def _options(expected: Expectations) -> jwt.types.Options:
         "verify_iat": False,
         "verify_sub": False,
         "verify_jti": False,
-        "verify_iss": bool(expected.issuers),
-        "verify_aud": bool(expected.audiences),
+        "verify_iss": issuers,
+        "verify_aud": audiences,
         "require": require,
     }
+
+
+# A decoder for each combination of issuer and audience checks, made once.
+_DECODERS = {
+    (iss, aud): _PyJWT(options=_make_options(iss, aud))
+    for iss in (False, True)
+    for aud in (False, True)
+}
+
+
+def _one_or_all(values: tuple[str, ...]) -> str | tuple[str, ...] | None:
+    """Issuers or audiences as PyJWT takes them: none, the one (a string, which PyJWT checks
+    exactly as a one-element tuple, without the slower check of an iterable), or all."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
 
 
 def check(token: str | bytes, header: Header, key: Key, expected: Expectations) -> Claims:
@@ -242,14 +357,14 @@ def check(token: str | bytes, header: Header, key: Key, expected: Expectations) 
         raise AlgorithmNotPermittedError(
             f"algorithm {header.alg} is not permitted by key {header.kid!r} (it permits {permits})"
         )
+    _parsed.payload = (header.payload, header.claims)
     try:
-        return _DECODER.decode(
+        return _decoder(expected).decode(
             token,
             key.pyjwk(header.alg),
             algorithms=[header.alg],
-            options=_options(expected),
-            issuer=expected.issuers or None,
-            audience=expected.audiences or None,
+            issuer=_one_or_all(expected.issuers),
+            audience=_one_or_all(expected.audiences),
             leeway=expected.leeway,
         )
     except VerifyError:
@@ -276,6 +391,8 @@ def check(token: str | bytes, header: Header, key: Key, expected: Expectations) 
         raise MalformedError(str(err)) from err
     except jwt.PyJWTError as err:
         raise ClaimsError(str(err)) from err
+    finally:
+        _parsed.payload = None
 
 
 def verify_with_key_set(
