@@ -369,4 +369,14 @@ pub struct PolicyArgs {
     /// several.
     #[arg(long = "spki-pin")]
     pub spki_sha256_pins: Vec<String>,
+    /// Signature algorithm whose keys are published (RS256, ES256, EdDSA, ...); repeat for
+    /// several. Unset: every one keyrelay knows.
+    #[arg(long = "allowed-algorithm")]
+    pub allowed_algorithms: Vec<String>,
+    /// Publish encryption keys (`use: enc`) too; by default they are left out.
+    #[arg(long)]
+    pub include_encryption_keys: bool,
+    /// Leave out keys without a kid when the set publishes more than one key.
+    #[arg(long)]
+    pub require_kid: bool,
 }

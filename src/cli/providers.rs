@@ -118,6 +118,9 @@ pub(super) fn policy_message(policy: &PolicyArgs) -> pb::ProviderPolicy {
         max_response_bytes: policy.max_response_bytes,
         allowed_hosts: policy.allowed_hosts.clone(),
         spki_sha256_pins: policy.spki_sha256_pins.clone(),
+        allowed_algorithms: policy.allowed_algorithms.clone(),
+        include_encryption_keys: policy.include_encryption_keys,
+        require_kid: policy.require_kid,
     }
 }
 
@@ -155,6 +158,14 @@ pub(super) fn provider_text(provider: &pb::Provider) -> String {
             status.last_error, status.consecutive_failures
         ));
     }
+    for skipped in &status.skipped_keys {
+        let kid = if skipped.kid.is_empty() {
+            "(no kid)"
+        } else {
+            &skipped.kid
+        };
+        text.push_str(&format!("\n  skipped:      {kid}: {}", skipped.reason));
+    }
     for revoked in &status.revoked_keys {
         text.push_str(&format!(
             "\n  revoked:      {:?} at {} by {}: {}",
@@ -185,6 +196,16 @@ pub(super) fn provider_json(provider: &pb::Provider) -> Value {
         "consecutive_failures": status.consecutive_failures,
         "etag": status.etag,
         "last_modified": status.last_modified,
+        "skipped_keys": status
+            .skipped_keys
+            .iter()
+            .map(|skipped| json!({"kid": skipped.kid, "kind": skipped.kind, "reason": skipped.reason}))
+            .collect::<Vec<_>>(),
+        "key_policy": provider.effective_policy.as_ref().map(|policy| json!({
+            "allowed_algorithms": policy.allowed_algorithms,
+            "include_encryption_keys": policy.include_encryption_keys,
+            "require_kid": policy.require_kid,
+        })),
         "revoked_keys": status
             .revoked_keys
             .iter()

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     access::AuthError,
+    domain::key_set::SkippedKey,
     domain::revocation::{RevocationError, RevokedKey},
     domain::{ProviderKey, TenantId, ValidationError},
     refresh::RefreshError,
@@ -38,6 +39,9 @@ pub enum Error {
     /// The requested kid was revoked by an administrator.
     #[error(transparent)]
     KidRevoked(Box<KidRevoked>),
+    /// The requested kid is in the provider's last fetched set, but not published.
+    #[error(transparent)]
+    KidWithheld(Box<KidWithheld>),
     /// A revocation list cannot change as asked.
     #[error("{key}: {source}")]
     Revocation {
@@ -166,6 +170,20 @@ pub struct KidRevoked {
     pub revoked: RevokedKey,
 }
 
+/// A kid a verifier asked for is served by the identity provider but not published.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "kid {:?} of {key} is in the identity provider's key set but not published: {}",
+    skipped.kid.as_deref().unwrap_or_default(),
+    skipped.reason
+)]
+pub struct KidWithheld {
+    /// The provider.
+    pub key: ProviderKey,
+    /// The key and why it is left out.
+    pub skipped: SkippedKey,
+}
+
 /// What became of the refresh an unknown kid triggered.
 #[derive(Debug, thiserror::Error)]
 pub enum KidRefresh {
@@ -231,6 +249,7 @@ impl Error {
             Error::ProviderNotFound(_)
             | Error::KidNotFound(_)
             | Error::KidRevoked(_)
+            | Error::KidWithheld(_)
             | Error::TokenNotFound(_)
             | Error::Revocation {
                 source: RevocationError::NotRevoked { .. },

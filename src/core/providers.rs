@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     access::Origin,
     clock::Clock,
-    core::error::{Error, KidNotFound, KidRefresh, KidRevoked, NoUsableKeys},
+    core::error::{Error, KidNotFound, KidRefresh, KidRevoked, KidWithheld, NoUsableKeys},
     core::failure_limiter::FailureLimiter,
     domain::{Kid, Policy, ProviderKey, TenantId},
     observability::metrics::{CacheResult, Metrics},
@@ -173,6 +173,7 @@ impl Providers {
             && !snapshot.has_kid(kid)
         {
             metrics.resolved(CacheResult::Miss);
+            withheld(&snapshot, kid)?;
             let limiter = &self.parts.unknown_kid_limiter;
             if let Some(client) = client {
                 limiter.admit(client).map_err(Error::RateLimited)?;
@@ -268,6 +269,20 @@ impl Providers {
             record,
             at: self.parts.clock.now(),
         }
+    }
+}
+
+/// Refuses a kid the provider's last fetched set holds but keyrelay does not publish (its key
+/// policy leaves it out, or it is of a kind keyrelay never publishes): a refresh would not
+/// bring it.
+fn withheld(snapshot: &Snapshot, kid: &Kid) -> Result<(), Error> {
+    let mut skipped = snapshot.record.skipped_keys().into_iter();
+    match skipped.find(|s| s.kid.as_deref() == Some(kid.as_str())) {
+        Some(skipped) => Err(Error::KidWithheld(Box::new(KidWithheld {
+            key: snapshot.record.registration.key.clone(),
+            skipped,
+        }))),
+        None => Ok(()),
     }
 }
 

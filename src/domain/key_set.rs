@@ -9,8 +9,6 @@ use jsonwebtoken::jwk::Jwk;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::revocation::Revocations;
-
 /// Members that only private or symmetric keys carry. A document holding any of them is a
 /// leak at the identity provider and is never published.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
@@ -25,14 +23,11 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// The members that are a key's material: a kid whose material changes is a different key.
 const MATERIAL_MEMBERS: [&str; 6] = ["kty", "crv", "n", "e", "x", "y"];
 
-/// RSA algorithms (JWS signatures and JWE key management) a published RSA key may name.
-const RSA_ALGORITHMS: [&str; 11] = [
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
+/// RSA signature algorithms.
+const RSA_SIGNATURE_ALGORITHMS: [&str; 6] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"];
+
+/// RSA key management algorithms (JWE) a published RSA key may name.
+const RSA_ENCRYPTION_ALGORITHMS: [&str; 5] = [
     "RSA-OAEP",
     "RSA-OAEP-256",
     "RSA-OAEP-384",
@@ -46,6 +41,12 @@ const ECDH_ALGORITHMS: [&str; 4] = [
     "ECDH-ES+A128KW",
     "ECDH-ES+A192KW",
     "ECDH-ES+A256KW",
+];
+
+/// Every signature algorithm keyrelay publishes keys for, in the order policies list them.
+pub const SIGNATURE_ALGORITHMS: [&str; 11] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "Ed25519",
 ];
 
 /// Curves keyrelay publishes, by key type, with the signature algorithms each fits. These are
@@ -190,16 +191,34 @@ pub enum SkipReason {
     /// A required member is missing, or a member is not what JOSE says it must be.
     #[error("malformed: {0}")]
     Malformed(String),
+    /// The provider's key policy does not allow the key's algorithm.
+    #[error("algorithm {0} is not in the provider's policy.allowed_algorithms")]
+    AlgorithmNotAllowed(String),
+    /// An encryption key, which the provider's policy does not publish.
+    #[error(
+        "an encryption key (use enc, or a key management alg); policy.include_encryption_keys publishes it"
+    )]
+    EncryptionKey,
+    /// `use` is neither `sig` nor `enc`.
+    #[error("use {0:?} is neither sig nor enc")]
+    UnknownUse(String),
+    /// No kid, in a set that publishes other keys, under the provider's `policy.require_kid`.
+    #[error("no kid, beside other keys, and the provider's policy.require_kid is set")]
+    NoKid,
 }
 
 impl SkipReason {
     /// Every `kind`.
-    pub const KINDS: [&'static str; 5] = [
+    pub const KINDS: [&'static str; 9] = [
         "not_an_object",
         "unsupported_key_type",
         "unsupported_curve",
         "unsupported_algorithm",
         "malformed",
+        "algorithm_not_allowed",
+        "encryption_key",
+        "unknown_use",
+        "no_kid",
     ];
 
     /// A short name for the skipped-keys metric's `reason` label.
@@ -210,6 +229,10 @@ impl SkipReason {
             SkipReason::UnsupportedCurve(_) => "unsupported_curve",
             SkipReason::UnsupportedAlgorithm(_) => "unsupported_algorithm",
             SkipReason::Malformed(_) => "malformed",
+            SkipReason::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            SkipReason::EncryptionKey => "encryption_key",
+            SkipReason::UnknownUse(_) => "unknown_use",
+            SkipReason::NoKid => "no_kid",
         }
     }
 }
@@ -227,6 +250,32 @@ pub struct PublicKey {
     pub key_use: Option<String>,
     /// The key as a JSON object.
     pub json: Bytes,
+    /// The signature algorithms its type and curve fit, whatever its `alg` says.
+    fits: &'static [&'static str],
+}
+
+impl PublicKey {
+    /// Whether the key is for encryption: `use: enc`, or a key management `alg`.
+    pub fn is_for_encryption(&self) -> bool {
+        self.key_use.as_deref() == Some("enc")
+            || self.alg.as_deref().is_some_and(|alg| {
+                RSA_ENCRYPTION_ALGORITHMS.contains(&alg) || ECDH_ALGORITHMS.contains(&alg)
+            })
+    }
+
+    /// The signature algorithms its type and curve fit, whatever its `alg` says.
+    pub fn fits(&self) -> &'static [&'static str] {
+        self.fits
+    }
+
+    /// Whether the key verifies signatures of an algorithm `allowed` accepts: its `alg`, or,
+    /// without one, any algorithm its type and curve fit.
+    pub fn signs_with_any(&self, allowed: impl Fn(&str) -> bool) -> bool {
+        match self.alg.as_deref() {
+            Some(alg) => allowed(alg),
+            None => self.fits.iter().any(|alg| allowed(alg)),
+        }
+    }
 }
 
 /// A sanitized JWKS: only public keys of supported types, serialized canonically.
@@ -305,14 +354,25 @@ impl KeySetDocument {
         }
     }
 
-    /// This set without the keys whose kid is revoked; `None` when it holds none of them.
-    pub fn without_revoked(&self, revoked: &Revocations) -> Option<KeySetDocument> {
-        let withheld =
-            |key: &PublicKey| key.kid.as_deref().is_some_and(|kid| revoked.contains(kid));
-        if !self.keys.iter().any(withheld) {
+    /// This set with only the keys `keep` accepts (given each key's position and the key);
+    /// `None` when it accepts them all.
+    pub fn retain(&self, keep: impl Fn(usize, &PublicKey) -> bool) -> Option<KeySetDocument> {
+        let kept: Vec<bool> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| keep(i, k))
+            .collect();
+        if kept.iter().all(|kept| *kept) {
             return None;
         }
-        let keys: Vec<PublicKey> = self.keys.iter().filter(|k| !withheld(k)).cloned().collect();
+        let keys: Vec<PublicKey> = self
+            .keys
+            .iter()
+            .zip(&kept)
+            .filter(|(_, kept)| **kept)
+            .map(|(key, _)| key.clone())
+            .collect();
         let mut json = b"{\"keys\":[".to_vec();
         for (i, key) in keys.iter().enumerate() {
             if i > 0 {
@@ -501,7 +561,10 @@ fn publishable(object: &Map<String, Value>) -> Result<(), SkipReason> {
     };
     if let Some(alg) = object.get("alg") {
         let fits = |name: &str| match kty {
-            "RSA" => RSA_ALGORITHMS.contains(&name),
+            "RSA" => {
+                RSA_SIGNATURE_ALGORITHMS.contains(&name)
+                    || RSA_ENCRYPTION_ALGORITHMS.contains(&name)
+            }
             "EC" => curve_algorithms.contains(&name) || ECDH_ALGORITHMS.contains(&name),
             _ => curve_algorithms.contains(&name),
         };
@@ -537,6 +600,18 @@ fn value_text(value: &Value) -> String {
         .map_or_else(|| value.to_string(), str::to_owned)
 }
 
+/// The signature algorithms a publishable key's type and curve fit.
+fn signature_algorithms_of(object: &Map<String, Value>) -> &'static [&'static str] {
+    let text = |member: &str| object.get(member).and_then(Value::as_str);
+    match text("kty") {
+        Some("RSA") => &RSA_SIGNATURE_ALGORITHMS,
+        kty => CURVES
+            .iter()
+            .find(|(t, crv, _)| Some(*t) == kty && Some(*crv) == text("crv"))
+            .map_or(&[], |(_, _, algorithms)| algorithms),
+    }
+}
+
 fn public_key(object: &Map<String, Value>) -> PublicKey {
     let text = |member: &str| {
         object
@@ -550,6 +625,7 @@ fn public_key(object: &Map<String, Value>) -> PublicKey {
         alg: text("alg"),
         key_use: text("use"),
         json: Bytes::from(Value::Object(object.clone()).to_string()),
+        fits: signature_algorithms_of(object),
     }
 }
 
@@ -573,30 +649,16 @@ mod tests {
     }
 
     #[test]
-    fn revoked_keys_are_withheld_and_the_rest_reads_back_the_same() {
-        use crate::domain::revocation::RevokedKey;
+    fn a_subset_reads_back_as_a_document_of_only_those_keys() {
         let document = parse(json!({"keys": [rsa("a"), rsa("b"), rsa("c")]}))
             .unwrap()
             .document;
-        let revoke = |kids: &[&str]| {
-            Revocations::from_stored(
-                kids.iter()
-                    .map(|kid| RevokedKey {
-                        kid: (*kid).to_owned(),
-                        reason: "leaked".to_owned(),
-                        revoked_at: chrono::Utc::now(),
-                        revoked_by: "admin".to_owned(),
-                    })
-                    .collect(),
-            )
+        let without = |kids: &'static [&str]| {
+            document.retain(move |_, key| !kids.contains(&key.kid.as_deref().unwrap_or("")))
         };
-        assert_eq!(
-            document.without_revoked(&revoke(&["zz"])),
-            None,
-            "nothing to withhold"
-        );
-        let published = document.without_revoked(&revoke(&["b", "zz"])).unwrap();
-        let kids: Vec<_> = published
+        assert_eq!(without(&["zz"]), None, "nothing to leave out");
+        let subset = without(&["b", "zz"]).unwrap();
+        let kids: Vec<_> = subset
             .keys()
             .iter()
             .filter_map(|k| k.kid.as_deref())
@@ -606,10 +668,10 @@ mod tests {
             .unwrap()
             .document;
         assert_eq!(
-            published, expected,
+            subset, expected,
             "the same JSON as a document without the key"
         );
-        let none_left = document.without_revoked(&revoke(&["a", "b", "c"])).unwrap();
+        let none_left = without(&["a", "b", "c"]).unwrap();
         assert_eq!(none_left.json().as_ref(), br#"{"keys":[]}"#);
     }
 
@@ -673,6 +735,10 @@ mod tests {
             SkipReason::UnsupportedCurve(String::new()),
             SkipReason::UnsupportedAlgorithm(String::new()),
             SkipReason::Malformed(String::new()),
+            SkipReason::AlgorithmNotAllowed(String::new()),
+            SkipReason::EncryptionKey,
+            SkipReason::UnknownUse(String::new()),
+            SkipReason::NoKid,
         ];
         assert_eq!(skips.map(|s| s.kind()), SkipReason::KINDS);
     }
@@ -758,7 +824,10 @@ mod tests {
     #[test]
     fn every_algorithm_that_fits_its_key_is_published() {
         let mut keys = Vec::new();
-        for alg in RSA_ALGORITHMS {
+        for alg in RSA_SIGNATURE_ALGORITHMS
+            .into_iter()
+            .chain(RSA_ENCRYPTION_ALGORITHMS)
+        {
             let mut key = rsa(alg);
             key["alg"] = json!(alg);
             keys.push(key);

@@ -1,8 +1,9 @@
 //! Domain values built once at the edge and trusted everywhere inside: identifiers, JWKS URLs,
-//! refresh policies and per-provider upstream trust. Inner layers never re-check strings.
+//! refresh policies, per-provider upstream trust and key policy. Inner layers never re-check strings.
 
 mod ids;
 mod jwks_url;
+mod key_policy;
 pub mod key_set;
 mod policy;
 pub mod revocation;
@@ -10,6 +11,7 @@ mod upstream_trust;
 
 pub use ids::{Kid, ProviderId, ProviderKey, TenantId};
 pub use jwks_url::{EgressRules, JwksUrl};
+pub use key_policy::KeyPolicy;
 #[cfg(test)]
 pub(crate) use policy::documented_defaults;
 pub use policy::{Policy, PolicyOverrides};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{UpstreamTrust, ValidationError};
+use super::{KeyPolicy, UpstreamTrust, ValidationError};
 
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 const MIN_RESPONSE_BYTES: u32 = 1024;
@@ -29,6 +29,9 @@ pub struct PolicyOverrides {
     /// Where the JWKS may come from (hosts, certificate pins); no server default.
     #[serde(default, flatten)]
     pub trust: UpstreamTrust,
+    /// Which of the served keys are published; no server default.
+    #[serde(default, flatten)]
+    pub keys: KeyPolicy,
 }
 
 /// The policy in force for one provider: every knob set.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Kid, ValidationError};
+use super::{Kid, ValidationError, key_set::PublicKey};
 
 /// Revoked kids one provider may hold: more than the keys a set may have (`MAX_KEYS`), so
 /// every key of a set can be revoked along with a few that are not published yet.
@@ -108,6 +108,11 @@ impl Revocations {
     /// Whether `kid` is revoked.
     pub fn contains(&self, kid: &str) -> bool {
         self.get(kid).is_some()
+    }
+
+    /// Whether `key` is withheld: its kid is revoked.
+    pub fn withholds(&self, key: &PublicKey) -> bool {
+        key.kid.as_deref().is_some_and(|kid| self.contains(kid))
     }
 
     /// The list with `revoked` added; `None` when its kid is revoked already (the first

@@ -374,10 +374,8 @@ impl Refresher {
         if let Change::NewVersion(_) = change {
             parts.metrics.key_set_changed();
         }
-        if let (Some(keys), "modified", Change::NewVersion(_) | Change::Unchanged) =
-            (&next.keys, outcome, &change)
-        {
-            for skipped in keys.skipped.iter() {
+        if let ("modified", Change::NewVersion(_) | Change::Unchanged) = (outcome, &change) {
+            for skipped in next.skipped_keys() {
                 parts.metrics.key_skipped(skipped.reason.kind());
             }
         }

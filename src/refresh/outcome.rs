@@ -110,7 +110,8 @@ fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
     Ok(parsed)
 }
 
-/// The keys a fetched document becomes, published without the revoked keys: the previous
+/// The keys a fetched document becomes, published as the registration says (key policy,
+/// revoked keys): the previous
 /// version when the published keys are the same, the next one (continuing from a dropped
 /// version, if any) when they are not.
 fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
@@ -120,7 +121,7 @@ fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
         Some(prev) if parsed.document.same_keys_as(&prev.fetched) => Arc::clone(&prev.fetched),
         _ => Arc::new(parsed.document),
     };
-    let document = published(&fetched, &current.registration.revoked);
+    let document = published(&fetched, &current.registration);
     match previous {
         Some(prev) if document.same_keys_as(&prev.document) => {
             let keys = Versioned {

@@ -48,10 +48,11 @@ pub struct Validators {
 pub struct CurrentKeys {
     /// Starts at 1 and grows by one whenever the published keys change.
     pub version: u64,
-    /// What is published: the fetched document without the revoked keys.
+    /// What is published: the fetched document's keys that the key policy allows, less
+    /// the revoked ones.
     pub document: Arc<KeySetDocument>,
     /// The sanitized document as the identity provider last served it (the same `Arc` as
-    /// `document` while none of its keys is revoked): what the next fetch is compared with.
+    /// `document` while every key of it is published): what the next fetch is compared with.
     pub fetched: Arc<KeySetDocument>,
     /// When the identity provider last confirmed it.
     pub fetched_at: DateTime<Utc>,
@@ -157,25 +158,42 @@ impl ProviderRecord {
         now: DateTime<Utc>,
     ) -> Self {
         let mut record = self.clone();
+        record.registration.revoked = revoked;
+        record.registration.revision = revision;
+        record.registration.updated_at = now;
         if let Some(keys) = &mut record.keys {
-            let document = published(&keys.fetched, &revoked);
+            let document = published(&keys.fetched, &record.registration);
             if !document.same_keys_as(&keys.document) {
                 keys.version += 1;
             }
             keys.document = document;
         }
-        record.registration.revoked = revoked;
-        record.registration.revision = revision;
-        record.registration.updated_at = now;
         record
+    }
+
+    /// The keys of the last fetched set that are not published, with why: those keyrelay
+    /// does not publish at all, then those the provider's key policy leaves out. Revoked keys
+    /// are listed apart, in the registration.
+    pub fn skipped_keys(&self) -> Vec<SkippedKey> {
+        let Some(keys) = &self.keys else {
+            return Vec::new();
+        };
+        let mut skipped = keys.skipped.to_vec();
+        skipped.extend(self.registration.overrides.keys.withheld(&keys.fetched));
+        skipped
     }
 }
 
-/// What `fetched` publishes while `revoked` are withheld: `fetched` itself when it holds
-/// none of them.
-pub fn published(fetched: &Arc<KeySetDocument>, revoked: &Revocations) -> Arc<KeySetDocument> {
+/// What `fetched` publishes for `registration`: the keys its key policy allows, less the
+/// revoked ones; `fetched` itself when that is all of them.
+pub fn published(
+    fetched: &Arc<KeySetDocument>,
+    registration: &Registration,
+) -> Arc<KeySetDocument> {
+    let verdicts = registration.overrides.keys.verdicts(fetched.keys());
+    let revoked = &registration.revoked;
     fetched
-        .without_revoked(revoked)
+        .retain(|i, key| verdicts[i].is_none() && !revoked.withholds(key))
         .map_or_else(|| Arc::clone(fetched), Arc::new)
 }
 

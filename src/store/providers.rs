@@ -43,6 +43,8 @@ UPDATE providers SET
     cache_policy = CASE WHEN jwks_url = $3 THEN cache_policy END
 WHERE tenant = $1 AND provider = $2";
 
+const SET_VERSION: &str = "UPDATE providers SET version = $3 WHERE tenant = $1 AND provider = $2";
+
 const DELETE: &str = "DELETE FROM providers WHERE tenant = $1 AND provider = $2";
 
 /// A new revision fences off refresh writes fetched under the old revocation list.
@@ -97,19 +99,27 @@ impl<B: Backend> Store for SqlStore<B> {
         };
         let created = before.is_none()
             && B::execute(&mut tx, INSERT_IF_ABSENT, &args(change_seq)).await? == 1;
+        let mut held = None;
         if !created {
             if before.is_none() {
                 // Registered concurrently since the first look: read what is replaced.
                 (before, change_seq) = B::begin_write(&mut tx, key).await?;
             }
+            held = read_one::<B>(&mut tx, key, &self.unreadable)
+                .await
+                .ok()
+                .flatten();
             B::execute(&mut tx, UPDATE_REGISTRATION, &args(change_seq)).await?;
         }
-        let row = B::row(&mut tx, SELECT_ONE, &key_args(key)).await?;
-        let record =
-            decoded::<B>(row, key, &self.unreadable)?.ok_or_else(|| StoreError::Corrupt {
+        let mut record = read_one::<B>(&mut tx, key, &self.unreadable)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
                 key: key.to_string(),
                 reason: "the row just written is gone".into(),
             })?;
+        if let Some(held) = held {
+            version_republished::<B>(&mut tx, &held, &mut record).await?;
+        }
         let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
         event.before = before.map(|(url, policy)| registration_json(&url, &policy));
         event.after = Some(registration_json(registration.url.as_str(), &policy));
@@ -223,6 +233,35 @@ impl<B: Backend> Store for SqlStore<B> {
 
 /// The record decoded from `row`, when it was found; `Corrupt` when its registration is
 /// unreadable (the decoding reported it).
+async fn read_one<B: Backend>(
+    conn: &mut B::Connection,
+    key: &ProviderKey,
+    unreadable: &UnreadableRows,
+) -> Result<Option<ProviderRecord>, StoreError> {
+    let row = B::row(conn, SELECT_ONE, &key_args(key)).await?;
+    decoded::<B>(row, key, unreadable)
+}
+
+/// When a new key policy changes what the held keys publish, gives them the next version,
+/// so that verifiers holding the old one are sent the new set.
+async fn version_republished<B: Backend>(
+    conn: &mut B::Connection,
+    held: &ProviderRecord,
+    record: &mut ProviderRecord,
+) -> Result<(), StoreError> {
+    let (Some(before), Some(after)) = (&held.keys, &mut record.keys) else {
+        return Ok(());
+    };
+    if after.document.same_keys_as(&before.document) {
+        return Ok(());
+    }
+    after.version = before.version + 1;
+    let mut args = key_args(&record.registration.key).to_vec();
+    args.push(Arg::int(i64::try_from(after.version).unwrap_or(i64::MAX)));
+    B::execute(conn, SET_VERSION, &args).await?;
+    Ok(())
+}
+
 fn decoded<B: Backend>(
     row: Option<B::Row>,
     key: &ProviderKey,

@@ -254,7 +254,7 @@ fn restore_refresh(
         consecutive_failures: u32::try_from(columns.consecutive_failures).unwrap_or(u32::MAX),
         next_refresh_at: columns.next_refresh_at,
     };
-    match current_keys(&columns, &record.registration.revoked) {
+    match current_keys(&columns, &record.registration) {
         Ok(Some(keys)) => record.keys = Some(keys),
         Ok(None) => record.dropped_version = stored_version(columns.version),
         Err(reason) => {
@@ -281,7 +281,7 @@ fn restore_refresh(
 /// The stored key set: `None` when none is held (never fetched, or dropped earlier).
 fn current_keys(
     columns: &RefreshColumns,
-    revoked: &Revocations,
+    registration: &Registration,
 ) -> Result<Option<CurrentKeys>, String> {
     let version = u64::try_from(columns.version)
         .map_err(|_| format!("version {} is negative", columns.version))?;
@@ -298,7 +298,7 @@ fn current_keys(
     let fetched = Arc::new(parsed.document);
     Ok(Some(CurrentKeys {
         version,
-        document: published(&fetched, revoked),
+        document: published(&fetched, registration),
         fetched,
         fetched_at,
         fresh_until,

@@ -144,6 +144,38 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
         "{stderr}"
     );
 
+    let strict = stdout(&cli(
+        &endpoint,
+        data,
+        &[
+            "providers",
+            "add",
+            "acme",
+            "strict",
+            &idp.jwks_url(),
+            "--allowed-algorithm",
+            "PS256",
+            "--require-kid",
+        ],
+    ));
+    assert!(
+        strict.contains(
+            "skipped:      k1: algorithm RS256 is not in the provider's policy.allowed_algorithms"
+        ),
+        "{strict}"
+    );
+    let strict = stdout(&cli(
+        &endpoint,
+        data,
+        &["providers", "get", "acme", "strict", "--json"],
+    ));
+    let strict: serde_json::Value = serde_json::from_str(strict.trim()).expect("one JSON line");
+    assert_eq!(strict["skipped_keys"][0]["kind"], "algorithm_not_allowed");
+    assert_eq!(
+        strict["key_policy"],
+        serde_json::json!({"allowed_algorithms": ["PS256"], "include_encryption_keys": false, "require_kid": true})
+    );
+
     let missing = cli(&endpoint, data, &["providers", "get", "acme", "nope"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not registered"));

@@ -11,6 +11,7 @@ mod failures;
 mod fleet;
 mod go;
 mod helpers;
+mod key_policy;
 mod mock_idp;
 mod observability;
 mod pki;

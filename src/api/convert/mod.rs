@@ -13,7 +13,8 @@ use prost_types::Timestamp;
 use crate::{
     cluster::ClusterStatus,
     domain::{
-        EgressRules, JwksUrl, Policy, PolicyOverrides, ProviderKey, UpstreamTrust, ValidationError,
+        EgressRules, JwksUrl, KeyPolicy, Policy, PolicyOverrides, ProviderKey, UpstreamTrust,
+        ValidationError,
     },
     proto::v1 as pb,
     state::Snapshot,
@@ -93,6 +94,11 @@ fn policy_overrides(
         max_stale: parse_duration("policy.max_stale", policy.max_stale)?,
         max_response_bytes: policy.max_response_bytes,
         trust: UpstreamTrust::parse(&policy.allowed_hosts, &policy.spki_sha256_pins)?,
+        keys: KeyPolicy::parse(
+            &policy.allowed_algorithms,
+            policy.include_encryption_keys,
+            policy.require_kid,
+        )?,
     })
 }
 
@@ -104,6 +110,9 @@ fn overrides_message(overrides: &PolicyOverrides) -> pb::ProviderPolicy {
         refresh_early: overrides.refresh_early.map(duration),
         max_stale: overrides.max_stale.map(duration),
         max_response_bytes: overrides.max_response_bytes,
+        allowed_algorithms: overrides.keys.allowed_algorithms.clone(),
+        include_encryption_keys: overrides.keys.include_encryption_keys,
+        require_kid: overrides.keys.require_kid,
         ..trust_message(&overrides.trust)
     }
 }
@@ -120,8 +129,9 @@ fn trust_message(trust: &UpstreamTrust) -> pb::ProviderPolicy {
     }
 }
 
-/// The policy in force: `policy` with the provider's upstream trust, which has no default.
-fn policy_message(policy: &Policy, trust: &UpstreamTrust) -> pb::ProviderPolicy {
+/// The policy in force: `policy` with the provider's upstream trust and key policy, which
+/// have no server default.
+fn policy_message(policy: &Policy, overrides: &PolicyOverrides) -> pb::ProviderPolicy {
     pb::ProviderPolicy {
         min_ttl: Some(duration(policy.min_ttl)),
         max_ttl: Some(duration(policy.max_ttl)),
@@ -129,7 +139,10 @@ fn policy_message(policy: &Policy, trust: &UpstreamTrust) -> pb::ProviderPolicy 
         refresh_early: Some(duration(policy.refresh_early)),
         max_stale: Some(duration(policy.max_stale)),
         max_response_bytes: Some(policy.max_response_bytes),
-        ..trust_message(trust)
+        allowed_algorithms: overrides.keys.algorithms_in_force(),
+        include_encryption_keys: overrides.keys.include_encryption_keys,
+        require_kid: overrides.keys.require_kid,
+        ..trust_message(&overrides.trust)
     }
 }
 
@@ -162,16 +175,15 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
             u32::try_from(k.document.keys().len()).unwrap_or(u32::MAX)
         }),
         usable_until: keys.map(|k| timestamp(k.usable_until(&snapshot.policy))),
-        skipped_keys: keys.map_or_else(Vec::new, |k| {
-            k.skipped
-                .iter()
-                .map(|skipped| pb::SkippedKey {
-                    kid: skipped.kid.clone().unwrap_or_default(),
-                    reason: skipped.reason.to_string(),
-                    kind: skipped.reason.kind().to_owned(),
-                })
-                .collect()
-        }),
+        skipped_keys: record
+            .skipped_keys()
+            .into_iter()
+            .map(|skipped| pb::SkippedKey {
+                kind: skipped.reason.kind().to_owned(),
+                reason: skipped.reason.to_string(),
+                kid: skipped.kid.unwrap_or_default(),
+            })
+            .collect(),
         revoked_keys: registration
             .revoked
             .keys()
@@ -190,10 +202,7 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
         provider: registration.key.provider.as_str().to_owned(),
         jwks_url: registration.url.to_string(),
         policy: Some(overrides_message(&registration.overrides)),
-        effective_policy: Some(policy_message(
-            &snapshot.policy,
-            &registration.overrides.trust,
-        )),
+        effective_policy: Some(policy_message(&snapshot.policy, &registration.overrides)),
         status: Some(status),
         created_at: Some(timestamp(registration.created_at)),
         updated_at: Some(timestamp(registration.updated_at)),

@@ -184,11 +184,9 @@ fn provider(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
             td { (record.version()) }
             td {
                 (kids.len()) @if !kids.is_empty() { ": " code { (kids.join(", ")) } }
-                @if let Some(keys) = keys {
-                    @for skipped in keys.skipped.iter() {
-                        br; span.muted {
-                            "skipped " code { (skipped.kid.as_deref().unwrap_or("(no kid)")) } ": " (skipped.reason)
-                        }
+                @for skipped in record.skipped_keys() {
+                    br; span.muted {
+                        "skipped " code { (skipped.kid.as_deref().unwrap_or("(no kid)")) } ": " (skipped.reason)
                     }
                 }
                 @for revoked in record.registration.revoked.keys() {
