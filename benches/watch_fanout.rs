@@ -4,10 +4,13 @@
 //! opens STREAMS WatchKeys streams over CONNECTIONS HTTP/2 connections (this process is the
 //! load generator), then rotates the key ROTATIONS times: each time it changes the JWKS,
 //! calls RefreshProvider and measures, per stream, the time from the call to the arrival of
-//! the new version. Also reports the server's resident memory per idle stream.
+//! the new version. Then it revokes and reinstates the rotating key REVOCATIONS times in
+//! turn (RevokeKey, ReinstateKey: no fetch involved) and measures the same way until every
+//! stream holds the set without (or again with) the key. Also reports the server's resident
+//! memory per idle stream.
 //!
 //! Environment: STREAMS (10000), CONNECTIONS (16; at most 1024 streams per connection),
-//! ROTATIONS (5).
+//! ROTATIONS (5), REVOCATIONS (6).
 
 #[allow(dead_code)]
 mod support;
@@ -37,6 +40,35 @@ fn jwks(kid: &str) -> String {
     .to_string()
 }
 
+/// One key set a stream received: its version, how many keys, and when.
+struct Delivery {
+    version: u64,
+    keys: usize,
+    at: Instant,
+}
+
+/// Waits until every one of `streams` received `version` holding `keys` keys, and returns
+/// each stream's time from `started`.
+async fn deliveries(
+    received: &mut mpsc::UnboundedReceiver<Delivery>,
+    streams: usize,
+    version: u64,
+    keys: usize,
+    started: Instant,
+) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(streams);
+    while latencies.len() < streams {
+        let delivery = received.recv().await.expect("event");
+        assert_eq!(
+            (delivery.version, delivery.keys),
+            (version, keys),
+            "only the new version arrives"
+        );
+        latencies.push(delivery.at - started);
+    }
+    latencies
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
@@ -47,6 +79,7 @@ async fn main() {
     let streams = env_or("STREAMS", 10_000);
     let connections = env_or("CONNECTIONS", 16);
     let rotations = env_or("ROTATIONS", 5);
+    let revocations = env_or("REVOCATIONS", 6);
 
     let document = Arc::new(Mutex::new(jwks("rotating-1")));
     let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -90,7 +123,7 @@ async fn main() {
         .expect("register");
 
     let rss_before = rss_kib(pid);
-    let (events, mut received) = mpsc::unbounded_channel::<(u64, Instant)>();
+    let (events, mut received) = mpsc::unbounded_channel::<Delivery>();
     let (ready, mut all_ready) = mpsc::unbounded_channel::<()>();
     let mut channels = Vec::new();
     for _ in 0..connections {
@@ -127,7 +160,11 @@ async fn main() {
             while let Ok(Some(message)) = stream.message().await {
                 match message.event {
                     Some(Event::Synced(_)) => drop(ready.send(())),
-                    Some(Event::KeySet(set)) => drop(events.send((set.version, Instant::now()))),
+                    Some(Event::KeySet(set)) => drop(events.send(Delivery {
+                        version: set.version,
+                        keys: set.keys.len(),
+                        at: Instant::now(),
+                    })),
                     _ => {}
                 }
             }
@@ -162,18 +199,44 @@ async fn main() {
             version,
             "refresh made a new version"
         );
-        let mut arrived = 0;
-        while arrived < streams {
-            let (got, at) = received.recv().await.expect("event");
-            assert_eq!(got, version, "only the new version arrives");
-            latencies.push(at - started);
-            arrived += 1;
-        }
+        let arrivals = deliveries(&mut received, streams, version, 2, started).await;
+        latencies.extend(arrivals);
     }
     let rotating = rotating.elapsed();
     let server_cpu = cpu_time(&pid.to_string()) - server_cpu;
     let load_cpu = cpu_time("self") - load_cpu;
     latencies.sort();
+
+    let kid = format!("rotating-{}", 1 + rotations);
+    let mut revocation_latencies = Vec::new();
+    let (revoke_server_cpu, revoking) = (cpu_time(&pid.to_string()), Instant::now());
+    for step in 1..=revocations {
+        let version = 1 + (rotations + step) as u64;
+        let started = Instant::now();
+        let revoke = step % 2 == 1;
+        if revoke {
+            let request = pb::RevokeKeyRequest {
+                tenant: "bench".into(),
+                provider: "idp".into(),
+                kid: kid.clone(),
+                reason: "bench".into(),
+            };
+            admin.revoke_key(request).await.expect("revoke");
+        } else {
+            let request = pb::ReinstateKeyRequest {
+                tenant: "bench".into(),
+                provider: "idp".into(),
+                kid: kid.clone(),
+            };
+            admin.reinstate_key(request).await.expect("reinstate");
+        }
+        let keys = if revoke { 1 } else { 2 };
+        let arrivals = deliveries(&mut received, streams, version, keys, started).await;
+        revocation_latencies.extend(arrivals);
+    }
+    let revoking = revoking.elapsed();
+    let revoke_server_cpu = cpu_time(&pid.to_string()) - revoke_server_cpu;
+    revocation_latencies.sort();
     let per_stream = (rss_idle.saturating_sub(rss_before)) as f64 * 1024.0 / streams as f64;
     println!(
         "WatchKeys fan-out: {streams} streams over {connections} connections, {rotations} rotations"
@@ -189,6 +252,17 @@ async fn main() {
     println!(
         "  during the rotations ({:.2?} wall): server CPU {:.2?}, load generator CPU {:.2?}",
         rotating, server_cpu, load_cpu
+    );
+    println!(
+        "  revoke/reinstate -> all streams: p50 {:.1?}  p99 {:.1?}  max {:.1?}  ({} deliveries, {revocations} changes)",
+        percentile(&revocation_latencies, 0.50),
+        percentile(&revocation_latencies, 0.99),
+        revocation_latencies[revocation_latencies.len() - 1],
+        revocation_latencies.len()
+    );
+    println!(
+        "  during the revocations ({:.2?} wall): server CPU {:.2?}",
+        revoking, revoke_server_cpu
     );
     println!(
         "  server RSS: {} KiB before streams, {} KiB with {streams} idle streams: {:.0} bytes per idle stream",
