@@ -9,6 +9,8 @@ use jsonwebtoken::jwk::Jwk;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::x509;
+
 /// Members that only private or symmetric keys carry. A document holding any of them is a
 /// leak at the identity provider and is never published.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
@@ -199,6 +201,9 @@ pub enum SkipReason {
         "an encryption key (use enc, or a key management alg); policy.include_encryption_keys publishes it"
     )]
     EncryptionKey,
+    /// The key's `x5c` leaf certificate does not carry it, or a thumbprint does not match.
+    #[error("certificate: {0}")]
+    Certificate(String),
     /// `use` is neither `sig` nor `enc`.
     #[error("use {0:?} is neither sig nor enc")]
     UnknownUse(String),
@@ -209,12 +214,13 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Every `kind`.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "not_an_object",
         "unsupported_key_type",
         "unsupported_curve",
         "unsupported_algorithm",
         "malformed",
+        "certificate",
         "algorithm_not_allowed",
         "encryption_key",
         "unknown_use",
@@ -229,6 +235,7 @@ impl SkipReason {
             SkipReason::UnsupportedCurve(_) => "unsupported_curve",
             SkipReason::UnsupportedAlgorithm(_) => "unsupported_algorithm",
             SkipReason::Malformed(_) => "malformed",
+            SkipReason::Certificate(_) => "certificate",
             SkipReason::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             SkipReason::EncryptionKey => "encryption_key",
             SkipReason::UnknownUse(_) => "unknown_use",
@@ -589,8 +596,8 @@ fn publishable(object: &Map<String, Value>) -> Result<(), SkipReason> {
         )));
     }
     serde_json::from_value::<Jwk>(Value::Object(object.clone()))
-        .map(drop)
-        .map_err(|err| SkipReason::Malformed(err.to_string()))
+        .map_err(|err| SkipReason::Malformed(err.to_string()))?;
+    x509::check(object).map_err(SkipReason::Certificate)
 }
 
 /// A member's value as text: strings as they are, anything else as JSON.
@@ -735,6 +742,7 @@ mod tests {
             SkipReason::UnsupportedCurve(String::new()),
             SkipReason::UnsupportedAlgorithm(String::new()),
             SkipReason::Malformed(String::new()),
+            SkipReason::Certificate(String::new()),
             SkipReason::AlgorithmNotAllowed(String::new()),
             SkipReason::EncryptionKey,
             SkipReason::UnknownUse(String::new()),

@@ -8,6 +8,7 @@ pub mod key_set;
 mod policy;
 pub mod revocation;
 mod upstream_trust;
+mod x509;
 
 pub use ids::{Kid, ProviderId, ProviderKey, TenantId};
 pub use jwks_url::{EgressRules, JwksUrl};

@@ -30,3 +30,4 @@ mod unknown_keys;
 mod upstream_tls;
 mod verifiers;
 mod watch;
+mod x509;
