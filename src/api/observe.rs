@@ -68,7 +68,9 @@ impl Extractor for Headers<'_> {
 fn server_span(path: &str, headers: &HeaderMap, local: SocketAddr) -> Span {
     let full = path.trim_start_matches('/');
     let (service, method) = full.split_once('/').unwrap_or((full, ""));
-    let span = tracing::info_span!(
+    // At debug level: made (and its fields formatted) only when a layer takes it, the
+    // OpenTelemetry exporter (see `observability::telemetry`) or logs at debug.
+    let span = tracing::debug_span!(
         "grpc.server",
         otel.name = full,
         otel.kind = "server",
@@ -82,6 +84,9 @@ fn server_span(path: &str, headers: &HeaderMap, local: SocketAddr) -> Span {
         keyrelay.tenant = Empty,
         keyrelay.provider = Empty,
     );
+    if span.is_disabled() {
+        return span;
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
     // A failure only means there is no OpenTelemetry layer installed.
     let _ = span.set_parent(parent);

@@ -52,11 +52,15 @@ pub fn init(format: LogFormat) -> Telemetry {
         Ok(traces) => (traces, None),
         Err(err) => (None, Some(err)),
     };
-    // Only keyrelay's own spans are exported, never those of the libraries underneath.
+    // Only keyrelay's own spans are exported, never those of the libraries underneath; the
+    // per-call server spans are at debug level, so that logs at info never make them.
     let otel = traces.as_ref().map(|provider| {
+        let targets = Targets::new()
+            .with_target("keyrelay", Level::INFO)
+            .with_target("keyrelay::api::observe", Level::DEBUG);
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("keyrelay"))
-            .with_filter(Targets::new().with_target("keyrelay", Level::INFO))
+            .with_filter(targets)
     });
     let installed = Registry::default()
         .with(otel)
