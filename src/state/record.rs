@@ -148,19 +148,27 @@ impl ProviderRecord {
         defaults.merge(&self.registration.overrides)
     }
 
-    /// This record under a new revocation list, written as registration `revision` at
-    /// `now`: the held keys are published again without the revoked ones, under the next
-    /// version when that changes what is published.
+    /// This record under a new revocation list, written as registration `revision` at `now`
+    /// (see [`ProviderRecord::republished`]).
     pub fn with_revocations(
         &self,
         revoked: Revocations,
         revision: i64,
         now: DateTime<Utc>,
     ) -> Self {
+        let mut registration = self.registration.clone();
+        registration.revoked = revoked;
+        registration.revision = revision;
+        registration.updated_at = now;
+        self.republished(registration)
+    }
+
+    /// This record under `registration` (new revoked keys, a new key policy): the held keys
+    /// are published again as it says, under the next version when that changes what is
+    /// published.
+    pub fn republished(&self, registration: Registration) -> Self {
         let mut record = self.clone();
-        record.registration.revoked = revoked;
-        record.registration.revision = revision;
-        record.registration.updated_at = now;
+        record.registration = registration;
         if let Some(keys) = &mut record.keys {
             let document = published(&keys.fetched, &record.registration);
             if !document.same_keys_as(&keys.document) {

@@ -242,22 +242,24 @@ async fn read_one<B: Backend>(
     decoded::<B>(row, key, unreadable)
 }
 
-/// When a new key policy changes what the held keys publish, gives them the next version,
-/// so that verifiers holding the old one are sent the new set.
+/// Gives `record`, just registered over `held`, the version its published keys have under
+/// the new registration (the next one when a new key policy changes them), so that verifiers
+/// holding the old version are sent the new set.
 async fn version_republished<B: Backend>(
     conn: &mut B::Connection,
     held: &ProviderRecord,
     record: &mut ProviderRecord,
 ) -> Result<(), StoreError> {
-    let (Some(before), Some(after)) = (&held.keys, &mut record.keys) else {
+    let republished = held.republished(record.registration.clone());
+    let (Some(expected), Some(keys)) = (&republished.keys, &mut record.keys) else {
         return Ok(());
     };
-    if after.document.same_keys_as(&before.document) {
+    if expected.version == keys.version {
         return Ok(());
     }
-    after.version = before.version + 1;
+    keys.version = expected.version;
     let mut args = key_args(&record.registration.key).to_vec();
-    args.push(Arg::int(i64::try_from(after.version).unwrap_or(i64::MAX)));
+    args.push(Arg::int(i64::try_from(keys.version).unwrap_or(i64::MAX)));
     B::execute(conn, SET_VERSION, &args).await?;
     Ok(())
 }

@@ -77,6 +77,13 @@ async fn the_policy_decides_what_is_published(backend: Backend) {
     let default = app.register("acme", "keycloak", &url).await;
     assert_eq!(status(&default).key_count, 3, "{:?}", skipped(&default));
     assert_eq!(skipped(&default), [pair("enc-1", "encryption_key")]);
+    let counted = app
+        .metric("keyrelay_keys_skipped_total{reason=\"encryption_key\"}")
+        .await;
+    assert_eq!(
+        counted, 1.0,
+        "left-out keys are counted per fetched document"
+    );
     let effective = default.effective_policy.expect("effective policy");
     assert_eq!(
         effective.allowed_algorithms.len(),
