@@ -229,6 +229,45 @@ async fn a_refresh_in_flight_does_not_bring_a_revoked_kid_back_on_postgres() {
     a_refresh_in_flight_does_not_bring_it_back(Backend::Postgres).await;
 }
 
+/// Registering the provider again keeps its revocations; unregistering it drops them.
+async fn kept_by_re_registration_dropped_by_unregistration(backend: Backend) {
+    let (app, idp) = registered(backend).await;
+    revoke(&app, "key-2").await;
+    let again = app.register("acme", "okta", &idp.jwks_url()).await;
+    assert_eq!(status(&again).version, 2, "the same view keeps its version");
+    assert_eq!(status(&again).revoked_keys.len(), 1);
+    let set = app.resolve("acme", "okta", None).await.unwrap();
+    assert_eq!(
+        (kids(&set), set.revoked_kids.clone()),
+        (vec!["key-1"], vec!["key-2".to_owned()])
+    );
+
+    let request = pb::UnregisterProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+    };
+    app.admin()
+        .await
+        .unregister_provider(request)
+        .await
+        .expect("unregister");
+    let fresh = app.register("acme", "okta", &idp.jwks_url()).await;
+    assert!(status(&fresh).revoked_keys.is_empty());
+    let set = app.resolve("acme", "okta", None).await.unwrap();
+    assert_eq!(kids(&set), ["key-1", "key-2"]);
+    assert!(set.revoked_kids.is_empty());
+}
+
+#[tokio::test]
+async fn re_registration_keeps_revocations_and_unregistration_drops_them_on_sqlite() {
+    kept_by_re_registration_dropped_by_unregistration(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn re_registration_keeps_revocations_and_unregistration_drops_them_on_postgres() {
+    kept_by_re_registration_dropped_by_unregistration(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn a_kid_not_published_yet_is_withheld_once_it_is() {
     let (app, idp) = registered(Backend::Sqlite).await;
