@@ -176,6 +176,7 @@ async fn register(replica: &Replica, provider: &str, url: &str) {
         provider: provider.into(),
         jwks_url: url.into(),
         policy: None,
+        ..Default::default()
     };
     admin(replica)
         .await

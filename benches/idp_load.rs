@@ -255,6 +255,7 @@ async fn main() {
         provider: "idp".into(),
         jwks_url: relayed.url.clone(),
         policy: None,
+        ..Default::default()
     };
     admin.register_provider(register).await.unwrap();
     let mut sdk = Vec::new();

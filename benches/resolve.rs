@@ -245,6 +245,7 @@ async fn run() {
         provider: "idp".into(),
         jwks_url: idp_url,
         policy: None,
+        ..Default::default()
     };
     admin.register_provider(register).await.expect("register");
     let answer = KeyServiceClient::new(channel)

@@ -118,6 +118,7 @@ async fn main() {
             provider: "idp".into(),
             jwks_url: idp_url,
             policy: None,
+            ..Default::default()
         })
         .await
         .expect("register");

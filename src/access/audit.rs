@@ -25,6 +25,8 @@ pub enum Action {
     RevokeKey,
     /// A revoked key id served again.
     ReinstateKey,
+    /// An issuer's metadata named a new JWKS URL (or its first one).
+    ChangeJwksUri,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Action::RejectKeySet => "key_set.rejected",
             Action::RevokeKey => "key.revoke",
             Action::ReinstateKey => "key.reinstate",
+            Action::ChangeJwksUri => "provider.jwks_uri_changed",
         }
     }
 }

@@ -263,10 +263,16 @@ pub enum ProvidersCommand {
         /// Provider identifier: 1-64 characters of [a-z0-9._-].
         provider: String,
         /// HTTPS URL of the provider's JWKS.
-        jwks_url: String,
+        #[arg(required_unless_present = "issuer", conflicts_with = "issuer")]
+        jwks_url: Option<String>,
+        /// The issuer instead of a JWKS URL (`https://acme.okta.com`): keyrelay discovers the
+        /// JWKS URL from its OpenID Connect or RFC 8414 metadata, and again on its own
+        /// schedule.
+        #[arg(long)]
+        issuer: Option<String>,
         /// Policy overrides.
         #[command(flatten)]
-        policy: PolicyArgs,
+        policy: Box<PolicyArgs>,
     },
     /// List registrations.
     List {

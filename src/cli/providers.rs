@@ -22,12 +22,14 @@ pub(super) async fn run(
             tenant,
             provider,
             jwks_url,
+            issuer,
             policy,
         } => {
             let request = pb::RegisterProviderRequest {
                 tenant,
                 provider,
-                jwks_url,
+                jwks_url: jwks_url.unwrap_or_default(),
+                issuer: issuer.unwrap_or_default(),
                 policy: Some(policy_message(&policy)),
             };
             admin
@@ -158,6 +160,9 @@ pub(super) fn provider_text(provider: &pb::Provider) -> String {
             status.last_error, status.consecutive_failures
         ));
     }
+    if let Some(discovery) = &status.discovery {
+        text.push_str(&discovery_text(&provider.issuer, discovery));
+    }
     for skipped in &status.skipped_keys {
         let kid = if skipped.kid.is_empty() {
             "(no kid)"
@@ -178,12 +183,53 @@ pub(super) fn provider_text(provider: &pb::Provider) -> String {
     text
 }
 
+/// The discovery lines of `providers get`.
+fn discovery_text(issuer: &str, discovery: &pb::DiscoveryStatus) -> String {
+    let mut text = format!(
+        "\n  issuer:       {issuer}\n  discovered:   {} ({}) confirmed at {}, next at {}",
+        if discovery.jwks_uri.is_empty() {
+            "-"
+        } else {
+            &discovery.jwks_uri
+        },
+        if discovery.document.is_empty() {
+            "-"
+        } else {
+            &discovery.document
+        },
+        time(discovery.confirmed_at.as_ref()),
+        time(discovery.next_discovery_at.as_ref()),
+    );
+    if !discovery.last_error.is_empty() {
+        text.push_str(&format!(
+            "\n  discovery error: {} ({} failures in a row)",
+            discovery.last_error, discovery.consecutive_failures
+        ));
+    }
+    text
+}
+
+fn discovery_json(discovery: &pb::DiscoveryStatus) -> Value {
+    json!({
+        "jwks_uri": discovery.jwks_uri,
+        "document": discovery.document,
+        "confirmed_at": time(discovery.confirmed_at.as_ref()),
+        "fresh_until": time(discovery.fresh_until.as_ref()),
+        "next_discovery_at": time(discovery.next_discovery_at.as_ref()),
+        "last_attempt_at": time(discovery.last_attempt_at.as_ref()),
+        "last_error": discovery.last_error,
+        "consecutive_failures": discovery.consecutive_failures,
+    })
+}
+
 pub(super) fn provider_json(provider: &pb::Provider) -> Value {
     let status = provider.status.clone().unwrap_or_default();
     json!({
         "tenant": provider.tenant,
         "provider": provider.provider,
         "jwks_url": provider.jwks_url,
+        "issuer": provider.issuer,
+        "discovery": status.discovery.as_ref().map(discovery_json),
         "state": state_name(&status),
         "version": status.version,
         "key_count": status.key_count,

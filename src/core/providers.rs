@@ -89,7 +89,7 @@ impl Providers {
             .await?;
         let key = registration.key;
         self.parts.cache.apply(registered.record);
-        tracing::info!(provider = %key, url = registration.url.redacted(), created = registered.created, "provider registered");
+        tracing::info!(provider = %key, source = registration.source.redacted(), created = registered.created, "provider registered");
         if let Err(err) = self.refresh_current(&key).await {
             tracing::warn!(provider = %key, error = %err, "first fetch after registration did not complete");
         }
@@ -299,7 +299,7 @@ mod tests {
     use super::*;
     use crate::{
         core::error::{KidNotFound, KidRefresh},
-        domain::{EgressRules, JwksUrl, PolicyOverrides, documented_defaults},
+        domain::{EgressRules, JwksUrl, KeySource, PolicyOverrides, documented_defaults},
         refresh::testing::{COOLDOWN, Harness, ScriptedFetch, jwks},
     };
 
@@ -321,7 +321,9 @@ mod tests {
         let key = ProviderKey::parse("acme", "okta").unwrap();
         let registration = NewRegistration {
             key: key.clone(),
-            url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default()).unwrap(),
+            source: KeySource::JwksUrl(
+                JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default()).unwrap(),
+            ),
             overrides: PolicyOverrides::default(),
         };
         let (snapshot, created) = providers

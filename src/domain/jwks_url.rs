@@ -177,15 +177,21 @@ impl JwksUrl {
     /// The URL for logs and traces: the query string and fragment, which may carry secrets,
     /// are left out.
     pub fn redacted(&self) -> String {
-        let mut shown = self.0.clone();
-        let had_query = shown.query().is_some();
-        shown.set_query(None);
-        shown.set_fragment(None);
-        if had_query {
-            format!("{shown}?<redacted>")
-        } else {
-            shown.to_string()
-        }
+        redacted_url(&self.0)
+    }
+}
+
+/// `url` for logs and traces: the query string and fragment, which may carry secrets, are
+/// left out.
+pub fn redacted_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let had_query = shown.query().is_some();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    if had_query {
+        format!("{shown}?<redacted>")
+    } else {
+        shown.to_string()
     }
 }
 

@@ -1,18 +1,23 @@
-//! Domain values built once at the edge and trusted everywhere inside: identifiers, JWKS URLs,
-//! refresh policies, per-provider upstream trust and key policy. Inner layers never re-check strings.
+//! Domain values built once at the edge and trusted everywhere inside: identifiers, JWKS URLs
+//! and issuers, refresh policies, per-provider upstream trust and key policy. Inner layers
+//! never re-check strings.
 
 mod ids;
+mod issuer;
 mod jwks_url;
 mod key_policy;
 pub mod key_set;
+mod key_source;
 mod policy;
 pub mod revocation;
 mod upstream_trust;
 mod x509;
 
 pub use ids::{Kid, ProviderId, ProviderKey, TenantId};
-pub use jwks_url::{EgressRules, JwksUrl};
+pub use issuer::{Issuer, MetadataDocument, MetadataError};
+pub use jwks_url::{EgressRules, JwksUrl, redacted_url};
 pub use key_policy::KeyPolicy;
+pub use key_source::KeySource;
 #[cfg(test)]
 pub(crate) use policy::documented_defaults;
 pub use policy::{Policy, PolicyOverrides};

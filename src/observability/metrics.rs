@@ -65,6 +65,8 @@ pub enum CacheResult {
 pub struct KnownLabels {
     /// `keyrelay_refreshes_total{outcome}`.
     pub refresh_outcomes: Vec<&'static str>,
+    /// `keyrelay_discoveries_total{outcome}`.
+    pub discovery_outcomes: Vec<&'static str>,
     /// `keyrelay_key_set_rejections_total{reason}`.
     pub rejection_reasons: Vec<&'static str>,
     /// `keyrelay_keys_skipped_total{reason}`.
@@ -80,6 +82,7 @@ pub struct Metrics {
     rpc_duration: Family<RpcLabels, Histogram>,
     resolve_cache: Family<ResultLabels, Counter>,
     refreshes: Family<OutcomeLabels, Counter>,
+    discoveries: Family<OutcomeLabels, Counter>,
     fetch_duration: Histogram,
     fetched_bytes: Counter,
     key_set_changes: Counter,
@@ -107,6 +110,7 @@ impl Metrics {
             rpc_duration: Family::new_with_constructor(seconds_buckets),
             resolve_cache: Family::default(),
             refreshes: Family::default(),
+            discoveries: Family::default(),
             fetch_duration: seconds_buckets(),
             fetched_bytes: Counter::default(),
             key_set_changes: Counter::default(),
@@ -139,6 +143,11 @@ impl Metrics {
             "refreshes",
             "Refreshes by outcome: modified (200), not_modified (304), rejected (bad document) or the fetch error kind",
             metrics.refreshes.clone(),
+        );
+        registry.register(
+            "discoveries",
+            "Discoveries of issuers' metadata by outcome: confirmed, jwks_uri_changed, or the fetch or metadata error kind",
+            metrics.discoveries.clone(),
         );
         registry.register_with_unit(
             "fetch_duration",
@@ -220,6 +229,9 @@ impl Metrics {
         for &outcome in &known.refresh_outcomes {
             drop(self.refreshes.get_or_create(&OutcomeLabels { outcome }));
         }
+        for &outcome in &known.discovery_outcomes {
+            drop(self.discoveries.get_or_create(&OutcomeLabels { outcome }));
+        }
         for &reason in &known.rejection_reasons {
             drop(
                 self.key_set_rejections
@@ -272,6 +284,13 @@ impl Metrics {
         self.fetch_duration.observe(duration.as_secs_f64());
         self.fetched_bytes
             .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// A discovery of an issuer's metadata ended with `outcome`.
+    pub fn discovered(&self, outcome: &'static str) {
+        self.discoveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// A new key set version was stored.

@@ -16,6 +16,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
+use rand::rngs::ThreadRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, Span, field::Empty};
@@ -25,12 +26,13 @@ use crate::{
     access::{Action, AuditEvent, Origin},
     clock::Clock,
     cluster::{Cluster, RefreshKind, RefreshRequest, Role},
-    domain::{Policy, ProviderKey},
+    domain::{JwksUrl, Policy, ProviderKey},
     observability::metrics::Metrics,
+    refresh::discovery::{self, DiscoveryChange, DiscoveryRequest},
     refresh::freshness::Backoff,
     refresh::outcome::{self, Change, Context},
     state::cache::KeyCache,
-    state::record::ProviderRecord,
+    state::record::{ProviderRecord, RefreshStatus, Validators},
     store::{Fence, Store, StoreError},
     upstream::fetch::{Fetch, FetchError, FetchOutcome, FetchRequest},
 };
@@ -317,7 +319,7 @@ impl Refresher {
         let this = Arc::clone(self);
         let key = key.clone();
         let work = async move {
-            let result = this.fly(&key).await;
+            let result = this.fly(&key, trigger).await;
             lock(&this.flights).remove(&key);
             done.send_replace(Some(result));
         };
@@ -325,21 +327,117 @@ impl Refresher {
         started
     }
 
-    async fn fly(&self, key: &ProviderKey) -> FlightResult {
+    async fn fly(&self, key: &ProviderKey, trigger: Trigger) -> FlightResult {
         let parts = &self.parts;
         let Role::Leader(fence) = parts.cluster.leadership().role() else {
             return Err(RefreshError::NotLeader);
         };
-        let current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
+        let mut current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
         let policy = current.policy(&parts.defaults);
-        let started = parts.clock.now();
+        let mut audits = Vec::new();
+        let mut jwks_uri_moved = false;
+        let requested = matches!(trigger, Trigger::Requested);
+        if current.discovery_due(parts.clock.now()) || (requested && current.discovery.is_some()) {
+            let (record, change) = self.discover(&current, &policy).await;
+            if let DiscoveryChange::JwksUri { previous } = &change {
+                jwks_uri_moved = true;
+                audits.extend(jwks_uri_event(&record, previous.as_ref()));
+            }
+            current = Arc::new(record);
+        }
+        let now = parts.clock.now();
+        let only_discovery_due = matches!(trigger, Trigger::Scheduled)
+            && current.discovery.is_some()
+            && !jwks_uri_moved
+            && current.status.next_refresh_at.is_some_and(|at| at > now);
+        let next = match current.jwks_url() {
+            None => undiscovered(&current, now),
+            Some(_) if only_discovery_due => current.as_ref().clone(),
+            Some(url) => {
+                let (next, change) = self.fetch_keys(&current, url, &policy).await;
+                audits.extend(rejection_event(&current, &next, &change));
+                let record = self
+                    .commit(key, next, fence.as_ref(), &audits)
+                    .instrument(tracing::info_span!("keyrelay.publish"))
+                    .await?;
+                log_change(key, &change, &record);
+                return Ok(record);
+            }
+        };
+        self.commit(key, next, fence.as_ref(), &audits)
+            .instrument(tracing::info_span!("keyrelay.publish"))
+            .await
+    }
+
+    /// Fetches the issuer's metadata of `current` and returns the record with its discovery
+    /// state updated (the keys' validators dropped when the JWKS URL moved).
+    async fn discover(
+        &self,
+        current: &ProviderRecord,
+        policy: &Policy,
+    ) -> (ProviderRecord, DiscoveryChange) {
+        let parts = &self.parts;
+        let (Some(issuer), Some(state)) = (
+            current.registration.source.issuer(),
+            current.discovery.as_deref(),
+        ) else {
+            return (current.clone(), DiscoveryChange::Confirmed);
+        };
+        let request = DiscoveryRequest {
+            issuer,
+            current: state,
+            trust: &current.registration.overrides.trust,
+            max_bytes: policy.max_response_bytes,
+            now: parts.clock.now().into(),
+        };
+        let fetched = discovery::fetch(parts.fetcher.as_ref(), request)
+            .instrument(tracing::info_span!("keyrelay.discover"))
+            .await;
+        let (state, change) = self.with_context(policy, |context| {
+            discovery::apply(state, issuer, fetched, context)
+        });
+        parts.metrics.discovered(change.outcome());
+        let key = &current.registration.key;
+        match &change {
+            DiscoveryChange::JwksUri { previous } => tracing::info!(
+                provider = %key,
+                previous = previous.as_ref().map(|url| url.redacted()),
+                jwks_uri = state.metadata.as_ref().map(|m| m.jwks_uri.redacted()),
+                "issuer metadata names a new JWKS URL"
+            ),
+            DiscoveryChange::Confirmed => {
+                tracing::debug!(provider = %key, "issuer metadata confirmed")
+            }
+            DiscoveryChange::Failed { reason, .. } => tracing::warn!(
+                provider = %key,
+                error = %reason,
+                consecutive_failures = state.status.consecutive_failures,
+                "discovery failed; keeping the last good metadata"
+            ),
+        }
+        let mut record = current.clone();
+        if matches!(change, DiscoveryChange::JwksUri { .. }) {
+            record.validators = Validators::default();
+        }
+        record.discovery = Some(Box::new(state));
+        (record, change)
+    }
+
+    /// Fetches the keys of `current` from `url` and returns the record after the result.
+    async fn fetch_keys(
+        &self,
+        current: &ProviderRecord,
+        url: &JwksUrl,
+        policy: &Policy,
+    ) -> (ProviderRecord, Change) {
+        let parts = &self.parts;
         let fetching = std::time::Instant::now();
         let request = FetchRequest {
-            url: &current.registration.url,
+            url: url.as_url(),
             trust: &current.registration.overrides.trust,
             prior: &current.validators,
             max_bytes: policy.max_response_bytes,
-            now: started.into(),
+            now: parts.clock.now().into(),
         };
         let result = parts.fetcher.fetch(request).await;
         let bytes = match &result {
@@ -347,16 +445,8 @@ impl Refresher {
             _ => 0,
         };
         let fetched = fetch_outcome(&result);
-        let (next, change) = {
-            let mut rng = rand::rng();
-            let context = Context {
-                now: parts.clock.now(),
-                policy: &policy,
-                backoff: &parts.backoff,
-                rng: &mut rng,
-            };
-            outcome::apply(&current, result, context)
-        };
+        let (next, change) =
+            self.with_context(policy, |context| outcome::apply(current, result, context));
         let outcome = match &change {
             Change::Rejected(err) => {
                 parts.metrics.key_set_rejected(err.kind());
@@ -379,22 +469,34 @@ impl Refresher {
                 parts.metrics.key_skipped(skipped.reason.kind());
             }
         }
-        let audit = rejection_event(&current, &next, &change);
-        self.commit(key, next, change, fence.as_ref(), audit.as_ref())
-            .instrument(tracing::info_span!("keyrelay.publish"))
-            .await
+        (next, change)
+    }
+
+    /// Runs `apply` with what a fetch result is applied in: now, `policy`, the backoff bounds
+    /// and fresh randomness.
+    fn with_context<T>(
+        &self,
+        policy: &Policy,
+        apply: impl FnOnce(Context<'_, ThreadRng>) -> T,
+    ) -> T {
+        let mut rng = rand::rng();
+        apply(Context {
+            now: self.parts.clock.now(),
+            policy,
+            backoff: &self.parts.backoff,
+            rng: &mut rng,
+        })
     }
 
     async fn commit(
         &self,
         key: &ProviderKey,
         mut next: ProviderRecord,
-        change: Change,
         fence: Option<&Fence>,
-        audit: Option<&AuditEvent>,
+        audits: &[AuditEvent],
     ) -> FlightResult {
         let parts = &self.parts;
-        match parts.store.save_refresh(&next, fence, audit).await {
+        match parts.store.save_refresh(&next, fence, audits).await {
             Ok(Some(change_seq)) => next.change_seq = change_seq,
             Ok(None) => {
                 tracing::info!(provider = %key, "refresh result not written: registration changed or lease lost");
@@ -405,10 +507,46 @@ impl Refresher {
                 return Err(RefreshError::Store(Arc::new(err)));
             }
         }
-        let record = parts.cache.apply(next).ok_or(RefreshError::Superseded)?;
-        log_change(key, &change, &record);
-        Ok(record)
+        parts.cache.apply(next).ok_or(RefreshError::Superseded)
     }
+}
+
+/// `current` when no discovery ever succeeded: the keys cannot be fetched, so the provider
+/// fails with discovery's error and is retried on discovery's schedule.
+fn undiscovered(current: &ProviderRecord, now: DateTime<Utc>) -> ProviderRecord {
+    let mut record = current.clone();
+    let discovery = current.discovery.as_deref().map(|d| &d.status);
+    let reason = discovery
+        .and_then(|status| status.last_error.as_deref())
+        .unwrap_or("not discovered yet");
+    record.status = RefreshStatus {
+        last_attempt_at: Some(now),
+        last_error: Some(format!("discovery failed: {reason}")),
+        consecutive_failures: discovery.map_or(1, |status| status.consecutive_failures),
+        next_refresh_at: discovery.and_then(|status| status.next_refresh_at),
+    };
+    record
+}
+
+/// The audit event of the issuer's metadata naming a JWKS URL other than the one in use.
+fn jwks_uri_event(record: &ProviderRecord, previous: Option<&JwksUrl>) -> Option<AuditEvent> {
+    let discovery = record.discovery.as_deref()?;
+    let metadata = discovery.metadata.as_ref()?;
+    let key = &record.registration.key;
+    Some(AuditEvent {
+        before: previous.map(|url| serde_json::json!({ "jwks_uri": url.as_str() })),
+        after: Some(serde_json::json!({
+            "issuer": record.registration.source.issuer().map(|issuer| issuer.as_str()),
+            "jwks_uri": metadata.jwks_uri.as_str(),
+            "document": metadata.document.as_str(),
+        })),
+        ..AuditEvent::provider(
+            metadata.confirmed_at,
+            Origin::service(),
+            Action::ChangeJwksUri,
+            key,
+        )
+    })
 }
 
 /// The audit event of a key set refused by the guardrails, when the refusal is new: the

@@ -175,6 +175,7 @@ fn succeed<R: Rng>(
             skipped: keys.skipped,
         }),
         validators: cache.validators,
+        discovery: current.discovery.clone(),
         status: RefreshStatus {
             last_attempt_at: Some(ctx.now),
             last_error: None,
@@ -216,6 +217,7 @@ fn fail<R: Rng>(
         registration: current.registration.clone(),
         keys: current.keys.clone(),
         validators,
+        discovery: current.discovery.clone(),
         status: RefreshStatus {
             last_attempt_at: Some(ctx.now),
             last_error: Some(reason.clone()),

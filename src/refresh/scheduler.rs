@@ -90,10 +90,7 @@ impl Scheduler {
     fn track(&mut self, key: &ProviderKey) {
         match self.cache.get(key) {
             Some(record) => {
-                let due = record
-                    .status
-                    .next_refresh_at
-                    .unwrap_or_else(|| self.clock.now());
+                let due = record.due_at().unwrap_or_else(|| self.clock.now());
                 self.queue.insert(key.clone(), due);
             }
             None => self.queue.remove(key),

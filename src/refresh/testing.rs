@@ -20,7 +20,7 @@ use crate::{
     access::Origin,
     clock::{Clock, ManualClock},
     cluster::Cluster,
-    domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey, documented_defaults},
+    domain::{EgressRules, JwksUrl, KeySource, PolicyOverrides, ProviderKey, documented_defaults},
     observability::metrics::Metrics,
     state::{cache::KeyCache, record::Validators},
     store::{self, NewRegistration, Store},
@@ -193,8 +193,10 @@ impl Harness {
         let key = ProviderKey::parse("acme", provider).expect("valid key");
         let registration = NewRegistration {
             key: key.clone(),
-            url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
-                .expect("valid URL"),
+            source: KeySource::JwksUrl(
+                JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
+                    .expect("valid URL"),
+            ),
             overrides: PolicyOverrides::default(),
         };
         let now = self.clock.now();

@@ -238,6 +238,7 @@ fn known_labels() -> KnownLabels {
     let services = Service::ALL.map(Service::as_str);
     KnownLabels {
         refresh_outcomes: refresh::flights::outcomes().collect(),
+        discovery_outcomes: refresh::discovery::outcomes().collect(),
         rejection_reasons: JwksError::KINDS.to_vec(),
         skip_reasons: SkipReason::KINDS.to_vec(),
         auth_failures: services

@@ -9,7 +9,7 @@ use http_cache_semantics::CachePolicy;
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::revocation::Revocations,
-    domain::{JwksUrl, Policy, PolicyOverrides, ProviderKey},
+    domain::{JwksUrl, KeySource, MetadataDocument, Policy, PolicyOverrides, ProviderKey},
 };
 
 /// A registration as stored.
@@ -17,8 +17,8 @@ use crate::{
 pub struct Registration {
     /// Tenant and provider.
     pub key: ProviderKey,
-    /// Where the JWKS lives.
-    pub url: JwksUrl,
+    /// Where the keys come from: a JWKS URL, or an issuer to discover it from.
+    pub source: KeySource,
     /// The policy overrides given at registration.
     pub overrides: PolicyOverrides,
     /// Key ids withheld by an administrator, whatever the identity provider publishes.
@@ -41,6 +41,31 @@ pub struct Validators {
     pub last_modified: Option<String>,
     /// The response's caching rules, updated by a 304.
     pub cache_policy: Option<CachePolicy>,
+}
+
+/// What discovery learnt of a provider registered by issuer, and how its latest attempts went.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// The last good metadata; `None` until a discovery succeeds.
+    pub metadata: Option<DiscoveredMetadata>,
+    /// Validators of the last good metadata response.
+    pub validators: Validators,
+    /// The latest discoveries: their error, failures, and when discovery runs next
+    /// (`next_refresh_at`; `None`: at once).
+    pub status: RefreshStatus,
+}
+
+/// The last good metadata of an issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredMetadata {
+    /// The JWKS URL it names.
+    pub jwks_uri: JwksUrl,
+    /// Which well-known document it was.
+    pub document: MetadataDocument,
+    /// When the issuer last confirmed it (a 200 or a 304).
+    pub confirmed_at: DateTime<Utc>,
+    /// Until when it is fresh.
+    pub fresh_until: DateTime<Utc>,
 }
 
 /// The last good key set.
@@ -89,6 +114,8 @@ pub struct ProviderRecord {
     pub validators: Validators,
     /// Refresh status.
     pub status: RefreshStatus,
+    /// Discovery, for a provider registered by issuer; `None` for one registered by URL.
+    pub discovery: Option<Box<Discovery>>,
     /// The version of a key set published earlier but no longer held, because its stored
     /// copy was unreadable and was dropped: the next set continues from it, so versions that
     /// verifiers hold stay meaningful. 0 while keys are held or when none ever were.
@@ -115,12 +142,14 @@ pub enum ProviderState {
 impl ProviderRecord {
     /// A freshly registered provider with nothing fetched yet.
     pub fn new(registration: Registration) -> Self {
+        let discovery = registration.source.issuer().map(|_| Box::default());
         Self {
             change_seq: 0,
             registration,
             keys: None,
             validators: Validators::default(),
             status: RefreshStatus::default(),
+            discovery,
             dropped_version: 0,
             pending_replacement: None,
         }
@@ -141,6 +170,33 @@ impl ProviderRecord {
             Some(keys) if now >= keys.fresh_until => ProviderState::Stale,
             Some(_) => ProviderState::Ready,
         }
+    }
+
+    /// Where the keys are fetched from: the registered URL, or the one the issuer's metadata
+    /// last named (`None` before the first discovery).
+    pub fn jwks_url(&self) -> Option<&JwksUrl> {
+        match &self.discovery {
+            Some(discovery) => discovery.metadata.as_ref().map(|m| &m.jwks_uri),
+            None => self.registration.source.jwks_url(),
+        }
+    }
+
+    /// When the next refresh is due: the keys' next refresh, or discovery's when that comes
+    /// first. `None`: at once.
+    pub fn due_at(&self) -> Option<DateTime<Utc>> {
+        let keys = self.status.next_refresh_at?;
+        match &self.discovery {
+            Some(discovery) => Some(keys.min(discovery.status.next_refresh_at?)),
+            None => Some(keys),
+        }
+    }
+
+    /// Whether discovery is due at `now` (never, for a provider registered by URL).
+    pub fn discovery_due(&self, now: DateTime<Utc>) -> bool {
+        self.discovery.as_ref().is_some_and(|discovery| {
+            discovery.metadata.is_none()
+                || discovery.status.next_refresh_at.is_none_or(|at| at <= now)
+        })
     }
 
     /// The policy in force, given the server defaults.
@@ -224,8 +280,10 @@ pub(crate) fn sample(provider: &str, change_seq: u64) -> ProviderRecord {
     let now = Utc::now();
     let mut record = ProviderRecord::new(Registration {
         key: ProviderKey::parse("acme", provider).expect("valid test provider"),
-        url: JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
-            .expect("valid test URL"),
+        source: KeySource::JwksUrl(
+            JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
+                .expect("valid test URL"),
+        ),
         overrides: PolicyOverrides::default(),
         revoked: Revocations::default(),
         revision: 1,

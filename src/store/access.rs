@@ -4,7 +4,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{RowPart, SqlStore, StoreError, UnreadableRows, backend::Backend, sql::Arg};
+use super::{
+    RowPart, SqlStore, StoreError, UnreadableRows,
+    backend::{Backend, StoredRegistration},
+    sql::Arg,
+};
 use crate::{
     access::{
         AccessState, Action, AuditEvent, AuditRecord, Origin, Role, SecretDigest, TenantAccess,
@@ -218,9 +222,14 @@ where
 }
 
 /// The state of a registration as shown in the audit log.
-pub(super) fn registration_json(jwks_url: &str, policy: &str) -> serde_json::Value {
-    let policy = serde_json::from_str(policy).unwrap_or(serde_json::Value::String(policy.into()));
-    serde_json::json!({ "jwks_url": jwks_url, "policy": policy })
+pub(super) fn registration_json(registration: &StoredRegistration) -> serde_json::Value {
+    let policy = &registration.policy;
+    let policy = serde_json::from_str(policy).unwrap_or(serde_json::Value::String(policy.clone()));
+    if registration.issuer.is_empty() {
+        serde_json::json!({ "jwks_url": registration.jwks_url, "policy": policy })
+    } else {
+        serde_json::json!({ "issuer": registration.issuer, "policy": policy })
+    }
 }
 
 /// A tenant's settings as shown in the audit log.

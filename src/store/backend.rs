@@ -14,14 +14,22 @@ use super::{
 };
 use crate::domain::ProviderKey;
 
-/// A registration as stored: its URL and policy JSON.
-pub(super) type StoredRegistration = (String, String);
+/// A registration as stored, for its audit events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StoredRegistration {
+    /// The registered JWKS URL; empty for a provider registered by issuer.
+    pub jwks_url: String,
+    /// The registered issuer; empty for a provider registered by URL.
+    pub issuer: String,
+    /// The policy overrides, as JSON.
+    pub policy: String,
+}
 
 /// A database keyrelay can store in.
 #[async_trait]
 pub(super) trait Backend: Sql {
-    /// The refresh write: the refresh columns as `$4` to `$15`, the change sequence as
-    /// `$16`, for the registration revision `$3`, then `fence_args`.
+    /// The refresh write: the refresh columns as `$4` to `$16`, the change sequence as
+    /// `$17`, for the registration revision `$3`, then `fence_args`.
     const SAVE_REFRESH: &'static str;
 
     /// The token `$1` within the scope `$2` (any tenant when NULL), locked where the database
@@ -36,7 +44,7 @@ pub(super) trait Backend: Sql {
         key: &ProviderKey,
     ) -> Result<(Option<StoredRegistration>, i64), StoreError>;
 
-    /// The parameters after `$16` of `SAVE_REFRESH`.
+    /// The parameters after `$17` of `SAVE_REFRESH`.
     fn fence_args(fence: Option<&Fence>) -> Vec<Arg<'_>>;
 
     /// Tells the other replicas about a provider change, on commit.
@@ -46,11 +54,9 @@ pub(super) trait Backend: Sql {
     async fn announce_access(conn: &mut Self::Connection) -> Result<(), StoreError>;
 }
 
-const SELECT_REGISTRATION: &str =
-    "SELECT jwks_url, policy FROM providers WHERE tenant = $1 AND provider = $2";
+const SELECT_REGISTRATION: &str = "SELECT jwks_url, policy, COALESCE(issuer, '') FROM providers WHERE tenant = $1 AND provider = $2";
 
-const SELECT_REGISTRATION_FOR_UPDATE: &str =
-    "SELECT jwks_url, policy FROM providers WHERE tenant = $1 AND provider = $2 FOR UPDATE";
+const SELECT_REGISTRATION_FOR_UPDATE: &str = "SELECT jwks_url, policy, COALESCE(issuer, '') FROM providers WHERE tenant = $1 AND provider = $2 FOR UPDATE";
 
 /// The refresh write; `$fence` adds conditions to its WHERE clause.
 macro_rules! save_refresh {
@@ -60,7 +66,7 @@ macro_rules! save_refresh {
                 version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
                 fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
                 consecutive_failures = $13, next_refresh_at = $14, skipped_keys = $15,
-                change_seq = $16
+                discovery = $16, change_seq = $17
             WHERE tenant = $1 AND provider = $2 AND revision = $3",
             $fence,
             " RETURNING change_seq"
@@ -78,7 +84,11 @@ async fn registration<B: Sql>(
         Arg::text(key.provider.as_str()),
     ];
     match B::row(conn, sql, &args).await? {
-        Some(row) => Ok(Some((B::text(&row, 0)?, B::text(&row, 1)?))),
+        Some(row) => Ok(Some(StoredRegistration {
+            jwks_url: B::text(&row, 0)?,
+            policy: B::text(&row, 1)?,
+            issuer: B::text(&row, 2)?,
+        })),
         None => Ok(None),
     }
 }
@@ -99,8 +109,8 @@ impl Backend for Postgres {
     /// Applied only while the writer holds the lease term it names (database clock): a
     /// deposed leader that wakes up late writes nothing.
     const SAVE_REFRESH: &'static str = save_refresh!(
-        " AND ($17::text IS NULL OR EXISTS (SELECT 1 FROM leases
-              WHERE shard = $17 AND holder = $18 AND term = $19 AND expires_at > now()))"
+        " AND ($18::text IS NULL OR EXISTS (SELECT 1 FROM leases
+              WHERE shard = $18 AND holder = $19 AND term = $20 AND expires_at > now()))"
     );
 
     const TOKEN_FOR_WRITE: &'static str = "SELECT * FROM access_tokens WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE";

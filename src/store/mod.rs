@@ -8,6 +8,7 @@
 mod access;
 mod backend;
 mod change;
+mod discovery;
 mod providers;
 mod row;
 mod sql;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 
 use crate::{
     access::{AuditEvent, Origin},
-    domain::{JwksUrl, PolicyOverrides, ProviderKey},
+    domain::{KeySource, PolicyOverrides, ProviderKey},
     state::record::ProviderRecord,
 };
 
@@ -81,8 +82,8 @@ pub enum StoreError {
 pub struct NewRegistration {
     /// Tenant and provider.
     pub key: ProviderKey,
-    /// The JWKS URL.
-    pub url: JwksUrl,
+    /// Where the keys come from.
+    pub source: KeySource,
     /// Policy overrides.
     pub overrides: PolicyOverrides,
 }
@@ -144,13 +145,13 @@ pub trait Store: AccessStore + Send + Sync + 'static {
 
     /// Writes the key set, validators and status of `record`, only if its registration
     /// revision is still the stored one and, with a `fence`, only while that lease term is
-    /// held; `audit`, if any, is appended in the same transaction. Returns the new change
+    /// held; `audits` are appended in the same transaction. Returns the new change
     /// sequence, or `None` when the write did not apply.
     async fn save_refresh(
         &self,
         record: &ProviderRecord,
         fence: Option<&Fence>,
-        audit: Option<&AuditEvent>,
+        audits: &[AuditEvent],
     ) -> Result<Option<u64>, StoreError>;
 
     /// Writes the revocation list, registration revision, updated time and key-set version

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{
     Fence, NewRegistration, Registered, SqlStore, Store, StoreError, UnreadableRows,
     access::{insert_audit, registration_json},
-    backend::Backend,
+    backend::{Backend, StoredRegistration},
     change::Change,
     row::{RefreshColumns, revocations_json},
     sequence,
@@ -25,11 +25,12 @@ const SELECT_ALL: &str = "SELECT * FROM providers ORDER BY tenant, provider";
 const SELECT_ONE: &str = "SELECT * FROM providers WHERE tenant = $1 AND provider = $2";
 
 const INSERT_IF_ABSENT: &str = "\
-INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, next_refresh_at, change_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)
+INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, next_refresh_at, change_seq, issuer)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)
 ON CONFLICT (tenant, provider) DO NOTHING";
 
-/// Right-hand sides see the old row, so the validators are dropped only when the URL changes.
+/// Right-hand sides see the old row, so the validators are dropped only when the URL changes,
+/// and the discovery state only when the issuer does.
 const UPDATE_REGISTRATION: &str = "\
 UPDATE providers SET
     jwks_url = $3,
@@ -38,9 +39,11 @@ UPDATE providers SET
     updated_at = $6,
     next_refresh_at = $7,
     change_seq = $8,
-    etag = CASE WHEN jwks_url = $3 THEN etag END,
-    last_modified = CASE WHEN jwks_url = $3 THEN last_modified END,
-    cache_policy = CASE WHEN jwks_url = $3 THEN cache_policy END
+    issuer = $9,
+    etag = CASE WHEN jwks_url = $3 AND issuer IS NOT DISTINCT FROM $9 THEN etag END,
+    last_modified = CASE WHEN jwks_url = $3 AND issuer IS NOT DISTINCT FROM $9 THEN last_modified END,
+    cache_policy = CASE WHEN jwks_url = $3 AND issuer IS NOT DISTINCT FROM $9 THEN cache_policy END,
+    discovery = CASE WHEN issuer IS NOT DISTINCT FROM $9 THEN discovery END
 WHERE tenant = $1 AND provider = $2";
 
 const SET_VERSION: &str = "UPDATE providers SET version = $3 WHERE tenant = $1 AND provider = $2";
@@ -82,6 +85,17 @@ impl<B: Backend> Store for SqlStore<B> {
         origin: &Origin,
     ) -> Result<Registered, StoreError> {
         let policy = policy_json(registration)?;
+        let stored = StoredRegistration {
+            jwks_url: registration
+                .source
+                .jwks_url()
+                .map_or_else(String::new, |url| url.as_str().to_owned()),
+            issuer: registration
+                .source
+                .issuer()
+                .map_or_else(String::new, |issuer| issuer.as_str().to_owned()),
+            policy,
+        };
         let key = &registration.key;
         let mut tx = self.pool.begin().await?;
         let (mut before, mut change_seq) = B::begin_write(&mut tx, key).await?;
@@ -89,12 +103,13 @@ impl<B: Backend> Store for SqlStore<B> {
             [
                 Arg::text(key.tenant.as_str()),
                 Arg::text(key.provider.as_str()),
-                Arg::text(registration.url.as_str()),
-                Arg::text(&policy),
+                Arg::text(&stored.jwks_url),
+                Arg::text(&stored.policy),
                 Arg::int(revision),
                 Arg::time(now),
                 Arg::time(fetch_by),
                 Arg::int(change_seq),
+                Arg::Text(registration.source.issuer().map(|issuer| issuer.as_str())),
             ]
         };
         let created = before.is_none()
@@ -121,8 +136,8 @@ impl<B: Backend> Store for SqlStore<B> {
             version_republished::<B>(&mut tx, &held, &mut record).await?;
         }
         let mut event = AuditEvent::provider(now, origin.clone(), Action::RegisterProvider, key);
-        event.before = before.map(|(url, policy)| registration_json(&url, &policy));
-        event.after = Some(registration_json(registration.url.as_str(), &policy));
+        event.before = before.as_ref().map(registration_json);
+        event.after = Some(registration_json(&stored));
         insert_audit::<B>(&mut tx, &event).await?;
         B::announce(&mut tx, &Change::Updated(key.clone(), record.change_seq)).await?;
         tx.commit().await?;
@@ -137,13 +152,13 @@ impl<B: Backend> Store for SqlStore<B> {
     ) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (before, change_seq) = B::begin_write(&mut tx, key).await?;
-        let Some((url, policy)) = before else {
+        let Some(before) = before else {
             return Ok(None);
         };
         B::execute(&mut tx, DELETE, &key_args(key)).await?;
         let change_seq = sequence(change_seq);
         let mut event = AuditEvent::provider(now, origin.clone(), Action::UnregisterProvider, key);
-        event.before = Some(registration_json(&url, &policy));
+        event.before = Some(registration_json(&before));
         insert_audit::<B>(&mut tx, &event).await?;
         B::announce(&mut tx, &Change::Removed(key.clone(), change_seq)).await?;
         tx.commit().await?;
@@ -154,7 +169,7 @@ impl<B: Backend> Store for SqlStore<B> {
         &self,
         record: &ProviderRecord,
         fence: Option<&Fence>,
-        audit: Option<&AuditEvent>,
+        audits: &[AuditEvent],
     ) -> Result<Option<u64>, StoreError> {
         let columns = RefreshColumns::from_record(record)?;
         let registration = &record.registration;
@@ -173,7 +188,7 @@ impl<B: Backend> Store for SqlStore<B> {
             return Ok(None);
         };
         let change_seq = sequence(B::int(&written, 0)?);
-        if let Some(event) = audit {
+        for event in audits {
             insert_audit::<B>(&mut tx, event).await?;
         }
         B::announce(&mut tx, &Change::Updated(key.clone(), change_seq)).await?;

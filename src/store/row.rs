@@ -12,14 +12,14 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, FromRow, Row, Type};
 
 use super::{
-    StoreError,
+    StoreError, discovery,
     sql::Arg,
     unreadable::{RowPart, UnreadableRows},
 };
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::revocation::{Revocations, RevokedKey},
-    domain::{JwksUrl, ProviderKey},
+    domain::{Issuer, JwksUrl, KeySource, ProviderKey},
     state::record::{
         CurrentKeys, ProviderRecord, RefreshStatus, Registration, Validators, published,
     },
@@ -53,6 +53,8 @@ pub struct RegistrationColumns {
     pub updated_at: DateTime<Utc>,
     /// JSON of the revoked keys; NULL when none are.
     pub revoked_keys: Option<String>,
+    /// The issuer, for a provider registered by issuer (`jwks_url` is then empty).
+    pub issuer: Option<String>,
     /// Change sequence of the row's state.
     pub change_seq: i64,
 }
@@ -84,6 +86,8 @@ pub struct RefreshColumns {
     pub next_refresh_at: Option<DateTime<Utc>>,
     /// JSON of the keys left out of the set.
     pub skipped_keys: Option<String>,
+    /// JSON of the discovery state, for a provider registered by issuer.
+    pub discovery: Option<String>,
 }
 
 /// Refresh columns the database driver could not decode (a timestamp that is no timestamp,
@@ -116,6 +120,12 @@ impl RefreshColumns {
             .map(|keys| serde_json::to_string(&keys.skipped))
             .transpose()
             .map_err(|err| corrupt(format!("skipped keys: {err}")))?;
+        let discovery = record
+            .discovery
+            .as_deref()
+            .map(discovery::to_json)
+            .transpose()
+            .map_err(corrupt)?;
         Ok(Self {
             version: i64::try_from(record.version()).map_err(|err| corrupt(err.to_string()))?,
             jwks_json: keys.map(|k| k.fetched.json().to_vec()),
@@ -129,11 +139,12 @@ impl RefreshColumns {
             consecutive_failures: i64::from(record.status.consecutive_failures),
             next_refresh_at: record.status.next_refresh_at,
             skipped_keys,
+            discovery,
         })
     }
 
-    /// The columns as the parameters `$4` to `$15` of a refresh write.
-    pub(super) fn args(&self) -> [Arg<'_>; 12] {
+    /// The columns as the parameters `$4` to `$16` of a refresh write.
+    pub(super) fn args(&self) -> [Arg<'_>; 13] {
         [
             Arg::int(self.version),
             Arg::Bytes(self.jwks_json.as_deref()),
@@ -147,6 +158,7 @@ impl RefreshColumns {
             Arg::int(self.consecutive_failures),
             Arg::Time(self.next_refresh_at),
             Arg::Text(self.skipped_keys.as_deref()),
+            Arg::Text(self.discovery.as_deref()),
         ]
     }
 }
@@ -227,12 +239,17 @@ impl StoredRow {
 
 fn registration(columns: RegistrationColumns) -> Result<Registration, String> {
     let key = ProviderKey::parse(&columns.tenant, &columns.provider).map_err(|e| e.to_string())?;
-    let url = JwksUrl::parse_stored(&columns.jwks_url).map_err(|e| e.to_string())?;
+    let source = match &columns.issuer {
+        Some(issuer) => KeySource::Issuer(Issuer::parse_stored(issuer).map_err(|e| e.to_string())?),
+        None => {
+            KeySource::JwksUrl(JwksUrl::parse_stored(&columns.jwks_url).map_err(|e| e.to_string())?)
+        }
+    };
     let overrides = serde_json::from_str(&columns.policy).map_err(|e| format!("policy: {e}"))?;
     let revoked = revocations(columns.revoked_keys.as_deref())?;
     Ok(Registration {
         key,
-        url,
+        source,
         overrides,
         revoked,
         revision: columns.revision,
@@ -274,6 +291,15 @@ fn restore_refresh(
         match skipped_keys(columns.skipped_keys.as_deref()) {
             Ok(skipped) => keys.skipped = skipped,
             Err(reason) => unreadable.report(name, RowPart::SkippedKeys, &reason),
+        }
+    }
+    if let (Some(held), Some(json)) = (&mut record.discovery, columns.discovery.as_deref()) {
+        match discovery::from_json(json) {
+            Ok(restored) => **held = restored,
+            Err(reason) => {
+                unreadable.report(name, RowPart::Discovery, &reason);
+                record.status.next_refresh_at = None;
+            }
         }
     }
 }
@@ -382,6 +408,7 @@ mod tests {
                 created_at: now,
                 updated_at: now,
                 revoked_keys: None,
+                issuer: None,
                 change_seq: 9,
             },
             refresh: Ok(RefreshColumns {
@@ -429,6 +456,48 @@ mod tests {
         assert_eq!(keys.skipped[0].kid.as_deref(), Some("pq"));
         assert_eq!(record.validators.etag.as_deref(), Some("\"e\""));
         assert_eq!(record.status.last_error, None);
+    }
+
+    /// `row()` registered by issuer, its discovery state as `discovery`.
+    fn issuer_row(discovery: &str) -> StoredRow {
+        let mut stored = row();
+        stored.registration.jwks_url = String::new();
+        stored.registration.issuer = Some("https://idp.example.com".into());
+        refresh(&mut stored).discovery = Some(discovery.into());
+        stored
+    }
+
+    #[test]
+    fn a_discovery_state_reads_back_as_written() {
+        let discovered = r#"{"metadata":{"jwks_uri":"https://idp.example.com/keys","document":"oauth-authorization-server","confirmed_at":"2026-12-01T00:00:00Z","fresh_until":"2026-12-01T01:00:00Z"},"etag":"\"m\"","last_modified":null,"cache_policy":null,"status":{"last_attempt_at":"2026-12-01T00:00:00Z","last_error":null,"consecutive_failures":0,"next_attempt_at":"2026-12-01T00:55:00Z"}}"#;
+        let (record, counts) = read(issuer_row(discovered));
+        let record = record.expect("readable");
+        assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+        assert_eq!(
+            record.registration.source.issuer().map(Issuer::as_str),
+            Some("https://idp.example.com")
+        );
+        assert_eq!(
+            record.jwks_url().map(JwksUrl::as_str),
+            Some("https://idp.example.com/keys")
+        );
+        let written = RefreshColumns::from_record(&record).expect("writable");
+        let again: serde_json::Value =
+            serde_json::from_str(&written.discovery.expect("written")).unwrap();
+        assert_eq!(
+            again,
+            serde_json::from_str::<serde_json::Value>(discovered).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_discovery_state_is_dropped_and_the_issuer_discovered_again_at_once() {
+        let (record, counts) = read(issuer_row(r#"{"metadata": 7}"#));
+        let record = record.expect("the registration is readable");
+        assert_eq!(count(&counts, RowPart::Discovery), 1);
+        assert_eq!(record.jwks_url(), None);
+        assert_eq!(record.due_at(), None, "due at once");
+        assert!(record.keys.is_some(), "the held keys stay served");
     }
 
     #[test]

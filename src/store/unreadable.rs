@@ -24,6 +24,8 @@ pub enum RowPart {
     Validators,
     /// The list of keys left out of the set: shown empty until the next fetch.
     SkippedKeys,
+    /// What discovery learnt of an issuer: dropped, and the issuer discovered again.
+    Discovery,
     /// An access token: refused until revoked or repaired.
     AccessToken,
     /// A tenant's access settings whose tenant is no tenant name: ignored.
@@ -32,11 +34,12 @@ pub enum RowPart {
 
 impl RowPart {
     /// Every part, in the order of `UnreadableRows::counts`.
-    pub const ALL: [RowPart; 6] = [
+    pub const ALL: [RowPart; 7] = [
         RowPart::Registration,
         RowPart::KeySet,
         RowPart::Validators,
         RowPart::SkippedKeys,
+        RowPart::Discovery,
         RowPart::AccessToken,
         RowPart::TenantAccess,
     ];
@@ -48,6 +51,7 @@ impl RowPart {
             RowPart::KeySet => "key_set",
             RowPart::Validators => "validators",
             RowPart::SkippedKeys => "skipped_keys",
+            RowPart::Discovery => "discovery",
             RowPart::AccessToken => "access_token",
             RowPart::TenantAccess => "tenant_access",
         }
@@ -62,6 +66,7 @@ impl RowPart {
             RowPart::KeySet => "the provider is quarantined: no keys served, fetched again at once",
             RowPart::Validators => "the cache validators are dropped and the keys fetched again",
             RowPart::SkippedKeys => "the list of skipped keys is shown empty until the next fetch",
+            RowPart::Discovery => "the discovery state is dropped and the issuer discovered again",
             RowPart::AccessToken => "the token is refused until it is revoked or the row repaired",
             RowPart::TenantAccess => "the row names no tenant and is ignored",
         }
@@ -138,6 +143,7 @@ mod tests {
                 (RowPart::KeySet, 2),
                 (RowPart::Validators, 0),
                 (RowPart::SkippedKeys, 0),
+                (RowPart::Discovery, 0),
                 (RowPart::AccessToken, 0),
                 (RowPart::TenantAccess, 0)
             ]

@@ -24,7 +24,7 @@ use tracing::{Instrument, Span, field::Empty};
 use url::Url;
 
 use crate::{
-    domain::{EgressRules, JwksUrl, SpkiPin, UpstreamTrust},
+    domain::{EgressRules, SpkiPin, UpstreamTrust, redacted_url},
     state::record::Validators,
     upstream::dns::{GuardedResolver, HostLookup},
     upstream::tls::{UpstreamTlsError, UpstreamTrustRoots},
@@ -182,8 +182,8 @@ impl FetchError {
 /// What one fetch asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchRequest<'a> {
-    /// The JWKS URL.
-    pub url: &'a JwksUrl,
+    /// The document's URL: a JWKS, or an issuer's metadata.
+    pub url: &'a Url,
     /// The provider's hosts and pins, enforced on every hop.
     pub trust: &'a UpstreamTrust,
     /// Validators of the last good response, for a conditional request.
@@ -274,7 +274,7 @@ impl Fetcher {
         let span = client_span(url);
         let timeout = self.shared.settings.timeout;
         let exchange = self.exchange(url, trust, prior, max_bytes, now);
-        let result = match self.check_hop(url.as_url(), trust) {
+        let result = match self.check_hop(url, trust) {
             Ok(()) => tokio::time::timeout(timeout, exchange)
                 .instrument(span.clone())
                 .await
@@ -311,7 +311,7 @@ impl Fetcher {
 
     async fn exchange(
         &self,
-        url: &JwksUrl,
+        url: &Url,
         trust: &UpstreamTrust,
         prior: &Validators,
         max_bytes: u32,
@@ -320,7 +320,7 @@ impl Fetcher {
         let client = self.client(&trust.spki_pins)?;
         let request_headers = conditional_headers(prior);
         let mut response = self
-            .follow_redirects(&client, url.as_url(), trust, &request_headers)
+            .follow_redirects(&client, url, trust, &request_headers)
             .await?;
         let request = request_parts(url, request_headers)?;
         let status = response.status();
@@ -453,14 +453,13 @@ fn build_client(
 
 /// An HTTP client span per the OpenTelemetry conventions. The URL is recorded without its
 /// query string, which may carry secrets.
-fn client_span(jwks_url: &JwksUrl) -> Span {
-    let url = jwks_url.as_url();
+fn client_span(url: &Url) -> Span {
     tracing::info_span!(
         "GET",
         otel.kind = "client",
         otel.status_code = Empty,
         http.request.method = "GET",
-        url.full = jwks_url.redacted(),
+        url.full = redacted_url(url),
         server.address = url.host_str().unwrap_or_default(),
         server.port = url.port_or_known_default().unwrap_or_default(),
         http.response.status_code = Empty,
@@ -492,7 +491,7 @@ fn conditional_headers(prior: &Validators) -> HeaderMap {
     headers
 }
 
-fn request_parts(url: &JwksUrl, headers: HeaderMap) -> Result<http::request::Parts, FetchError> {
+fn request_parts(url: &Url, headers: HeaderMap) -> Result<http::request::Parts, FetchError> {
     let uri = http::Uri::try_from(url.as_str())
         .map_err(|err| FetchError::Transport(format!("URL is not a valid HTTP URI: {err}")))?;
     let mut request = http::Request::get(uri)

@@ -120,6 +120,7 @@ async fn a_tenant_scoped_admin_token_sees_and_touches_only_its_tenant(backend: B
             provider: "mine".into(),
             jwks_url: idp.jwks_url(),
             policy: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(register.unwrap_err().code(), Code::PermissionDenied);

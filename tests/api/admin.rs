@@ -14,6 +14,7 @@ fn register_request(tenant: &str, provider: &str, url: &str) -> pb::RegisterProv
         provider: provider.into(),
         jwks_url: url.into(),
         policy: None,
+        ..Default::default()
     }
 }
 

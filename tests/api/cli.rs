@@ -9,7 +9,7 @@ use std::{
 
 use keyrelay::clock::ManualClock;
 
-use crate::mock_idp::MockIdp;
+use crate::mock_idp::{Document, MockIdp};
 
 pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
 
@@ -329,4 +329,77 @@ async fn a_person_revokes_a_key_lists_it_and_reinstates_it() {
         stderr.contains(r#"is not revoked (revoked: "k9")"#),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_adds_a_provider_by_issuer_and_sees_what_was_discovered() {
+    let idp = MockIdp::start(ManualClock::new(chrono::Utc::now())).await;
+    let issuer = idp.url("");
+    let metadata = serde_json::json!({"issuer": issuer, "jwks_uri": idp.jwks_url()});
+    idp.set_route(
+        "/.well-known/openid-configuration",
+        Some(Document {
+            body: metadata.to_string(),
+            ..Document::default()
+        }),
+    );
+    idp.serve_kids(&["k1"], Some("max-age=600"));
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let (_server, endpoint) = serve(data).await;
+    let args = [
+        "providers",
+        "add",
+        "acme",
+        "okta",
+        "--issuer",
+        issuer.as_str(),
+    ];
+    let added = stdout(&cli(&endpoint, data, &args));
+    assert!(
+        added.contains("acme/okta: READY (version 1, 1 keys)"),
+        "{added}"
+    );
+    assert!(
+        added.contains(&format!("issuer:       {issuer}")),
+        "{added}"
+    );
+    assert!(
+        added.contains(&format!(
+            "discovered:   {} (openid-configuration)",
+            idp.jwks_url()
+        )),
+        "{added}"
+    );
+
+    let got = stdout(&cli(
+        &endpoint,
+        data,
+        &["providers", "get", "acme", "okta", "--json"],
+    ));
+    let got: serde_json::Value = serde_json::from_str(got.trim()).expect("one JSON line");
+    assert_eq!(got["issuer"], serde_json::json!(issuer));
+    assert_eq!(
+        got["discovery"]["jwks_uri"],
+        serde_json::json!(idp.jwks_url())
+    );
+
+    let both = cli(
+        &endpoint,
+        data,
+        &[
+            "providers",
+            "add",
+            "acme",
+            "okta",
+            &idp.jwks_url(),
+            "--issuer",
+            &issuer,
+        ],
+    );
+    assert!(
+        !both.status.success(),
+        "a JWKS URL and an issuer together are refused"
+    );
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }

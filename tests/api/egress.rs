@@ -14,7 +14,7 @@ use std::{
 
 use async_trait::async_trait;
 use keyrelay::{
-    domain::{EgressRules, JwksUrl, UpstreamTrust},
+    domain::{EgressRules, UpstreamTrust},
     state::record::Validators,
     upstream::dns::HostLookup,
     upstream::fetch::{FetchError, FetchOutcome, FetchRequest, FetchSettings, Fetcher},
@@ -108,7 +108,7 @@ pub async fn fetch_with(
     url: &str,
     trust: &UpstreamTrust,
 ) -> Result<FetchOutcome, FetchError> {
-    let url = JwksUrl::parse_stored(url).unwrap();
+    let url = url::Url::parse(url).unwrap();
     let request = FetchRequest {
         url: &url,
         trust,

@@ -273,6 +273,7 @@ async fn register(replica: &Replica, provider: &str, url: &str) -> pb::Provider 
         provider: provider.into(),
         jwks_url: url.into(),
         policy: None,
+        ..Default::default()
     };
     replica
         .admin()
@@ -494,6 +495,7 @@ async fn the_fleet_fetches_once_per_interval_and_an_unknown_kid_on_a_follower_fe
             }),
             ..Default::default()
         }),
+        ..Default::default()
     };
     replicas[leader]
         .admin()

@@ -393,6 +393,7 @@ impl TestApp {
             provider: provider.into(),
             jwks_url: url.into(),
             policy,
+            ..Default::default()
         };
         let response = self.admin().await.register_provider(request).await?;
         Ok(response

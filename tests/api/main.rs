@@ -6,6 +6,7 @@ mod admin;
 mod auth_failures;
 mod cli;
 mod deploy;
+mod discovery;
 mod egress;
 mod failures;
 mod fleet;

@@ -1,7 +1,9 @@
 //! A mock identity provider: a real HTTP server on 127.0.0.1 whose JWKS responses, headers
-//! and failure modes each test controls, and which records every request it receives.
+//! and failure modes each test controls, which can serve other documents (discovery metadata)
+//! at chosen paths, and which records every request it receives.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -65,6 +67,7 @@ pub struct Recorded {
 
 struct Shared {
     document: Mutex<Document>,
+    routes: Mutex<HashMap<String, Option<Document>>>,
     mode: Mutex<Mode>,
     validators_in_304: Mutex<bool>,
     requests: Mutex<Vec<Recorded>>,
@@ -181,6 +184,16 @@ impl MockIdp {
         *self.shared.document.lock().unwrap() = document;
     }
 
+    /// Serves `document` at exactly `path` (answering conditional requests as for the JWKS),
+    /// or 404 there when `None`, whatever the mode.
+    pub fn set_route(&self, path: &str, document: Option<Document>) {
+        self.shared
+            .routes
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), document);
+    }
+
     /// Serves a JWKS with these kids and these caching headers.
     pub fn serve_kids(&self, kids: &[&str], cache_control: Option<&str>) {
         self.set_document(Document {
@@ -257,6 +270,7 @@ fn app(clock: impl Clock) -> (Router, Arc<Shared>) {
             body: jwks(&["key-1"]).to_string(),
             ..Document::default()
         }),
+        routes: Mutex::default(),
         mode: Mutex::new(Mode::Normal),
         validators_in_304: Mutex::new(true),
         requests: Mutex::default(),
@@ -299,6 +313,14 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         })
     } else if let Some(target) = path.strip_prefix("/redirect-to/") {
         redirect_to(&target.replace('|', "/"))
+    } else if let Some(route) = shared.routes.lock().unwrap().get(&path).cloned() {
+        match route {
+            Some(document) => document_response(document, true, &request.headers),
+            None => Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(Body::empty())
+                .unwrap(),
+        }
     } else {
         let mode = shared.mode.lock().unwrap().clone();
         serve(Arc::clone(&shared), mode, &request.headers).await
@@ -329,10 +351,10 @@ fn redirect_to(location: &str) -> Response {
 
 async fn serve(shared: Arc<Shared>, mode: Mode, request: &HeaderMap) -> Response {
     match mode {
-        Mode::Normal => document_response(&shared, request),
+        Mode::Normal => jwks_response(&shared, request),
         Mode::Gated => {
             shared.gate.acquire().await.expect("gate closed").forget();
-            document_response(&shared, request)
+            jwks_response(&shared, request)
         }
         Mode::Status(code, retry_after) => {
             let mut response = Response::builder().status(code);
@@ -390,9 +412,13 @@ fn oversize(shared: Arc<Shared>, total: u64) -> Response {
     Response::new(Body::from_stream(chunks))
 }
 
-fn document_response(shared: &Shared, request: &HeaderMap) -> Response {
+fn jwks_response(shared: &Shared, request: &HeaderMap) -> Response {
     let document = shared.document.lock().unwrap().clone();
     let validators_in_304 = *shared.validators_in_304.lock().unwrap();
+    document_response(document, validators_in_304, request)
+}
+
+fn document_response(document: Document, validators_in_304: bool, request: &HeaderMap) -> Response {
     let header_text = |name| {
         request
             .get(name)

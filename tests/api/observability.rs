@@ -254,6 +254,7 @@ async fn register(channel: tonic::transport::Channel, url: &str) {
         provider: "okta".into(),
         jwks_url: url.into(),
         policy: None,
+        ..Default::default()
     };
     admin.register_provider(request).await.expect("register");
 }

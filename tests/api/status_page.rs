@@ -48,7 +48,7 @@ async fn log_in(app: &TestApp, token: &str) -> reqwest::Response {
         .expect("login answers")
 }
 
-async fn page(app: &TestApp, header: (header::HeaderName, String)) -> (StatusCode, String) {
+pub async fn page(app: &TestApp, header: (header::HeaderName, String)) -> (StatusCode, String) {
     let response = client()
         .get(format!("http://{}/", app.http_addr))
         .header(header.0, header.1)

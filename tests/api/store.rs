@@ -7,7 +7,7 @@ use chrono::{Duration, SubsecRound, Utc};
 use keyrelay::{
     access::Origin,
     domain::key_set::{KeySetDocument, SkipReason, SkippedKey},
-    domain::{EgressRules, JwksUrl, PolicyOverrides, ProviderKey},
+    domain::{EgressRules, JwksUrl, KeySource, PolicyOverrides, ProviderKey},
     state::record::Validators,
     state::record::{CurrentKeys, ProviderRecord, RefreshStatus},
     store::{self, NewRegistration, Store},
@@ -74,7 +74,7 @@ async fn open(backend: Backend) -> Opened {
 fn registration(provider: &str, url: &str) -> NewRegistration {
     NewRegistration {
         key: ProviderKey::parse("acme", provider).unwrap(),
-        url: JwksUrl::parse(url, &EgressRules::default()).unwrap(),
+        source: KeySource::JwksUrl(JwksUrl::parse(url, &EgressRules::default()).unwrap()),
         overrides: PolicyOverrides {
             max_ttl: Some(std::time::Duration::from_secs(900)),
             ..PolicyOverrides::default()
@@ -115,6 +115,7 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
         },
         pending_replacement: None,
         dropped_version: 0,
+        discovery: record.discovery.clone(),
         status: RefreshStatus {
             last_attempt_at: Some(now),
             last_error: Some("previous failure text".into()),
@@ -160,7 +161,11 @@ async fn registrations_are_created_then_updated(backend: Backend) {
     assert_eq!(updated.record.registration.created_at, t0);
     assert_eq!(updated.record.registration.updated_at, t1);
     assert_eq!(
-        updated.record.registration.url.as_str(),
+        updated
+            .record
+            .jwks_url()
+            .map(JwksUrl::as_str)
+            .unwrap_or_default(),
         "https://idp.example.com/jwks2"
     );
 }
@@ -180,7 +185,7 @@ async fn refresh_results_read_back_exactly(backend: Backend) {
     let written = refreshed(&record, 4);
     assert!(
         store
-            .save_refresh(&written, None, None)
+            .save_refresh(&written, None, &[])
             .await
             .unwrap()
             .is_some()
@@ -230,7 +235,7 @@ async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backe
         .record;
     assert!(
         store
-            .save_refresh(&refreshed(&record, 1), None, None)
+            .save_refresh(&refreshed(&record, 1), None, &[])
             .await
             .unwrap()
             .is_some()
@@ -290,7 +295,7 @@ async fn refresh_writes_are_fenced_by_the_registration_revision(backend: Backend
         .unwrap();
     assert_eq!(
         store
-            .save_refresh(&refreshed(&old, 1), None, None)
+            .save_refresh(&refreshed(&old, 1), None, &[])
             .await
             .unwrap(),
         None,
@@ -318,7 +323,7 @@ async fn refresh_writes_are_fenced_by_the_registration_revision(backend: Backend
         ..refreshed(&old, 1)
     };
     assert_eq!(
-        store.save_refresh(&current, None, None).await.unwrap(),
+        store.save_refresh(&current, None, &[]).await.unwrap(),
         None,
         "nothing resurrects a removed provider"
     );
@@ -364,7 +369,7 @@ async fn every_write_takes_a_newer_change_sequence(backend: Backend) {
         .unwrap()
         .record;
     let refreshed_seq = store
-        .save_refresh(&refreshed(&first, 1), None, None)
+        .save_refresh(&refreshed(&first, 1), None, &[])
         .await
         .unwrap()
         .expect("written");
@@ -473,14 +478,14 @@ mod postgres_fleet {
         set_lease(&database.url, "replica-a", 7, 30.0).await;
         assert!(
             store
-                .save_refresh(&refreshed(&record, 1), Some(&fence("replica-a", 7)), None)
+                .save_refresh(&refreshed(&record, 1), Some(&fence("replica-a", 7)), &[])
                 .await
                 .unwrap()
                 .is_some()
         );
         assert_eq!(
             store
-                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 6)), None)
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 6)), &[])
                 .await
                 .unwrap(),
             None,
@@ -488,7 +493,7 @@ mod postgres_fleet {
         );
         assert_eq!(
             store
-                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-b", 7)), None)
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-b", 7)), &[])
                 .await
                 .unwrap(),
             None,
@@ -497,7 +502,7 @@ mod postgres_fleet {
         set_lease(&database.url, "replica-a", 7, -1.0).await;
         assert_eq!(
             store
-                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 7)), None)
+                .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 7)), &[])
                 .await
                 .unwrap(),
             None,
@@ -534,7 +539,7 @@ mod postgres_fleet {
             .unwrap()
             .record;
         let seq = store
-            .save_refresh(&refreshed(&record, 1), None, None)
+            .save_refresh(&refreshed(&record, 1), None, &[])
             .await
             .unwrap()
             .unwrap();

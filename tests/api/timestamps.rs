@@ -87,6 +87,7 @@ async fn every_timestamp_in_every_response_is_in_range(backend: Backend) {
             provider: "okta".into(),
             jwks_url: idp.jwks_url(),
             policy: None,
+            ..Default::default()
         })
         .await
         .expect("register")

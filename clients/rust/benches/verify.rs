@@ -202,6 +202,7 @@ async fn register_all(endpoint: &str, sets: Vec<(String, String, String)>) {
                     provider: provider.clone(),
                     jwks_url: url.clone(),
                     policy: None,
+                    ..Default::default()
                 });
                 request.metadata_mut().insert(
                     "authorization",

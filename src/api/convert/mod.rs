@@ -13,12 +13,12 @@ use prost_types::Timestamp;
 use crate::{
     cluster::ClusterStatus,
     domain::{
-        EgressRules, JwksUrl, KeyPolicy, Policy, PolicyOverrides, ProviderKey, UpstreamTrust,
-        ValidationError,
+        EgressRules, Issuer, JwksUrl, KeyPolicy, KeySource, MetadataDocument, Policy,
+        PolicyOverrides, ProviderKey, UpstreamTrust, ValidationError,
     },
     proto::v1 as pb,
     state::Snapshot,
-    state::record::{CurrentKeys, ProviderState},
+    state::record::{CurrentKeys, Discovery, ProviderState, Registration},
     store::NewRegistration,
 };
 
@@ -61,22 +61,45 @@ fn parse_duration(
         .transpose()
 }
 
-/// A registration request parsed into domain values: identifiers, the URL under the egress
-/// rules, the policy, and the URL against the policy's hosts and pins.
+/// A registration request parsed into domain values: identifiers, the JWKS URL or the issuer
+/// under the egress rules (exactly one of them), the policy, and that URL against the
+/// policy's hosts and pins.
 pub fn new_registration(
     request: pb::RegisterProviderRequest,
     egress: &EgressRules,
 ) -> Result<NewRegistration, ValidationError> {
     let key = ProviderKey::parse(&request.tenant, &request.provider)?;
-    let url = JwksUrl::parse(&request.jwks_url, egress)?;
+    let source = match (request.jwks_url.is_empty(), request.issuer.is_empty()) {
+        (false, true) => KeySource::JwksUrl(JwksUrl::parse(&request.jwks_url, egress)?),
+        (true, false) => KeySource::Issuer(Issuer::parse(&request.issuer, egress)?),
+        (true, true) => {
+            return Err(ValidationError::new(
+                "jwks_url, issuer",
+                "give one of them: the JWKS URL, or the issuer to discover it from",
+            ));
+        }
+        (false, false) => {
+            return Err(ValidationError::new(
+                "jwks_url, issuer",
+                "give only one of them, not both",
+            ));
+        }
+    };
     let overrides = policy_overrides(request.policy)?;
+    let (field, url) = match &source {
+        KeySource::JwksUrl(url) => ("jwks_url", url.as_url().clone()),
+        KeySource::Issuer(issuer) => (
+            "issuer",
+            issuer.metadata_url(MetadataDocument::OpenidConfiguration),
+        ),
+    };
     overrides
         .trust
-        .check(url.as_url())
-        .map_err(|reason| ValidationError::new("jwks_url", reason))?;
+        .check(&url)
+        .map_err(|reason| ValidationError::new(field, reason))?;
     Ok(NewRegistration {
         key,
-        url,
+        source,
         overrides,
     })
 }
@@ -196,17 +219,47 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
                 published_by_provider: keys.is_some_and(|k| k.fetched.contains_kid(&revoked.kid)),
             })
             .collect(),
+        discovery: record.discovery.as_deref().map(discovery_status),
     };
     pb::Provider {
         tenant: registration.key.tenant.as_str().to_owned(),
         provider: registration.key.provider.as_str().to_owned(),
-        jwks_url: registration.url.to_string(),
+        jwks_url: record
+            .jwks_url()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        issuer: issuer(registration).unwrap_or_default(),
         policy: Some(overrides_message(&registration.overrides)),
         effective_policy: Some(policy_message(&snapshot.policy, &registration.overrides)),
         status: Some(status),
         created_at: Some(timestamp(registration.created_at)),
         updated_at: Some(timestamp(registration.updated_at)),
     }
+}
+
+/// The discovery part of a provider's status.
+fn discovery_status(discovery: &Discovery) -> pb::DiscoveryStatus {
+    let metadata = discovery.metadata.as_ref();
+    pb::DiscoveryStatus {
+        jwks_uri: metadata.map(|m| m.jwks_uri.to_string()).unwrap_or_default(),
+        document: metadata
+            .map(|m| m.document.as_str().to_owned())
+            .unwrap_or_default(),
+        confirmed_at: metadata.map(|m| timestamp(m.confirmed_at)),
+        fresh_until: metadata.map(|m| timestamp(m.fresh_until)),
+        next_discovery_at: discovery.status.next_refresh_at.map(timestamp),
+        last_error: discovery.status.last_error.clone().unwrap_or_default(),
+        consecutive_failures: discovery.status.consecutive_failures,
+        last_attempt_at: discovery.status.last_attempt_at.map(timestamp),
+    }
+}
+
+/// The registered issuer, as sent to verifiers and admins.
+fn issuer(registration: &Registration) -> Option<String> {
+    registration
+        .source
+        .issuer()
+        .map(|issuer| issuer.as_str().to_owned())
 }
 
 /// The key set of a snapshot known to hold keys.
@@ -242,6 +295,7 @@ pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
             .iter()
             .map(|revoked| revoked.kid.clone())
             .collect(),
+        issuer: issuer(&snapshot.record.registration).unwrap_or_default(),
     }
 }
 

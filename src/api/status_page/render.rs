@@ -8,7 +8,10 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use crate::{
     cluster::ClusterStatus,
     domain::TenantId,
-    state::{Snapshot, record::ProviderState},
+    state::{
+        Snapshot,
+        record::{ProviderRecord, ProviderState},
+    },
 };
 
 /// Seconds between the page's own reloads.
@@ -179,7 +182,20 @@ fn provider(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
         |at: Option<DateTime<Utc>>| at.map_or_else(|| "never".to_owned(), |at| relative(at, now));
     html! {
         tr data-state=(state) data-tenant=(record.registration.key.tenant.as_str()) {
-            td { (record.registration.key) br; code.muted { (record.registration.url.redacted()) } }
+            td {
+                (record.registration.key) br; code.muted { (record.registration.source.redacted()) }
+                @if let Some(discovery) = record.discovery.as_deref() {
+                    br; span.muted {
+                        @match &discovery.metadata {
+                            Some(metadata) => {
+                                "keys at " code { (metadata.jwks_uri.redacted()) }
+                                ", confirmed " (relative(metadata.confirmed_at, now))
+                            }
+                            None => { "not discovered yet" }
+                        }
+                    }
+                }
+            }
             td.state.(state) { (state) }
             td { (record.version()) }
             td {
@@ -201,9 +217,23 @@ fn provider(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
             td { (when(keys.map(|k| k.usable_until(&snapshot.policy)))) }
             td { (when(record.status.next_refresh_at)) }
             td { (record.status.consecutive_failures) }
-            td.error { (record.status.last_error.as_deref().unwrap_or("")) }
+            td.error {
+                (record.status.last_error.as_deref().unwrap_or(""))
+                @if let Some(error) = discovery_error(record) {
+                    @if record.status.last_error.is_some() { br; }
+                    "discovery: " (error)
+                }
+            }
         }
     }
+}
+
+/// Why discovery failed, once it had succeeded (before that, the provider's own error says
+/// it).
+fn discovery_error(record: &ProviderRecord) -> Option<&str> {
+    let discovery = record.discovery.as_deref()?;
+    discovery.metadata.as_ref()?;
+    discovery.status.last_error.as_deref()
 }
 
 fn state_name(state: ProviderState) -> &'static str {

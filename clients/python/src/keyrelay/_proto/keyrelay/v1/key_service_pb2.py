@@ -25,35 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkeyrelay/v1/key_service.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x0eResolveRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x03kid\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\"\n\x15if_newer_than_version\x18\x04 \x01(\x04H\x01\x88\x01\x01\x42\x06\n\x04_kidB\x18\n\x16_if_newer_than_version\"[\n\x0fResolveResponse\x12&\n\x07key_set\x18\x01 \x01(\x0b\x32\x13.keyrelay.v1.KeySetH\x00\x12\x16\n\x0cnot_modified\x18\x02 \x01(\x08H\x00\x42\x08\n\x06result\"\xd1\x02\n\x06KeySet\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x11\n\tjwks_json\x18\x04 \x01(\x0c\x12\x1e\n\x04keys\x18\x05 \x03(\x0b\x32\x10.keyrelay.v1.Key\x12.\n\nfetched_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66resh_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05stale\x18\x08 \x01(\x08\x12\x30\n\x0cusable_until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05state\x18\n \x01(\x0e\x32\x1a.keyrelay.v1.ProviderState\x12\x14\n\x0crevoked_kids\x18\x0b \x03(\t\"K\n\x03Key\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0b\n\x03kty\x18\x02 \x01(\t\x12\x0b\n\x03\x61lg\x18\x03 \x01(\t\x12\x0b\n\x03use\x18\x04 \x01(\t\x12\x10\n\x08jwk_json\x18\x05 \x01(\x0c\"t\n\x10WatchKeysRequest\x12-\n\tselectors\x18\x01 \x03(\x0b\x32\x1a.keyrelay.v1.WatchSelector\x12\x31\n\x0eknown_versions\x18\x02 \x03(\x0b\x32\x19.keyrelay.v1.KnownVersion\"1\n\rWatchSelector\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\"A\n\x0cKnownVersion\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"\x9c\x01\n\x11WatchKeysResponse\x12&\n\x07key_set\x18\x01 \x01(\x0b\x32\x13.keyrelay.v1.KeySetH\x00\x12/\n\x07removed\x18\x02 \x01(\x0b\x32\x1c.keyrelay.v1.ProviderRemovedH\x00\x12%\n\x06synced\x18\x03 \x01(\x0b\x32\x13.keyrelay.v1.SyncedH\x00\x42\x07\n\x05\x65vent\"D\n\x0fProviderRemoved\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"\x08\n\x06Synced*\x9b\x01\n\rProviderState\x12\x1e\n\x1aPROVIDER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROVIDER_STATE_PENDING\x10\x01\x12\x18\n\x14PROVIDER_STATE_READY\x10\x02\x12\x18\n\x14PROVIDER_STATE_STALE\x10\x03\x12\x1a\n\x16PROVIDER_STATE_FAILING\x10\x04\x32\xa0\x01\n\nKeyService\x12\x44\n\x07Resolve\x12\x1b.keyrelay.v1.ResolveRequest\x1a\x1c.keyrelay.v1.ResolveResponse\x12L\n\tWatchKeys\x12\x1d.keyrelay.v1.WatchKeysRequest\x1a\x1e.keyrelay.v1.WatchKeysResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dkeyrelay/v1/key_service.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n\x0eResolveRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x10\n\x03kid\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\"\n\x15if_newer_than_version\x18\x04 \x01(\x04H\x01\x88\x01\x01\x42\x06\n\x04_kidB\x18\n\x16_if_newer_than_version\"[\n\x0fResolveResponse\x12&\n\x07key_set\x18\x01 \x01(\x0b\x32\x13.keyrelay.v1.KeySetH\x00\x12\x16\n\x0cnot_modified\x18\x02 \x01(\x08H\x00\x42\x08\n\x06result\"\xe1\x02\n\x06KeySet\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x11\n\tjwks_json\x18\x04 \x01(\x0c\x12\x1e\n\x04keys\x18\x05 \x03(\x0b\x32\x10.keyrelay.v1.Key\x12.\n\nfetched_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66resh_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05stale\x18\x08 \x01(\x08\x12\x30\n\x0cusable_until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05state\x18\n \x01(\x0e\x32\x1a.keyrelay.v1.ProviderState\x12\x14\n\x0crevoked_kids\x18\x0b \x03(\t\x12\x0e\n\x06issuer\x18\x0c \x01(\t\"K\n\x03Key\x12\x0b\n\x03kid\x18\x01 \x01(\t\x12\x0b\n\x03kty\x18\x02 \x01(\t\x12\x0b\n\x03\x61lg\x18\x03 \x01(\t\x12\x0b\n\x03use\x18\x04 \x01(\t\x12\x10\n\x08jwk_json\x18\x05 \x01(\x0c\"t\n\x10WatchKeysRequest\x12-\n\tselectors\x18\x01 \x03(\x0b\x32\x1a.keyrelay.v1.WatchSelector\x12\x31\n\x0eknown_versions\x18\x02 \x03(\x0b\x32\x19.keyrelay.v1.KnownVersion\"1\n\rWatchSelector\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\"A\n\x0cKnownVersion\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"\x9c\x01\n\x11WatchKeysResponse\x12&\n\x07key_set\x18\x01 \x01(\x0b\x32\x13.keyrelay.v1.KeySetH\x00\x12/\n\x07removed\x18\x02 \x01(\x0b\x32\x1c.keyrelay.v1.ProviderRemovedH\x00\x12%\n\x06synced\x18\x03 \x01(\x0b\x32\x13.keyrelay.v1.SyncedH\x00\x42\x07\n\x05\x65vent\"D\n\x0fProviderRemoved\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\"\x08\n\x06Synced*\x9b\x01\n\rProviderState\x12\x1e\n\x1aPROVIDER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROVIDER_STATE_PENDING\x10\x01\x12\x18\n\x14PROVIDER_STATE_READY\x10\x02\x12\x18\n\x14PROVIDER_STATE_STALE\x10\x03\x12\x1a\n\x16PROVIDER_STATE_FAILING\x10\x04\x32\xa0\x01\n\nKeyService\x12\x44\n\x07Resolve\x12\x1b.keyrelay.v1.ResolveRequest\x1a\x1c.keyrelay.v1.ResolveResponse\x12L\n\tWatchKeys\x12\x1d.keyrelay.v1.WatchKeysRequest\x1a\x1e.keyrelay.v1.WatchKeysResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyrelay.v1.key_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROVIDERSTATE']._serialized_start=1206
-  _globals['_PROVIDERSTATE']._serialized_end=1361
+  _globals['_PROVIDERSTATE']._serialized_start=1222
+  _globals['_PROVIDERSTATE']._serialized_end=1377
   _globals['_RESOLVEREQUEST']._serialized_start=80
   _globals['_RESOLVEREQUEST']._serialized_end=218
   _globals['_RESOLVERESPONSE']._serialized_start=220
   _globals['_RESOLVERESPONSE']._serialized_end=311
   _globals['_KEYSET']._serialized_start=314
-  _globals['_KEYSET']._serialized_end=651
-  _globals['_KEY']._serialized_start=653
-  _globals['_KEY']._serialized_end=728
-  _globals['_WATCHKEYSREQUEST']._serialized_start=730
-  _globals['_WATCHKEYSREQUEST']._serialized_end=846
-  _globals['_WATCHSELECTOR']._serialized_start=848
-  _globals['_WATCHSELECTOR']._serialized_end=897
-  _globals['_KNOWNVERSION']._serialized_start=899
-  _globals['_KNOWNVERSION']._serialized_end=964
-  _globals['_WATCHKEYSRESPONSE']._serialized_start=967
-  _globals['_WATCHKEYSRESPONSE']._serialized_end=1123
-  _globals['_PROVIDERREMOVED']._serialized_start=1125
-  _globals['_PROVIDERREMOVED']._serialized_end=1193
-  _globals['_SYNCED']._serialized_start=1195
-  _globals['_SYNCED']._serialized_end=1203
-  _globals['_KEYSERVICE']._serialized_start=1364
-  _globals['_KEYSERVICE']._serialized_end=1524
+  _globals['_KEYSET']._serialized_end=667
+  _globals['_KEY']._serialized_start=669
+  _globals['_KEY']._serialized_end=744
+  _globals['_WATCHKEYSREQUEST']._serialized_start=746
+  _globals['_WATCHKEYSREQUEST']._serialized_end=862
+  _globals['_WATCHSELECTOR']._serialized_start=864
+  _globals['_WATCHSELECTOR']._serialized_end=913
+  _globals['_KNOWNVERSION']._serialized_start=915
+  _globals['_KNOWNVERSION']._serialized_end=980
+  _globals['_WATCHKEYSRESPONSE']._serialized_start=983
+  _globals['_WATCHKEYSRESPONSE']._serialized_end=1139
+  _globals['_PROVIDERREMOVED']._serialized_start=1141
+  _globals['_PROVIDERREMOVED']._serialized_end=1209
+  _globals['_SYNCED']._serialized_start=1211
+  _globals['_SYNCED']._serialized_end=1219
+  _globals['_KEYSERVICE']._serialized_start=1380
+  _globals['_KEYSERVICE']._serialized_end=1540
 # @@protoc_insertion_point(module_scope)
