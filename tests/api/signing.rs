@@ -50,6 +50,11 @@ impl SigningKey {
         }
     }
 
+    /// The algorithm this key signs with.
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
     /// A token with these claims, signed by this key.
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);

@@ -527,3 +527,90 @@ async fn the_sdk_sends_its_access_token_to_a_tenant_that_requires_one() {
     let claims: Value = verifier.verify(&token, &expected()).await.expect("valid");
     assert_eq!(claims["sub"], "alice");
 }
+
+#[tokio::test]
+async fn the_sdk_routes_a_token_by_its_issuer_before_its_kid() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let idp = MockIdp::start(app.clock.clone()).await;
+    let issuer = idp.url("");
+    let as_shared = |key: &SigningKey| {
+        let mut jwk = key.jwk();
+        jwk["kid"] = json!("shared");
+        jwk
+    };
+    let metadata = json!({"issuer": issuer, "jwks_uri": idp.url("/okta-keys")});
+    idp.set_route(
+        "/.well-known/openid-configuration",
+        Some(Document {
+            body: metadata.to_string(),
+            ..Document::default()
+        }),
+    );
+    let okta_keys = json!({"keys": [as_shared(&ED_1), EC_1.jwk()]});
+    idp.set_route(
+        "/okta-keys",
+        Some(Document {
+            body: okta_keys.to_string(),
+            ..Document::default()
+        }),
+    );
+    let legacy_keys = json!({"keys": [as_shared(&ED_2)]});
+    idp.set_route(
+        "/legacy-keys",
+        Some(Document {
+            body: legacy_keys.to_string(),
+            ..Document::default()
+        }),
+    );
+    let request = keyrelay::proto::v1::RegisterProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+        issuer: issuer.clone(),
+        ..Default::default()
+    };
+    app.admin()
+        .await
+        .register_provider(request)
+        .await
+        .expect("by issuer");
+    // Named to come first: a search by kid alone in name order would pick its key.
+    app.register("acme", "aaa-legacy", &idp.url("/legacy-keys"))
+        .await;
+    let verifier = Verifier::builder(app.endpoint(), "acme")
+        .connect()
+        .await
+        .expect("synced");
+    let other = "https://other.example.com";
+    let expected = Expectations::new()
+        .issuer(issuer.as_str())
+        .issuer(other)
+        .audience("api");
+    let token = |key: &SigningKey, kid: &str, iss: &str| {
+        let mut header = jsonwebtoken::Header::new(key.alg());
+        header.kid = Some(kid.to_owned());
+        let mut body = claims("kim");
+        body["iss"] = json!(iss);
+        key.sign_with(&header, &body)
+    };
+
+    let from_okta: Value = verifier
+        .verify(&token(&ED_1, "shared", &issuer), &expected)
+        .await
+        .expect("the issuer's provider verifies its token");
+    assert_eq!(from_okta["iss"], json!(issuer));
+    verifier
+        .verify::<Value>(&token(&ED_2, "shared", other), &expected)
+        .await
+        .expect("a provider registered by URL verifies a token of any issuer");
+    for provider in [None, Some("okta")] {
+        let scoped = match provider {
+            Some(provider) => expected.clone().provider(provider),
+            None => expected.clone(),
+        };
+        let refused = verifier
+            .verify::<Value>(&token(&EC_1, EC_1.kid, other), &scoped)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), "issuer", "{provider:?}: {refused}");
+    }
+}

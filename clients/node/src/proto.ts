@@ -62,6 +62,8 @@ export interface KeySetMessage {
   state: string;
   /** Key ids a keyrelay administrator revoked (AdminService.RevokeKey): never in `keys`. */
   revokedKids: string[];
+  /** The issuer whose tokens these keys verify; empty for a provider registered by JWKS URL. */
+  issuer: string;
 }
 
 export interface WatchKeysRequest {

@@ -88,6 +88,9 @@ export interface ProviderStatus {
   /** Key ids a keyrelay administrator revoked (never in `kids`): a token naming one is
    * refused as `revoked`, without a Resolve. */
   revokedKids: string[];
+  /** The issuer whose tokens these keys verify, for a provider registered by issuer; empty for
+   * one registered by JWKS URL (its keys verify a token of any `iss`). */
+  issuer: string;
   /** When this verifier received the set. */
   receivedAt: Date;
 }
@@ -193,8 +196,8 @@ export class Verifier extends EventEmitter<VerifierEvents> {
   readonly #resolveRate: number;
   readonly #resolveTimeout: number;
   readonly #sets = new Map<string, Held>();
-  /** Every held kid's key, from the first provider by name holding it; made again on the first lookup after a change. */
-  #byKid: Map<string, HeldKey> | undefined;
+  /** Every held kid's keys with their provider's issuer, in provider name order; made again on the first lookup after a change. */
+  #byKid: Map<string, { issuer: string; key: HeldKey }[]> | undefined;
   readonly #resolving = new Map<string, ResolveSlot>();
   readonly #buckets = new Map<string, { tokens: number; at: number }>();
   #state: ConnectionState = 'connecting';
@@ -281,7 +284,7 @@ export class Verifier extends EventEmitter<VerifierEvents> {
       throw new Error('the verifier is closed');
     }
     const parsed = parseToken(token);
-    const key = await this.#keyFor(parsed.kid, expected.provider);
+    const key = await this.#keyFor(parsed.kid, expected.provider, parsed.payload.iss);
     return verifyParsed(parsed, key, expected);
   }
 
@@ -303,6 +306,7 @@ export class Verifier extends EventEmitter<VerifierEvents> {
           stale: held.message.stale,
           state: held.message.state.replace(/^PROVIDER_STATE_/, ''),
           revokedKids: [...held.revoked],
+          issuer: held.message.issuer,
           receivedAt: held.receivedAt,
         };
       });
@@ -460,34 +464,62 @@ export class Verifier extends EventEmitter<VerifierEvents> {
     return this.#providers.length === 0 || this.#providers.includes(provider);
   }
 
-  #find(kid: string, providers: readonly string[]): HeldKey | undefined {
+  /**
+   * The key with `kid` among `providers`, in order, for a token whose `iss` is `iss`: a
+   * provider registered by issuer verifies only that issuer's tokens.
+   */
+  #find(kid: string, providers: readonly string[], iss: unknown): HeldKey | undefined {
     for (const provider of providers) {
-      const key = this.#sets.get(provider)?.keys.find(kid);
-      if (key !== undefined) {
+      const held = this.#sets.get(provider);
+      const key = held?.keys.find(kid);
+      if (held !== undefined && key !== undefined) {
+        if (held.message.issuer !== '' && held.message.issuer !== iss) {
+          throw new VerifyError('issuer', `${this.tenant}/${provider} verifies tokens of ${JSON.stringify(held.message.issuer)} only`);
+        }
         return key;
       }
     }
     return undefined;
   }
 
-  /** The key with `kid` in any held set, from the first provider by name holding it. */
-  #heldAnywhere(kid: string): HeldKey | undefined {
+  /**
+   * The key with `kid` in any held set for a token whose `iss` is `iss`: a provider registered
+   * by that issuer first, then one registered by URL, each in name order. A provider of another
+   * issuer never verifies it.
+   */
+  #heldAnywhere(kid: string, iss: unknown): HeldKey | undefined {
     if (this.#byKid === undefined) {
-      const byKid = new Map<string, HeldKey>();
+      const byKid = new Map<string, { issuer: string; key: HeldKey }[]>();
       for (const provider of [...this.#sets.keys()].sort()) {
-        for (const key of this.#sets.get(provider)?.keys.keys ?? []) {
-          if (key.kid !== undefined && !byKid.has(key.kid)) {
-            byKid.set(key.kid, key);
+        const held = this.#sets.get(provider);
+        for (const key of held?.keys.keys ?? []) {
+          if (held !== undefined && key.kid !== undefined) {
+            const entries = byKid.get(key.kid) ?? [];
+            entries.push({ issuer: held.message.issuer, key });
+            byKid.set(key.kid, entries);
           }
         }
       }
       this.#byKid = byKid;
     }
-    return this.#byKid.get(kid);
+    const held = this.#byKid.get(kid);
+    if (held === undefined) {
+      return undefined;
+    }
+    const found =
+      held.find((entry) => entry.issuer !== '' && entry.issuer === iss) ?? held.find((entry) => entry.issuer === '');
+    if (found === undefined) {
+      throw new VerifyError('issuer', `only providers of ${JSON.stringify(held[0]?.issuer)} hold kid ${JSON.stringify(kid)}, not of ${JSON.stringify(iss)}`);
+    }
+    return found.key;
   }
 
-  async #keyFor(kid: string, provider: string | undefined): Promise<HeldKey> {
-    const found = provider === undefined ? this.#heldAnywhere(kid) : this.#find(kid, this.#candidates(provider));
+  #lookup(kid: string, provider: string | undefined, iss: unknown): HeldKey | undefined {
+    return provider === undefined ? this.#heldAnywhere(kid, iss) : this.#find(kid, this.#candidates(provider), iss);
+  }
+
+  async #keyFor(kid: string, provider: string | undefined, iss: unknown): Promise<HeldKey> {
+    const found = this.#lookup(kid, provider, iss);
     if (found !== undefined) {
       return found;
     }
@@ -501,7 +533,7 @@ export class Verifier extends EventEmitter<VerifierEvents> {
       );
     }
     await Promise.all(providers.map((name) => this.#resolveKid(name, kid)));
-    const resolved = this.#find(kid, providers);
+    const resolved = this.#lookup(kid, provider, iss);
     if (resolved === undefined) {
       const scope = provider === undefined ? `tenant ${this.tenant}` : `${this.tenant}/${provider}`;
       throw new VerifyError('unknown_kid', `no key with kid ${JSON.stringify(kid)} for ${scope}`);

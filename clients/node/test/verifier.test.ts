@@ -253,6 +253,50 @@ describe('a tenant of several providers', () => {
   });
 });
 
+describe('a tenant with a provider registered by issuer', () => {
+  let server: Keyrelay;
+  let idp: MockIdp;
+  let admin: Admin;
+  let verifier: Verifier;
+  let ours: SigningKey;
+  let theirs: SigningKey;
+  let onlyOkta: SigningKey;
+  let issuer: string;
+
+  before(async () => {
+    server = await Keyrelay.start();
+    [ours, theirs, onlyOkta] = [await newKey('ES256'), await newKey('ES256'), await newKey('EdDSA')];
+    idp = await MockIdp.start([{ ...theirs, jwk: { ...theirs.jwk, kid: 'shared' } }]);
+    issuer = `${idp.origin}/tenants/acme`;
+    idp.documents.set('/tenants/acme/.well-known/openid-configuration', { issuer, jwks_uri: `${idp.origin}/okta-keys` });
+    idp.documents.set('/okta-keys', { keys: [{ ...ours.jwk, kid: 'shared' }, onlyOkta.jwk] });
+    admin = new Admin(server);
+    await admin.register(TENANT, 'okta', '', issuer);
+    // Named to come first: a search by kid alone in name order would pick its key.
+    await admin.register(TENANT, 'aaa-legacy', idp.url);
+    verifier = await Verifier.connect({ endpoint: server.endpoint, tenant: TENANT });
+  });
+
+  after(async () => {
+    verifier?.close();
+    admin?.close();
+    await server?.dispose();
+    await idp?.close();
+  });
+
+  it('routes a token by its issuer before its kid', async () => {
+    const okta = verifier.status().providers.find((p) => p.provider === 'okta');
+    assert.equal(okta?.issuer, issuer);
+    const both = { issuer: [issuer, ISSUER], audience: AUDIENCE };
+    assert.equal((await verifier.verify(await sign(ours, { iss: issuer }, 'shared'), both)).iss, issuer);
+    assert.equal((await verifier.verify(await sign(theirs, { sub: 'lee' }, 'shared'), both)).sub, 'lee');
+    for (const provider of [undefined, 'okta']) {
+      const refused = await refusal(verifier.verify(await sign(onlyOkta), { ...both, provider }));
+      assert.equal(refused.kind, 'issuer', `${provider}: ${refused.message}`);
+    }
+  });
+});
+
 describe('a key revoked by a keyrelay administrator', () => {
   let server: Keyrelay;
   let idp: MockIdp;

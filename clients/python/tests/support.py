@@ -255,15 +255,18 @@ class Admin:
         self._stub = admin_grpc.AdminServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
-    def register(self, tenant: str, provider: str, url: str) -> Any:
-        """Registers a provider and checks that its first fetch succeeded."""
+    def register(self, tenant: str, provider: str, url: str = "", *, issuer: str = "") -> Any:
+        """Registers a provider by JWKS URL (or by ``issuer``) and checks that its first fetch
+        (after discovery) succeeded."""
         answer = self._stub.RegisterProvider(
-            admin_pb.RegisterProviderRequest(tenant=tenant, provider=provider, jwks_url=url),
+            admin_pb.RegisterProviderRequest(
+                tenant=tenant, provider=provider, jwks_url=url, issuer=issuer
+            ),
             metadata=self._metadata,
             timeout=20,
         )
         status = answer.provider.status
-        assert status.version >= 1, f"first fetch of {url} failed: {status.last_error}"
+        assert status.version >= 1, f"first fetch of {url or issuer} failed: {status.last_error}"
         return answer.provider
 
     def refresh(self, tenant: str, provider: str) -> Any:

@@ -3,6 +3,7 @@ runs with keyrelay.Verifier and keyrelay.AsyncVerifier (the `flavor` fixture).""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +94,30 @@ def test_several_providers_and_a_removal(
     with pytest.raises(keyrelay.UnknownKidError):
         verifier.verify(a.sign("kim"), **EXPECTED)
     assert verifier.verify(b.sign("lee"), **EXPECTED)["sub"] == "lee"
+
+
+def test_a_token_is_routed_by_its_issuer_before_its_kid(
+    connect: Connect, server: KeyrelayServer, admin: Admin, idp: MockIdP
+) -> None:
+    tenant = new_tenant()
+    ours, theirs, only_okta = SigningKey("shared"), SigningKey("shared"), SigningKey("okta-1")
+    well_known = f"/{tenant}/issuer/.well-known/openid-configuration"
+    issuer = idp.serve(well_known, b"").removesuffix("/.well-known/openid-configuration")
+    jwks_uri = idp.publish(f"/{tenant}/okta-keys", [ours, only_okta])
+    idp.serve(well_known, json.dumps({"issuer": issuer, "jwks_uri": jwks_uri}).encode())
+    admin.register(tenant, "okta", issuer=issuer)
+    # Named to come first: a search by kid alone in name order would pick its key.
+    admin.register(tenant, "aaa-legacy", idp.publish(f"/{tenant}/legacy", [theirs]))
+    verifier = connect(server.address, tenant)
+    okta = verifier.status().provider("okta")
+    assert okta is not None and okta.issuer == issuer
+
+    expected = {"audience": AUDIENCE, "issuer": [issuer, ISSUER]}
+    assert verifier.verify(ours.sign("kim", iss=issuer), **expected)["iss"] == issuer
+    assert verifier.verify(theirs.sign("lee"), **expected)["sub"] == "lee"
+    for provider in (None, "okta"):
+        with pytest.raises(keyrelay.IssuerError):
+            verifier.verify(only_okta.sign("kim"), provider=provider, **expected)
 
 
 def test_keeps_verifying_through_an_outage_and_resumes_without_resending(

@@ -32,6 +32,9 @@ pub struct ProviderKeys {
     pub state: proto::ProviderState,
     /// Key ids a keyrelay administrator revoked: never in `keys`, refused as revoked.
     pub revoked_kids: Vec<String>,
+    /// The issuer whose tokens these keys verify, for a provider registered by issuer; empty
+    /// for one registered by JWKS URL (its keys verify a token of any `iss`).
+    pub issuer: String,
 }
 
 impl ProviderKeys {
@@ -53,7 +56,13 @@ impl ProviderKeys {
             fresh_until: time(set.fresh_until),
             stale: set.stale,
             revoked_kids: set.revoked_kids,
+            issuer: set.issuer,
         })
+    }
+
+    /// Whether these keys may verify a token whose `iss` is `iss`.
+    pub(crate) fn serves_issuer(&self, iss: Option<&str>) -> bool {
+        self.issuer.is_empty() || iss == Some(self.issuer.as_str())
     }
 
     /// Whether a keyrelay administrator revoked `kid`.
@@ -128,12 +137,23 @@ pub struct Status {
 #[derive(Debug, Default)]
 pub(crate) struct KeySets {
     sets: RwLock<HashMap<String, Arc<ProviderKeys>>>,
-    /// Each held kid's key, from the first provider by name holding it (what a search of the
-    /// sets in name order finds); made again on the first lookup after a change.
+    /// Each held kid's keys, by provider name; made again on the first lookup after a change.
     by_kid: RwLock<Option<Arc<KidIndex>>>,
 }
 
-type KidIndex = HashMap<String, HeldKey>;
+/// Every key holding a kid, in provider name order.
+type KidIndex = HashMap<String, Vec<HeldKey>>;
+
+/// What a tenant-wide lookup of a kid found.
+#[derive(Debug)]
+pub(crate) enum Holding {
+    /// The key that verifies the token.
+    Key(HeldKey),
+    /// Only providers of other issuers hold the kid: the token's `iss` is not theirs.
+    OtherIssuers,
+    /// No held set has the kid.
+    None,
+}
 
 /// One held key: its provider's set and its position in it.
 #[derive(Debug, Clone)]
@@ -155,6 +175,11 @@ impl HeldKey {
 
     pub fn jwk(&self) -> &Jwk {
         &self.keys.keys.keys[self.index]
+    }
+
+    /// The provider's set it belongs to.
+    pub fn set(&self) -> &ProviderKeys {
+        &self.keys
     }
 
     /// Its `alg` as written.
@@ -180,8 +205,10 @@ impl KeySets {
         }
     }
 
-    /// The key with `kid` in any held set, the first provider by name that holds it.
-    pub fn holding(&self, kid: &str) -> Option<HeldKey> {
+    /// The key with `kid` for a token whose `iss` is `iss()` (asked only when a provider
+    /// registered by issuer holds the kid): a provider of that issuer first, then one
+    /// registered by URL, each in name order. A provider of another issuer never verifies it.
+    pub fn holding(&self, kid: &str, iss: impl FnOnce() -> Option<String>) -> Holding {
         let index = self
             .by_kid
             .read()
@@ -191,7 +218,20 @@ impl KeySets {
             Some(index) => index,
             None => self.index(),
         };
-        index.get(kid).cloned()
+        let Some(held) = index.get(kid) else {
+            return Holding::None;
+        };
+        if held.iter().all(|key| key.keys.issuer.is_empty()) {
+            return Holding::Key(held[0].clone());
+        }
+        let iss = iss();
+        let bound = held
+            .iter()
+            .find(|key| !key.keys.issuer.is_empty() && key.keys.serves_issuer(iss.as_deref()));
+        match bound.or_else(|| held.iter().find(|key| key.keys.issuer.is_empty())) {
+            Some(key) => Holding::Key(key.clone()),
+            None => Holding::OtherIssuers,
+        }
     }
 
     /// Makes the kid index, under the sets' read lock so that no change lands meanwhile.
@@ -203,7 +243,7 @@ impl KeySets {
         for keys in names.into_iter().filter_map(|name| sets.get(name)) {
             for (position, jwk) in keys.keys.keys.iter().enumerate() {
                 if let Some(kid) = &jwk.common.key_id {
-                    index.entry(kid.clone()).or_insert_with(|| HeldKey {
+                    index.entry(kid.clone()).or_default().push(HeldKey {
                         keys: Arc::clone(keys),
                         index: position,
                     });

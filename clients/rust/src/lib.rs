@@ -4,8 +4,9 @@
 //! holds the key sets in memory; every rotation arrives as it happens. [`Verifier::verify`]
 //! checks a token against them: the algorithm comes from the key, never from the token alone
 //! (`none` and HMAC are refused), `exp`/`nbf` are checked with leeway, and `iss`/`aud` when
-//! expected. A token whose `kid` is unknown triggers one `Resolve` for that kid, shared by
-//! concurrent callers. The stream reconnects with backoff and resumes from the versions held;
+//! expected. Across providers the token's `iss` picks first: a provider registered by issuer
+//! verifies only tokens of that issuer. A token whose `kid` is unknown triggers one `Resolve`
+//! for that kid, shared by concurrent callers. The stream reconnects with backoff and resumes from the versions held;
 //! while disconnected, verification goes on with the keys held, whose age [`Verifier::status`]
 //! reports.
 //!

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::{
     algorithms,
-    keys::{HeldKey, KeySet},
+    keys::{HeldKey, Holding, KeySet},
     watch::Verifier,
 };
 
@@ -129,20 +129,44 @@ impl Verifier {
         expected: &Expectations,
     ) -> Result<C, VerifyError> {
         let header = checked_header(token)?;
-        let key = self.key_for(&header.kid, expected).await?;
+        let key = self.key_for(token, &header.kid, expected).await?;
         check(token, &header, key.jwk(), key.named_alg(), expected)
     }
 
     /// The key with `kid` among the providers `expected` allows, asking keyrelay for each
-    /// provider once when none has it. A kid that one of them revoked, and none holds, is
-    /// refused without asking.
-    async fn key_for(&self, kid: &str, expected: &Expectations) -> Result<HeldKey, VerifyError> {
+    /// provider once when none has it. A provider registered by issuer verifies only tokens
+    /// of that issuer (a provider of another issuer holding the kid is an `Issuer` refusal). A
+    /// kid that one of them revoked, and none holds, is refused without asking.
+    async fn key_for(
+        &self,
+        token: &str,
+        kid: &str,
+        expected: &Expectations,
+    ) -> Result<HeldKey, VerifyError> {
         let shared = &self.shared;
+        let iss = || unverified_issuer(token);
         let find = || match &expected.provider {
-            Some(provider) => HeldKey::in_set(shared.keys.get(provider)?, kid),
-            None => shared.keys.holding(kid),
+            Some(provider) => {
+                let Some(key) = shared
+                    .keys
+                    .get(provider)
+                    .and_then(|set| HeldKey::in_set(set, kid))
+                else {
+                    return Ok(None);
+                };
+                if key.set().serves_issuer(iss().as_deref()) {
+                    Ok(Some(key))
+                } else {
+                    Err(VerifyError::Issuer)
+                }
+            }
+            None => match shared.keys.holding(kid, iss) {
+                Holding::Key(key) => Ok(Some(key)),
+                Holding::OtherIssuers => Err(VerifyError::Issuer),
+                Holding::None => Ok(None),
+            },
         };
-        if let Some(found) = find() {
+        if let Some(found) = find()? {
             return Ok(found);
         }
         let providers: Vec<String> = match &expected.provider {
@@ -169,7 +193,7 @@ impl Verifier {
         for provider in &providers {
             shared.resolve_kid(provider, kid).await;
         }
-        find().ok_or_else(|| VerifyError::UnknownKid {
+        find()?.ok_or_else(|| VerifyError::UnknownKid {
             kid: kid.to_owned(),
             scope: match &expected.provider {
                 Some(provider) => format!("{}/{provider}", shared.tenant),
@@ -197,6 +221,17 @@ pub fn verify_with_key_set<C: DeserializeOwned>(
             scope: "the key set".into(),
         })?;
     check(token, &header, jwk, keys.named_alg(&header.kid), expected)
+}
+
+/// The token's `iss`, read before its signature is checked, only to pick the provider whose
+/// keys verify it; `None` when the payload has no string `iss` (or is no JSON object).
+fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    let claims: serde_json::Map<String, Value> = serde_json::from_slice(&payload).ok()?;
+    match claims.get("iss") {
+        Some(Value::String(iss)) => Some(iss.clone()),
+        _ => None,
+    }
 }
 
 /// The parts of a token's header verification needs, once its shape is checked.

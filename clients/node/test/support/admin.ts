@@ -67,12 +67,16 @@ export class Admin {
     });
   }
 
-  /** Registers `tenant/provider` at `jwksUrl`; resolves once the first fetch succeeded. */
-  async register(tenant: string, provider: string, jwksUrl: string): Promise<ProviderMessage> {
+  /**
+   * Registers `tenant/provider` at `jwksUrl`, or by `issuer` when given (then `jwksUrl` is
+   * empty); resolves once the first fetch (after discovery) succeeded.
+   */
+  async register(tenant: string, provider: string, jwksUrl: string, issuer = ''): Promise<ProviderMessage> {
     const { provider: registered } = await this.call<{ provider: ProviderMessage }>('registerProvider', {
       tenant,
       provider,
       jwksUrl,
+      issuer,
     });
     if (registered.status?.state !== 'PROVIDER_STATE_READY') {
       throw new Error(`provider ${tenant}/${provider} is not ready: ${JSON.stringify(registered.status)}`);

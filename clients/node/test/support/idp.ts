@@ -1,4 +1,7 @@
-/** A mock identity provider: a JWKS document on 127.0.0.1 that the test controls, and keys to sign with. */
+/**
+ * A mock identity provider: a JWKS document on 127.0.0.1 that the test controls, other documents
+ * (issuer metadata, more key sets) at chosen paths, and keys to sign with.
+ */
 
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -43,6 +46,8 @@ export class MockIdp {
   keys: SigningKey[] = [];
   /** GET requests for the JWKS so far. */
   requests = 0;
+  /** Other documents, by path. */
+  readonly documents = new Map<string, unknown>();
   readonly #server: Server;
 
   private constructor(server: Server) {
@@ -54,6 +59,11 @@ export class MockIdp {
     const idp = new MockIdp(server);
     idp.keys = keys;
     server.on('request', (request, response) => {
+      const document = request.url === undefined ? undefined : idp.documents.get(request.url);
+      if (request.method === 'GET' && document !== undefined) {
+        response.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=300' }).end(JSON.stringify(document));
+        return;
+      }
       if (request.method !== 'GET' || request.url !== '/jwks.json') {
         response.writeHead(404).end();
         return;
@@ -67,7 +77,12 @@ export class MockIdp {
   }
 
   get url(): string {
-    return `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}/jwks.json`;
+    return `${this.origin}/jwks.json`;
+  }
+
+  /** `http://127.0.0.1:<port>`. */
+  get origin(): string {
+    return `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
   }
 
   async close(): Promise<void> {

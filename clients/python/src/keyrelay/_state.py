@@ -16,6 +16,7 @@ from typing import Any
 
 from ._proto.keyrelay.v1 import key_service_pb2 as pb
 from ._verify import Key, KeySet
+from .errors import IssuerError
 from .status import ProviderStatus, Status
 
 log = logging.getLogger("keyrelay")
@@ -50,6 +51,9 @@ class ProviderKeys:
     received_at: datetime
     revoked_kids: tuple[str, ...] = ()
     """Kids a keyrelay administrator revoked (``KeySet.revoked_kids``), never in ``keys``."""
+    issuer: str = ""
+    """The issuer whose tokens these keys verify (``KeySet.issuer``); empty for a provider
+    registered by JWKS URL, whose keys verify a token of any ``iss``."""
 
     @classmethod
     def from_message(cls, key_set: Any) -> ProviderKeys:
@@ -65,6 +69,7 @@ class ProviderKeys:
             usable_until=_time(key_set, "usable_until"),
             received_at=datetime.now(UTC),
             revoked_kids=tuple(key_set.revoked_kids),
+            issuer=key_set.issuer,
         )
 
     def status(self, now: datetime) -> ProviderStatus:
@@ -82,6 +87,7 @@ class ProviderKeys:
             received_at=self.received_at,
             age=age,
             revoked_kids=self.revoked_kids,
+            issuer=self.issuer,
         )
 
 
@@ -116,9 +122,9 @@ class State:
             raise ValueError("a tenant is required")
         self._lock = threading.Lock()
         self._sets: dict[str, ProviderKeys] = {}
-        # Every held kid's key, from the first provider by name that has it (what a search of
-        # the sets in name order finds); made again on the first search after a change.
-        self._by_kid: dict[str, Key] | None = None
+        # Every held kid's keys with their provider's issuer, in provider name order; made
+        # again on the first search after a change.
+        self._by_kid: dict[str, list[tuple[str, Key]]] | None = None
         self._state = "connecting"
         self._last_synced_at: datetime | None = None
         self._last_error: str | None = None
@@ -197,20 +203,29 @@ class State:
 
     # Keys.
 
-    def find(self, kid: str, provider: str | None) -> Key | None:
-        """The key with ``kid`` among the providers ``provider`` allows (None: any held)."""
+    def find(self, kid: str, provider: str | None, iss: object) -> Key | None:
+        """The key with ``kid`` among the providers ``provider`` allows (None: any held) for
+        a token whose ``iss`` claim is ``iss``: a provider registered by that issuer first,
+        then one registered by URL, each in name order. Raises :class:`IssuerError` when only
+        providers of other issuers hold the kid."""
         with self._lock:
             if provider is not None:
                 held = self._sets.get(provider)
-                return None if held is None else held.keys.find(kid)
+                key = None if held is None else held.keys.find(kid)
+                if key is not None and held is not None and held.issuer not in ("", iss):
+                    raise IssuerError(
+                        f"{self.tenant}/{provider} verifies tokens of {held.issuer!r} only"
+                    )
+                return key
             by_kid = self._by_kid
             if by_kid is None:
                 by_kid = {}
                 for name in sorted(self._sets):
-                    for held_kid, key in self._sets[name].keys.by_kid.items():
-                        by_kid.setdefault(held_kid, key)
+                    held = self._sets[name]
+                    for held_kid, key in held.keys.by_kid.items():
+                        by_kid.setdefault(held_kid, []).append((held.issuer, key))
                 self._by_kid = by_kid
-        return by_kid.get(kid)
+        return _for_issuer(by_kid.get(kid), iss)
 
     def revoked_by(self, kid: str, provider: str | None) -> str | None:
         """The first provider by name among those ``provider`` allows (None: any held) whose
@@ -235,10 +250,11 @@ class State:
     def may_ask(self, provider: str, kid: str) -> bool:
         """Whether to Resolve ``kid`` of ``provider`` now: not when a held set has it, nor
         within the cooldown of the last time it was asked for. Records the attempt."""
-        if self.find(kid, provider) is not None:
-            return False
         now = time.monotonic()
         with self._lock:
+            held = self._sets.get(provider)
+            if held is not None and held.keys.find(kid) is not None:
+                return False
             last = self._last_asked.get((provider, kid))
             if last is not None and now - last < RESOLVE_COOLDOWN:
                 return False
@@ -271,3 +287,18 @@ class State:
                 key_sets_received=self._key_sets_received,
                 providers=tuple(self._sets[name].status(now) for name in sorted(self._sets)),
             )
+
+
+def _for_issuer(held: list[tuple[str, Key]] | None, iss: object) -> Key | None:
+    """Of the keys holding one kid, the one that verifies a token of ``iss``."""
+    if held is None:
+        return None
+    if len(held) == 1 and not held[0][0]:
+        return held[0][1]
+    for issuer, key in held:
+        if issuer and issuer == iss:
+            return key
+    for issuer, key in held:
+        if not issuer:
+            return key
+    raise IssuerError(f"only providers of {held[0][0]!r} hold the key, not of {iss!r}")

@@ -101,17 +101,17 @@ class AsyncVerifier(BaseVerifier):
             raise ConnectError("start() the verifier (or use async with) before verify()")
         expected = Expectations.of(issuer, audience, leeway)
         header = checked_header(token)
-        key = await self._key_for(header.kid, provider)
+        key = await self._key_for(header.kid, provider, header.claims.get("iss"))
         return check(token, header, key, expected)
 
-    async def _key_for(self, kid: str, provider: str | None) -> Key:
-        key = self._state.find(kid, provider)
+    async def _key_for(self, kid: str, provider: str | None, iss: object) -> Key:
+        key = self._state.find(kid, provider, iss)
         if key is not None:
             return key
         self._refuse_revoked(kid, provider)
         for name in self._state.providers_to_ask(provider):
             await self._resolve_kid(name, kid)
-            key = self._state.find(kid, provider)
+            key = self._state.find(kid, provider, iss)
             if key is not None:
                 return key
         scope = f"{self.tenant}/{provider}" if provider else f"tenant {self.tenant}"

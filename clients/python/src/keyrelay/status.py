@@ -36,6 +36,9 @@ class ProviderStatus:
     revoked_kids: tuple[str, ...] = ()
     """Key ids a keyrelay administrator revoked (never among ``kids``): a token naming one
     is refused with :class:`~keyrelay.RevokedError`, without asking keyrelay."""
+    issuer: str = ""
+    """The issuer whose tokens these keys verify, for a provider registered by issuer;
+    empty for one registered by JWKS URL (its keys verify a token of any ``iss``)."""
 
 
 @dataclass(frozen=True)

@@ -87,17 +87,17 @@ class Verifier(BaseVerifier):
         """
         expected = Expectations.of(issuer, audience, leeway)
         header = checked_header(token)
-        key = self._key_for(header.kid, provider)
+        key = self._key_for(header.kid, provider, header.claims.get("iss"))
         return check(token, header, key, expected)
 
-    def _key_for(self, kid: str, provider: str | None) -> Key:
-        key = self._state.find(kid, provider)
+    def _key_for(self, kid: str, provider: str | None, iss: object) -> Key:
+        key = self._state.find(kid, provider, iss)
         if key is not None:
             return key
         self._refuse_revoked(kid, provider)
         for name in self._state.providers_to_ask(provider):
             self._resolve_kid(name, kid)
-            key = self._state.find(kid, provider)
+            key = self._state.find(kid, provider, iss)
             if key is not None:
                 return key
         scope = f"{self.tenant}/{provider}" if provider else f"tenant {self.tenant}"
