@@ -27,6 +27,8 @@ pub enum Action {
     ReinstateKey,
     /// An issuer's metadata named a new JWKS URL (or its first one).
     ChangeJwksUri,
+    /// An administrator pushed a key set.
+    PublishKeySet,
 }
 
 impl Action {
@@ -42,6 +44,7 @@ impl Action {
             Action::RevokeKey => "key.revoke",
             Action::ReinstateKey => "key.reinstate",
             Action::ChangeJwksUri => "provider.jwks_uri_changed",
+            Action::PublishKeySet => "key_set.publish",
         }
     }
 }

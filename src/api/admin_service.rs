@@ -335,6 +335,24 @@ impl AdminService for AdminApi {
             provider: Some(convert::provider(&revised.snapshot)),
         }))
     }
+
+    async fn publish_key_set(
+        &self,
+        request: Request<pb::PublishKeySetRequest>,
+    ) -> Result<Response<pb::PublishKeySetResponse>, Status> {
+        let (caller, origin) = caller(&request)?;
+        let request = request.into_inner();
+        let key = super::request_key(&request.tenant, &request.provider)?;
+        ensure_visible(&caller, &key)?;
+        let pushed = self
+            .providers
+            .publish_key_set(&key, &request.jwks_json, &origin)
+            .await?;
+        Ok(Response::new(pb::PublishKeySetResponse {
+            provider: Some(convert::provider(&pushed.snapshot)),
+            changed: pushed.changed,
+        }))
+    }
 }
 
 fn parse_audit_page_token(token: &str) -> Result<Option<u64>, ValidationError> {

@@ -263,16 +263,32 @@ pub enum ProvidersCommand {
         /// Provider identifier: 1-64 characters of [a-z0-9._-].
         provider: String,
         /// HTTPS URL of the provider's JWKS.
-        #[arg(required_unless_present = "issuer", conflicts_with = "issuer")]
+        #[arg(
+            required_unless_present_any = ["issuer", "pushed"],
+            conflicts_with_all = ["issuer", "pushed"]
+        )]
         jwks_url: Option<String>,
         /// The issuer instead of a JWKS URL (`https://acme.okta.com`): keyrelay discovers the
         /// JWKS URL from its OpenID Connect or RFC 8414 metadata, and again on its own
         /// schedule.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pushed")]
         issuer: Option<String>,
+        /// Fetch nothing: key sets are pushed with `keyrelay providers publish` (a signer with
+        /// no reachable JWKS URL).
+        #[arg(long)]
+        pushed: bool,
         /// Policy overrides.
         #[command(flatten)]
         policy: Box<PolicyArgs>,
+    },
+    /// Store a key set for a provider registered with --pushed, under the next version.
+    Publish {
+        /// Tenant identifier.
+        tenant: String,
+        /// Provider identifier.
+        provider: String,
+        /// The JWKS document ({"keys": [...]}); `-` reads standard input.
+        file: PathBuf,
     },
     /// List registrations.
     List {

@@ -54,6 +54,14 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{}: {}", .0.code(), .0.message())]
     Call(#[from] Status),
+    /// An input file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Input {
+        /// The file (`-`: standard input).
+        path: String,
+        /// The I/O failure.
+        source: io::Error,
+    },
     /// `keyrelay verify` refused the token.
     #[error("token refused: {0}")]
     TokenRefused(#[from] keyrelay_verifier::VerifyError),

@@ -1,4 +1,6 @@
-//! `keyrelay providers add|get|list|remove|refresh`.
+//! `keyrelay providers add|publish|get|list|remove|refresh`.
+
+use std::{io::Read, path::Path};
 
 use prost_types::Duration as PbDuration;
 use serde_json::{Value, json};
@@ -23,6 +25,7 @@ pub(super) async fn run(
             provider,
             jwks_url,
             issuer,
+            pushed,
             policy,
         } => {
             let request = pb::RegisterProviderRequest {
@@ -30,6 +33,7 @@ pub(super) async fn run(
                 provider,
                 jwks_url: jwks_url.unwrap_or_default(),
                 issuer: issuer.unwrap_or_default(),
+                pushed,
                 policy: Some(policy_message(&policy)),
             };
             admin
@@ -37,6 +41,13 @@ pub(super) async fn run(
                 .await?
                 .into_inner()
                 .provider
+        }
+        ProvidersCommand::Publish {
+            tenant,
+            provider,
+            file,
+        } => {
+            return publish(&mut admin, tenant, provider, &file, options.json).await;
         }
         ProvidersCommand::List { tenant } => {
             return list(&mut admin, tenant.unwrap_or_default(), options.json).await;
@@ -69,6 +80,50 @@ pub(super) async fn run(
         });
     }
     Ok(())
+}
+
+/// `keyrelay providers publish`: reads the set and stores it.
+async fn publish(
+    admin: &mut AdminClient,
+    tenant: String,
+    provider: String,
+    file: &Path,
+    as_json: bool,
+) -> Result<(), ClientError> {
+    let jwks_json = read_document(file)?;
+    let request = pb::PublishKeySetRequest {
+        tenant,
+        provider,
+        jwks_json: jwks_json.into(),
+    };
+    let answer = admin.publish_key_set(request).await?.into_inner();
+    if let Some(provider) = answer.provider {
+        let mut shown = provider_json(&provider);
+        shown["changed"] = json!(answer.changed);
+        print_line(as_json, shown, || {
+            let verdict = if answer.changed {
+                "published"
+            } else {
+                "unchanged: the set publishes the keys already held"
+            };
+            format!("{verdict}\n{}", provider_text(&provider))
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of `file`, or of standard input for `-`.
+fn read_document(file: &Path) -> Result<Vec<u8>, ClientError> {
+    let read = if file == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(file)
+    };
+    read.map_err(|source| ClientError::Input {
+        path: file.display().to_string(),
+        source,
+    })
 }
 
 pub(super) async fn list(

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     access::AuthError,
-    domain::key_set::SkippedKey,
+    domain::key_set::{JwksError, SkippedKey},
     domain::revocation::{RevocationError, RevokedKey},
     domain::{ProviderKey, TenantId, ValidationError},
     refresh::RefreshError,
@@ -49,6 +49,19 @@ pub enum Error {
         key: ProviderKey,
         /// Why.
         source: RevocationError,
+    },
+    /// A key set was pushed for a provider whose keys are fetched.
+    #[error(
+        "provider {0} fetches its keys (it is registered by JWKS URL or issuer); PublishKeySet is for providers registered with pushed"
+    )]
+    NotPushed(ProviderKey),
+    /// A pushed key set failed the key-set guardrails.
+    #[error("key set for {key} refused: {source}")]
+    KeySetRefused {
+        /// The provider.
+        key: ProviderKey,
+        /// Why.
+        source: JwksError,
     },
     /// A write kept meeting concurrent changes of the same provider.
     #[error("{0} kept changing while this change was written; retry it")]
@@ -245,7 +258,7 @@ impl Error {
     /// The class of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Invalid(_) => ErrorKind::InvalidArgument,
+            Error::Invalid(_) | Error::KeySetRefused { .. } => ErrorKind::InvalidArgument,
             Error::ProviderNotFound(_)
             | Error::KidNotFound(_)
             | Error::KidRevoked(_)
@@ -260,6 +273,7 @@ impl Error {
                 ..
             } => ErrorKind::Conflict,
             Error::Contended(_) => ErrorKind::Aborted,
+            Error::NotPushed(_) => ErrorKind::Conflict,
             Error::Unauthenticated(_) | Error::StreamEnded(StreamEnd::TokenLost) => {
                 ErrorKind::Unauthenticated
             }

@@ -117,6 +117,15 @@ impl Providers {
         Ok(self.snapshot(record))
     }
 
+    /// The registration as stored now, for a change that must start from the latest state.
+    pub(super) async fn stored(&self, key: &ProviderKey) -> Result<ProviderRecord, Error> {
+        self.parts
+            .store
+            .get(key)
+            .await?
+            .ok_or_else(|| Error::ProviderNotFound(key.clone()))
+    }
+
     /// Up to `limit` registrations after `after`, optionally of one tenant.
     pub fn list(
         &self,

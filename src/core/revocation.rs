@@ -84,10 +84,7 @@ impl Providers {
     ) -> Result<Revised, Error> {
         let store = &self.parts.store;
         for _ in 0..ATTEMPTS {
-            let record = store
-                .get(key)
-                .await?
-                .ok_or_else(|| Error::ProviderNotFound(key.clone()))?;
+            let record = self.stored(key).await?;
             let revoked = &record.registration.revoked;
             let revision = change(revoked).map_err(|source| Error::Revocation {
                 key: key.clone(),

@@ -1,5 +1,5 @@
-//! Where a provider's keys come from, as registered: a JWKS URL, or an issuer whose metadata
-//! document names the JWKS URL.
+//! Where a provider's keys come from, as registered: a JWKS URL, an issuer whose metadata
+//! document names the JWKS URL, or an administrator who pushes key sets (`PublishKeySet`).
 
 use super::{Issuer, JwksUrl};
 
@@ -11,6 +11,9 @@ pub enum KeySource {
     /// Fetched from the `jwks_uri` this issuer's metadata names, discovered on its own
     /// schedule.
     Issuer(Issuer),
+    /// Never fetched: an administrator pushes each key set (a signer with no reachable JWKS
+    /// URL).
+    Pushed,
 }
 
 impl KeySource {
@@ -18,15 +21,20 @@ impl KeySource {
     pub fn issuer(&self) -> Option<&Issuer> {
         match self {
             KeySource::Issuer(issuer) => Some(issuer),
-            KeySource::JwksUrl(_) => None,
+            KeySource::JwksUrl(_) | KeySource::Pushed => None,
         }
+    }
+
+    /// Whether keyrelay fetches the keys (by URL or issuer), rather than being pushed them.
+    pub fn is_fetched(&self) -> bool {
+        !matches!(self, KeySource::Pushed)
     }
 
     /// The JWKS URL, for a provider registered by URL.
     pub fn jwks_url(&self) -> Option<&JwksUrl> {
         match self {
             KeySource::JwksUrl(url) => Some(url),
-            KeySource::Issuer(_) => None,
+            KeySource::Issuer(_) | KeySource::Pushed => None,
         }
     }
 
@@ -35,6 +43,7 @@ impl KeySource {
         match self {
             KeySource::JwksUrl(url) => url.redacted(),
             KeySource::Issuer(issuer) => issuer.to_string(),
+            KeySource::Pushed => "(key sets pushed with PublishKeySet)".to_owned(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! fetches: a flight fetches, writes the result durably under the leader's fence, then
 //! updates the cache, which tells watchers and the scheduler. A follower forwards the request
 //! to the leader and waits for the result to arrive through the change feed. Flights run as
-//! tracked tasks, so a caller that gives up never cancels a write.
+//! tracked tasks, so a caller that gives up never cancels a write. A flight for a provider
+//! whose keys are pushed (`PublishKeySet`) fetches nothing and answers the held state.
 
 use std::{
     collections::HashMap,
@@ -333,6 +334,9 @@ impl Refresher {
             return Err(RefreshError::NotLeader);
         };
         let mut current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
+        if !current.registration.source.is_fetched() {
+            return Ok(current);
+        }
         let policy = current.policy(&parts.defaults);
         let mut audits = Vec::new();
         let mut jwks_uri_moved = false;

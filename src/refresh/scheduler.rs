@@ -86,9 +86,11 @@ impl Scheduler {
         }
     }
 
-    /// Queues the provider for its next refresh as recorded, or drops it if it is gone.
+    /// Queues the provider for its next refresh as recorded, or drops it if it is gone or its
+    /// keys are pushed rather than fetched.
     fn track(&mut self, key: &ProviderKey) {
         match self.cache.get(key) {
+            Some(record) if !record.registration.source.is_fetched() => self.queue.remove(key),
             Some(record) => {
                 let due = record.due_at().unwrap_or_else(|| self.clock.now());
                 self.queue.insert(key.clone(), due);

@@ -225,7 +225,9 @@ where
 pub(super) fn registration_json(registration: &StoredRegistration) -> serde_json::Value {
     let policy = &registration.policy;
     let policy = serde_json::from_str(policy).unwrap_or(serde_json::Value::String(policy.clone()));
-    if registration.issuer.is_empty() {
+    if registration.pushed {
+        serde_json::json!({ "pushed": true, "policy": policy })
+    } else if registration.issuer.is_empty() {
         serde_json::json!({ "jwks_url": registration.jwks_url, "policy": policy })
     } else {
         serde_json::json!({ "issuer": registration.issuer, "policy": policy })

@@ -21,6 +21,8 @@ pub(super) struct StoredRegistration {
     pub jwks_url: String,
     /// The registered issuer; empty for a provider registered by URL.
     pub issuer: String,
+    /// Whether its key sets are pushed rather than fetched.
+    pub pushed: bool,
     /// The policy overrides, as JSON.
     pub policy: String,
 }
@@ -54,25 +56,39 @@ pub(super) trait Backend: Sql {
     async fn announce_access(conn: &mut Self::Connection) -> Result<(), StoreError>;
 }
 
-const SELECT_REGISTRATION: &str = "SELECT jwks_url, policy, COALESCE(issuer, '') FROM providers WHERE tenant = $1 AND provider = $2";
+const SELECT_REGISTRATION: &str = "SELECT jwks_url, policy, COALESCE(issuer, ''), pushed FROM providers WHERE tenant = $1 AND provider = $2";
 
-const SELECT_REGISTRATION_FOR_UPDATE: &str = "SELECT jwks_url, policy, COALESCE(issuer, '') FROM providers WHERE tenant = $1 AND provider = $2 FOR UPDATE";
+const SELECT_REGISTRATION_FOR_UPDATE: &str = "SELECT jwks_url, policy, COALESCE(issuer, ''), pushed FROM providers WHERE tenant = $1 AND provider = $2 FOR UPDATE";
+
+/// The refresh columns `$4` to `$16` and the change sequence `$17`, as a SET clause.
+macro_rules! refresh_columns {
+    () => {
+        "UPDATE providers SET
+            version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
+            fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
+            consecutive_failures = $13, next_refresh_at = $14, skipped_keys = $15,
+            discovery = $16, change_seq = $17"
+    };
+}
 
 /// The refresh write; `$fence` adds conditions to its WHERE clause.
 macro_rules! save_refresh {
     ($fence:literal) => {
         concat!(
-            "UPDATE providers SET
-                version = $4, jwks_json = $5, etag = $6, last_modified = $7, cache_policy = $8,
-                fetched_at = $9, fresh_until = $10, last_attempt_at = $11, last_error = $12,
-                consecutive_failures = $13, next_refresh_at = $14, skipped_keys = $15,
-                discovery = $16, change_seq = $17
-            WHERE tenant = $1 AND provider = $2 AND revision = $3",
+            refresh_columns!(),
+            " WHERE tenant = $1 AND provider = $2 AND revision = $3",
             $fence,
             " RETURNING change_seq"
         )
     };
 }
+
+/// A pushed key set's write: the refresh columns, only while the row is at change sequence
+/// `$3`.
+pub(super) const SAVE_PUSHED: &str = concat!(
+    refresh_columns!(),
+    " WHERE tenant = $1 AND provider = $2 AND change_seq = $3"
+);
 
 async fn registration<B: Sql>(
     conn: &mut B::Connection,
@@ -88,6 +104,7 @@ async fn registration<B: Sql>(
             jwks_url: B::text(&row, 0)?,
             policy: B::text(&row, 1)?,
             issuer: B::text(&row, 2)?,
+            pushed: B::bool(&row, 3)?,
         })),
         None => Ok(None),
     }

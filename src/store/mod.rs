@@ -154,6 +154,17 @@ pub trait Store: AccessStore + Send + Sync + 'static {
         audits: &[AuditEvent],
     ) -> Result<Option<u64>, StoreError>;
 
+    /// Writes the key set, validators and status of `record`, a pushed provider's, only if the
+    /// stored row is still at `read_at` (the change sequence it was read at), with `audit` in
+    /// the same transaction. Returns the new change sequence, or `None` when the row changed
+    /// since (or is gone): read it again and retry.
+    async fn save_pushed(
+        &self,
+        record: &ProviderRecord,
+        read_at: u64,
+        audit: &AuditEvent,
+    ) -> Result<Option<u64>, StoreError>;
+
     /// Writes the revocation list, registration revision, updated time and key-set version
     /// of `record`, only if the stored row is still at `read_at` (the change sequence it was
     /// read at), with `audit` in the same transaction. Returns the new change sequence, or

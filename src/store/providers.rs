@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use super::{
     Fence, NewRegistration, Registered, SqlStore, Store, StoreError, UnreadableRows,
     access::{insert_audit, registration_json},
-    backend::{Backend, StoredRegistration},
+    backend::{Backend, SAVE_PUSHED, StoredRegistration},
     change::Change,
     row::{RefreshColumns, revocations_json},
     sequence,
@@ -25,8 +25,8 @@ const SELECT_ALL: &str = "SELECT * FROM providers ORDER BY tenant, provider";
 const SELECT_ONE: &str = "SELECT * FROM providers WHERE tenant = $1 AND provider = $2";
 
 const INSERT_IF_ABSENT: &str = "\
-INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, next_refresh_at, change_seq, issuer)
-VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9)
+INSERT INTO providers (tenant, provider, jwks_url, policy, revision, created_at, updated_at, next_refresh_at, change_seq, issuer, pushed)
+VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10)
 ON CONFLICT (tenant, provider) DO NOTHING";
 
 /// Right-hand sides see the old row, so the validators are dropped only when the URL changes,
@@ -40,6 +40,7 @@ UPDATE providers SET
     next_refresh_at = $7,
     change_seq = $8,
     issuer = $9,
+    pushed = $10,
     etag = CASE WHEN jwks_url = $3 AND issuer IS NOT DISTINCT FROM $9 THEN etag END,
     last_modified = CASE WHEN jwks_url = $3 AND issuer IS NOT DISTINCT FROM $9 THEN last_modified END,
     cache_policy = CASE WHEN jwks_url = $3 AND issuer IS NOT DISTINCT FROM $9 THEN cache_policy END,
@@ -94,6 +95,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 .source
                 .issuer()
                 .map_or_else(String::new, |issuer| issuer.as_str().to_owned()),
+            pushed: !registration.source.is_fetched(),
             policy,
         };
         let key = &registration.key;
@@ -110,6 +112,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 Arg::time(fetch_by),
                 Arg::int(change_seq),
                 Arg::Text(registration.source.issuer().map(|issuer| issuer.as_str())),
+                Arg::Bool(stored.pushed),
             ]
         };
         let created = before.is_none()
@@ -196,6 +199,27 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(Some(change_seq))
     }
 
+    async fn save_pushed(
+        &self,
+        record: &ProviderRecord,
+        read_at: u64,
+        audit: &AuditEvent,
+    ) -> Result<Option<u64>, StoreError> {
+        let columns = RefreshColumns::from_record(record)?;
+        let key = &record.registration.key;
+        let read_at = i64::try_from(read_at).map_err(|err| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: err.to_string(),
+        })?;
+        let mut tx = self.pool.begin().await?;
+        let (_, change_seq) = B::begin_write(&mut tx, key).await?;
+        let mut args = key_args(key).to_vec();
+        args.push(Arg::int(read_at));
+        args.extend(columns.args());
+        args.push(Arg::int(change_seq));
+        write_if_unchanged::<B>(tx, SAVE_PUSHED, &args, key, change_seq, audit).await
+    }
+
     async fn save_revocations(
         &self,
         record: &ProviderRecord,
@@ -225,14 +249,7 @@ impl<B: Backend> Store for SqlStore<B> {
             Arg::int(change_seq),
             Arg::int(read_at),
         ];
-        if B::execute(&mut tx, SAVE_REVOCATIONS, &args).await? == 0 {
-            return Ok(None);
-        }
-        let change_seq = sequence(change_seq);
-        insert_audit::<B>(&mut tx, audit).await?;
-        B::announce(&mut tx, &Change::Updated(key.clone(), change_seq)).await?;
-        tx.commit().await?;
-        Ok(Some(change_seq))
+        write_if_unchanged::<B>(tx, SAVE_REVOCATIONS, &args, key, change_seq, audit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -244,6 +261,27 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Runs `sql`, a write conditional on the row's change sequence, in `tx`; when it applied,
+/// records `audit`, announces the change and commits. Returns the new change sequence, or
+/// `None` when the row had changed.
+async fn write_if_unchanged<B: Backend>(
+    mut tx: sqlx::Transaction<'_, B>,
+    sql: &'static str,
+    args: &[Arg<'_>],
+    key: &ProviderKey,
+    change_seq: i64,
+    audit: &AuditEvent,
+) -> Result<Option<u64>, StoreError> {
+    if B::execute(&mut tx, sql, args).await? == 0 {
+        return Ok(None);
+    }
+    let change_seq = sequence(change_seq);
+    insert_audit::<B>(&mut tx, audit).await?;
+    B::announce(&mut tx, &Change::Updated(key.clone(), change_seq)).await?;
+    tx.commit().await?;
+    Ok(Some(change_seq))
 }
 
 /// The record decoded from `row`, when it was found; `Corrupt` when its registration is

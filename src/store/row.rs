@@ -55,6 +55,8 @@ pub struct RegistrationColumns {
     pub revoked_keys: Option<String>,
     /// The issuer, for a provider registered by issuer (`jwks_url` is then empty).
     pub issuer: Option<String>,
+    /// Whether its key sets are pushed (`jwks_url` is then empty).
+    pub pushed: bool,
     /// Change sequence of the row's state.
     pub change_seq: i64,
 }
@@ -239,9 +241,12 @@ impl StoredRow {
 
 fn registration(columns: RegistrationColumns) -> Result<Registration, String> {
     let key = ProviderKey::parse(&columns.tenant, &columns.provider).map_err(|e| e.to_string())?;
-    let source = match &columns.issuer {
-        Some(issuer) => KeySource::Issuer(Issuer::parse_stored(issuer).map_err(|e| e.to_string())?),
-        None => {
+    let source = match (&columns.issuer, columns.pushed) {
+        (_, true) => KeySource::Pushed,
+        (Some(issuer), false) => {
+            KeySource::Issuer(Issuer::parse_stored(issuer).map_err(|e| e.to_string())?)
+        }
+        (None, false) => {
             KeySource::JwksUrl(JwksUrl::parse_stored(&columns.jwks_url).map_err(|e| e.to_string())?)
         }
     };
@@ -409,6 +414,7 @@ mod tests {
                 updated_at: now,
                 revoked_keys: None,
                 issuer: None,
+                pushed: false,
                 change_seq: 9,
             },
             refresh: Ok(RefreshColumns {

@@ -403,3 +403,38 @@ async fn a_person_adds_a_provider_by_issuer_and_sees_what_was_discovered() {
     );
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_pushes_key_sets_for_a_provider_without_a_url() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let (_server, endpoint) = serve(data).await;
+    let added = stdout(&cli(
+        &endpoint,
+        data,
+        &["providers", "add", "acme", "internal", "--pushed"],
+    ));
+    assert!(
+        added.contains("acme/internal: PENDING (version 0, 0 keys)"),
+        "{added}"
+    );
+    let file = data_dir.path().join("keys.json");
+    std::fs::write(&file, crate::mock_idp::jwks(&["k1"]).to_string()).unwrap();
+    let file = file.to_str().unwrap();
+    let args = ["providers", "publish", "acme", "internal", file];
+    let published = stdout(&cli(&endpoint, data, &args));
+    assert!(published.starts_with("published\n"), "{published}");
+    assert!(
+        published.contains("acme/internal: READY (version 1, 1 keys)"),
+        "{published}"
+    );
+    let again = stdout(&cli(&endpoint, data, &args));
+    assert!(again.starts_with("unchanged"), "{again}");
+
+    std::fs::write(data_dir.path().join("keys.json"), "{}").unwrap();
+    let refused = cli(&endpoint, data, &args);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("invalid argument"), "{stderr}");
+    assert!(stderr.contains("no \"keys\" array"), "{stderr}");
+}

@@ -68,7 +68,7 @@ async fn try_register(
         provider: provider.into(),
         jwks_url: jwks_url.into(),
         issuer: issuer.into(),
-        policy: None,
+        ..Default::default()
     };
     let response = app.admin().await.register_provider(request).await?;
     Ok(response.into_inner().provider.expect("provider"))
@@ -365,12 +365,12 @@ async fn a_registration_gives_exactly_one_of_jwks_url_and_issuer() {
         (
             String::new(),
             String::new(),
-            "invalid jwks_url, issuer: give one of them",
+            "invalid jwks_url, issuer, pushed: give one of them",
         ),
         (
             idp.jwks_url(),
             idp.url(""),
-            "invalid jwks_url, issuer: give only one",
+            "invalid jwks_url, issuer, pushed: give only one",
         ),
         (
             String::new(),

@@ -16,6 +16,7 @@ mod key_policy;
 mod mock_idp;
 mod observability;
 mod pki;
+mod pushed;
 mod quarantine;
 mod resolve;
 mod restart;

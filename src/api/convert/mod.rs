@@ -61,47 +61,69 @@ fn parse_duration(
         .transpose()
 }
 
-/// A registration request parsed into domain values: identifiers, the JWKS URL or the issuer
-/// under the egress rules (exactly one of them), the policy, and that URL against the
-/// policy's hosts and pins.
+/// A registration request parsed into domain values: identifiers, where the keys come from
+/// (exactly one of a JWKS URL or an issuer under the egress rules, or pushed), the policy, and
+/// the URL against the policy's hosts and pins.
 pub fn new_registration(
     request: pb::RegisterProviderRequest,
     egress: &EgressRules,
 ) -> Result<NewRegistration, ValidationError> {
     let key = ProviderKey::parse(&request.tenant, &request.provider)?;
-    let source = match (request.jwks_url.is_empty(), request.issuer.is_empty()) {
-        (false, true) => KeySource::JwksUrl(JwksUrl::parse(&request.jwks_url, egress)?),
-        (true, false) => KeySource::Issuer(Issuer::parse(&request.issuer, egress)?),
-        (true, true) => {
-            return Err(ValidationError::new(
-                "jwks_url, issuer",
-                "give one of them: the JWKS URL, or the issuer to discover it from",
-            ));
-        }
-        (false, false) => {
-            return Err(ValidationError::new(
-                "jwks_url, issuer",
-                "give only one of them, not both",
-            ));
-        }
-    };
+    let source = key_source(&request, egress)?;
     let overrides = policy_overrides(request.policy)?;
-    let (field, url) = match &source {
-        KeySource::JwksUrl(url) => ("jwks_url", url.as_url().clone()),
-        KeySource::Issuer(issuer) => (
+    let checked = match &source {
+        KeySource::JwksUrl(url) => Some(("jwks_url", url.as_url().clone())),
+        KeySource::Issuer(issuer) => Some((
             "issuer",
             issuer.metadata_url(MetadataDocument::OpenidConfiguration),
-        ),
+        )),
+        KeySource::Pushed => None,
     };
-    overrides
-        .trust
-        .check(&url)
-        .map_err(|reason| ValidationError::new(field, reason))?;
+    match checked {
+        Some((field, url)) => overrides
+            .trust
+            .check(&url)
+            .map_err(|reason| ValidationError::new(field, reason))?,
+        None if overrides.trust != UpstreamTrust::default() => {
+            return Err(ValidationError::new(
+                "policy",
+                "allowed_hosts and spki_sha256_pins restrict fetches; a pushed provider fetches nothing",
+            ));
+        }
+        None => {}
+    }
     Ok(NewRegistration {
         key,
         source,
         overrides,
     })
+}
+
+/// Where a registration request says the keys come from: exactly one of `jwks_url`, `issuer`
+/// and `pushed`.
+fn key_source(
+    request: &pb::RegisterProviderRequest,
+    egress: &EgressRules,
+) -> Result<KeySource, ValidationError> {
+    const FIELDS: &str = "jwks_url, issuer, pushed";
+    let given = [
+        !request.jwks_url.is_empty(),
+        !request.issuer.is_empty(),
+        request.pushed,
+    ];
+    match given {
+        [true, false, false] => Ok(KeySource::JwksUrl(JwksUrl::parse(
+            &request.jwks_url,
+            egress,
+        )?)),
+        [false, true, false] => Ok(KeySource::Issuer(Issuer::parse(&request.issuer, egress)?)),
+        [false, false, true] => Ok(KeySource::Pushed),
+        [false, false, false] => Err(ValidationError::new(
+            FIELDS,
+            "give one of them: the JWKS URL, the issuer to discover it from, or pushed for key sets published with PublishKeySet",
+        )),
+        _ => Err(ValidationError::new(FIELDS, "give only one of them")),
+    }
 }
 
 /// The overrides of a registration request.
@@ -229,6 +251,7 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
             .map(ToString::to_string)
             .unwrap_or_default(),
         issuer: issuer(registration).unwrap_or_default(),
+        pushed: !registration.source.is_fetched(),
         policy: Some(overrides_message(&registration.overrides)),
         effective_policy: Some(policy_message(&snapshot.policy, &registration.overrides)),
         status: Some(status),

@@ -110,6 +110,11 @@ class AdminServiceStub:
                 request_serializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyRequest.SerializeToString,
                 response_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyResponse.FromString,
                 _registered_method=True)
+        self.PublishKeySet = channel.unary_unary(
+                '/keyrelay.v1.AdminService/PublishKeySet',
+                request_serializer=keyrelay_dot_v1_dot_admin__service__pb2.PublishKeySetRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.PublishKeySetResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -232,6 +237,19 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishKeySet(self, request, context):
+        """PublishKeySet stores a key set for a provider registered with `pushed` (a signer with no
+        reachable JWKS URL). The set passes the same guardrails as a fetched one (INVALID_ARGUMENT
+        with the reason otherwise), gets the next version when its published keys differ from the
+        held ones, is audited (key_set.publish, with the previous and new kids) and reaches every
+        replica, WatchKeys stream and the JWKS mirror like any other change. A pushed set never
+        turns stale: it is served until the next one replaces it. FAILED_PRECONDITION for a
+        provider whose keys are fetched; NOT_FOUND when absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -304,6 +322,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReinstateKey,
                     request_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyRequest.FromString,
                     response_serializer=keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyResponse.SerializeToString,
+            ),
+            'PublishKeySet': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishKeySet,
+                    request_deserializer=keyrelay_dot_v1_dot_admin__service__pb2.PublishKeySetRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_admin__service__pb2.PublishKeySetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -690,6 +713,33 @@ class AdminService:
             '/keyrelay.v1.AdminService/ReinstateKey',
             keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyRequest.SerializeToString,
             keyrelay_dot_v1_dot_admin__service__pb2.ReinstateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishKeySet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.AdminService/PublishKeySet',
+            keyrelay_dot_v1_dot_admin__service__pb2.PublishKeySetRequest.SerializeToString,
+            keyrelay_dot_v1_dot_admin__service__pb2.PublishKeySetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,3 @@
+-- Providers whose key sets an administrator pushes (PublishKeySet) instead of keyrelay
+-- fetching them: jwks_url is then '' and issuer NULL.
+ALTER TABLE providers ADD COLUMN pushed BOOLEAN NOT NULL DEFAULT FALSE;
