@@ -182,13 +182,15 @@ impl ProviderRecord {
     }
 
     /// When the next refresh is due: the keys' next refresh, or discovery's when that comes
-    /// first. `None`: at once.
+    /// first (before any discovery was attempted, the keys' refresh discovers). `None`: at
+    /// once.
     pub fn due_at(&self) -> Option<DateTime<Utc>> {
         let keys = self.status.next_refresh_at?;
-        match &self.discovery {
-            Some(discovery) => Some(keys.min(discovery.status.next_refresh_at?)),
-            None => Some(keys),
-        }
+        let discovery = self
+            .discovery
+            .as_deref()
+            .and_then(|d| d.status.next_refresh_at);
+        Some(discovery.map_or(keys, |at| keys.min(at)))
     }
 
     /// Whether discovery is due at `now` (never, for a provider registered by URL).
@@ -292,4 +294,37 @@ pub(crate) fn sample(provider: &str, change_seq: u64) -> ProviderRecord {
     });
     record.change_seq = change_seq;
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EgressRules, Issuer};
+
+    fn registered_by_issuer(fetch_by: DateTime<Utc>) -> ProviderRecord {
+        let mut record = sample("okta", 1);
+        let issuer = Issuer::parse("https://idp.example.com", &EgressRules::default());
+        record.registration.source = KeySource::Issuer(issuer.expect("valid issuer"));
+        record.discovery = Some(Box::default());
+        record.status.next_refresh_at = Some(fetch_by);
+        record
+    }
+
+    #[test]
+    fn a_provider_never_discovered_is_due_when_its_keys_are_and_then_at_the_earlier_time() {
+        let fetch_by = Utc::now();
+        let mut record = registered_by_issuer(fetch_by);
+        assert_eq!(
+            record.due_at(),
+            Some(fetch_by),
+            "the registration's own fetch discovers; nothing else is due before it"
+        );
+        let rediscover = fetch_by - chrono::Duration::seconds(5);
+        if let Some(discovery) = record.discovery.as_deref_mut() {
+            discovery.status.next_refresh_at = Some(rediscover);
+        }
+        assert_eq!(record.due_at(), Some(rediscover));
+        record.status.next_refresh_at = None;
+        assert_eq!(record.due_at(), None, "keys due at once");
+    }
 }

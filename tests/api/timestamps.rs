@@ -237,6 +237,31 @@ async fn every_timestamp_in_every_response_is_in_range(backend: Backend) {
         "ReinstateKey",
         check(&pool, "keyrelay.v1.ReinstateKeyResponse", &reinstated),
     );
+    admin
+        .register_provider(pb::RegisterProviderRequest {
+            tenant: "acme".into(),
+            provider: "internal".into(),
+            pushed: true,
+            ..Default::default()
+        })
+        .await
+        .expect("register pushed");
+    let pushed = admin
+        .publish_key_set(pb::PublishKeySetRequest {
+            tenant: "acme".into(),
+            provider: "internal".into(),
+            jwks_json: crate::mock_idp::jwks(&["k1"])
+                .to_string()
+                .into_bytes()
+                .into(),
+        })
+        .await
+        .expect("publish")
+        .into_inner();
+    record(
+        "PublishKeySet",
+        check(&pool, "keyrelay.v1.PublishKeySetResponse", &pushed),
+    );
     key_service(&app, &pool, &mut record).await;
     let removed = admin
         .unregister_provider(pb::UnregisterProviderRequest {
