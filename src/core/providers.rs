@@ -10,7 +10,7 @@ use crate::{
     clock::Clock,
     core::error::{Error, KidNotFound, KidRefresh, KidRevoked, KidWithheld, NoUsableKeys},
     core::failure_limiter::FailureLimiter,
-    domain::{Kid, Policy, ProviderKey, TenantId},
+    domain::{Kid, Policy, ProviderKey, TenantId, ValidationError},
     observability::metrics::{CacheResult, Metrics},
     refresh::{FlightResult, RefreshError, Refresher},
     state::{Snapshot, cache::KeyCache, record::ProviderRecord},
@@ -79,6 +79,7 @@ impl Providers {
         self.parts
             .defaults
             .with_overrides(&registration.overrides)?;
+        self.check_publishes_held_keys(&registration)?;
         let revision = new_revision();
         let now = self.parts.clock.now();
         let fetch_by = now + self.parts.first_fetch_grace;
@@ -94,6 +95,25 @@ impl Providers {
             tracing::warn!(provider = %key, error = %err, "first fetch after registration did not complete");
         }
         Ok((self.get(&key)?, registered.created))
+    }
+
+    /// Refuses a new key policy that would leave out every key the provider (at the same
+    /// source) serves now: it would publish an empty set.
+    fn check_publishes_held_keys(&self, registration: &NewRegistration) -> Result<(), Error> {
+        let Some(held) = self.parts.cache.get(&registration.key) else {
+            return Ok(());
+        };
+        let Some(keys) = held.keys.as_ref() else {
+            return Ok(());
+        };
+        if held.registration.source != registration.source {
+            return Ok(());
+        }
+        registration
+            .overrides
+            .keys
+            .publishes_some(&keys.fetched)
+            .map_err(|err| ValidationError::new("policy", err.to_string()).into())
     }
 
     /// Removes a registration and its keys, audited as done by `origin`.

@@ -92,6 +92,12 @@ impl Providers {
         let parsed = KeySetDocument::parse(jwks).map_err(refused)?;
         let held = record.keys.as_ref().map(|keys| keys.fetched.as_ref());
         parsed.document.may_replace(held).map_err(refused)?;
+        record
+            .registration
+            .overrides
+            .keys
+            .publishes_some(&parsed.document)
+            .map_err(refused)?;
         Ok(parsed)
     }
 }

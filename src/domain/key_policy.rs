@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ValidationError,
-    key_set::{KeySetDocument, PublicKey, SIGNATURE_ALGORITHMS, SkipReason, SkippedKey},
+    key_set::{JwksError, KeySetDocument, PublicKey, SIGNATURE_ALGORITHMS, SkipReason, SkippedKey},
 };
 
 /// What one provider publishes of the keys it serves. The default publishes every key for
@@ -77,6 +77,24 @@ impl KeyPolicy {
             }
         }
         verdicts
+    }
+
+    /// Refuses a non-empty `document` of which this policy would publish no key: the
+    /// provider would serve an empty set although its identity provider publishes keys.
+    pub fn publishes_some(&self, document: &KeySetDocument) -> Result<(), JwksError> {
+        let withheld = self.withheld(document);
+        let count = document.keys().len();
+        match withheld.first() {
+            Some(first) if withheld.len() == count => Err(JwksError::PolicyLeavesNoKey {
+                count,
+                first: format!(
+                    "{}: {}",
+                    first.kid.as_deref().unwrap_or("(no kid)"),
+                    first.reason
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The keys of `document` this policy leaves out, with why.

@@ -129,11 +129,21 @@ pub enum JwksError {
         /// Number of keys in the last good set.
         previous: usize,
     },
+    /// The provider's key policy leaves out every key of the document.
+    #[error(
+        "the provider's key policy leaves out every one of the {count} key(s) (the first: {first}); change policy.allowed_algorithms, include_encryption_keys or require_kid"
+    )]
+    PolicyLeavesNoKey {
+        /// Keys in the document.
+        count: usize,
+        /// The first key left out, and why.
+        first: String,
+    },
 }
 
 impl JwksError {
     /// Every `kind`.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "not_json",
         "no_keys_array",
         "duplicate_kid",
@@ -144,6 +154,7 @@ impl JwksError {
         "weak_rsa_key",
         "kid_reused",
         "unconfirmed_replacement",
+        "policy_leaves_no_key",
     ];
 
     /// A short name for the rejection metric's `reason` label.
@@ -159,6 +170,7 @@ impl JwksError {
             JwksError::WeakRsaKey { .. } => "weak_rsa_key",
             JwksError::KidReused(_) => "kid_reused",
             JwksError::UnconfirmedReplacement { .. } => "unconfirmed_replacement",
+            JwksError::PolicyLeavesNoKey { .. } => "policy_leaves_no_key",
         }
     }
 }
@@ -734,6 +746,10 @@ mod tests {
             },
             JwksError::KidReused(String::new()),
             JwksError::UnconfirmedReplacement { previous: 1 },
+            JwksError::PolicyLeavesNoKey {
+                count: 1,
+                first: String::new(),
+            },
         ];
         assert_eq!(rejections.map(|e| e.kind()), JwksError::KINDS);
         let skips = [

@@ -100,6 +100,11 @@ fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
     let parsed = KeySetDocument::parse(body)?;
     let previous = current.keys.as_ref().map(|keys| keys.fetched.as_ref());
     parsed.document.may_replace(previous)?;
+    current
+        .registration
+        .overrides
+        .keys
+        .publishes_some(&parsed.document)?;
     if !parsed.skipped.is_empty() {
         tracing::info!(
             provider = %current.registration.key,

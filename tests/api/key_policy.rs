@@ -203,3 +203,45 @@ async fn a_bad_key_policy_names_the_entry_to_fix() {
         assert!(refused.message().contains(field), "{}", refused.message());
     }
 }
+
+#[tokio::test]
+async fn a_key_policy_that_leaves_out_every_key_is_refused_not_served_empty() {
+    let (app, idp) = started(Backend::Sqlite).await;
+    let url = idp.jwks_url();
+    let nothing = key_policy(&["PS512"], false, false);
+
+    let first = app
+        .register_with("acme", "keycloak", &url, Some(nothing.clone()))
+        .await;
+    assert_eq!(status(&first).state(), pb::ProviderState::Failing);
+    assert_eq!(status(&first).version, 0, "no empty set is published");
+    assert!(
+        status(&first)
+            .last_error
+            .contains("key policy leaves out every one of the 4 key(s)"),
+        "{}",
+        status(&first).last_error
+    );
+    let rejected = app
+        .metric("keyrelay_key_set_rejections_total{reason=\"policy_leaves_no_key\"}")
+        .await;
+    assert_eq!(rejected, 1.0);
+
+    let served = app.register("acme", "keycloak", &url).await;
+    assert_eq!(status(&served).version, 1);
+    let refused = app
+        .try_register_with("acme", "keycloak", &url, Some(nothing))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().starts_with("invalid policy: ")
+            && refused
+                .message()
+                .contains("(the first: rs-1: algorithm RS256"),
+        "{}",
+        refused.message()
+    );
+    let kept = app.resolve("acme", "keycloak", None).await.expect("served");
+    assert_eq!(kept.version, 1, "the registration was not changed");
+}
