@@ -19,7 +19,10 @@ async fn main() -> ExitCode {
             database_url,
             data_dir,
         } => migrate(database_url.as_deref(), &data_dir).await,
-        Command::Client(command) => cli::run(*command).await.map_err(anyhow::Error::from),
+        // A client error's message already names its cause: shown once, not again as a chain.
+        Command::Client(command) => cli::run(*command)
+            .await
+            .map_err(|err| anyhow::Error::msg(err.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
