@@ -74,6 +74,13 @@ async fn published_versioned_audited_streamed_and_never_stale(backend: Backend) 
     assert_eq!((rotated.changed, version(&rotated)), (true, 2));
     let set = watch.next_key_set().await;
     assert_eq!((set.version, kids(&set)), (2, vec!["k1", "k2"]));
+    let (code, body) = app.http_get("/v1/jwks/acme/internal").await;
+    let mirrored: Value = serde_json::from_str(&body).expect("the mirror answers JSON");
+    assert_eq!(
+        (code, mirrored["keys"][1]["kid"].as_str()),
+        (200, Some("k2")),
+        "the JWKS mirror serves the pushed set"
+    );
 
     let request = pb::ListAuditEventsRequest {
         tenant: "acme".into(),
