@@ -222,7 +222,7 @@ impl KeySets {
             return Holding::None;
         };
         if held.iter().all(|key| key.keys.issuer.is_empty()) {
-            return Holding::Key(held[0].clone());
+            return held.first().cloned().map_or(Holding::None, Holding::Key);
         }
         let iss = iss();
         let bound = held

@@ -291,7 +291,7 @@ class State:
 
 def _for_issuer(held: list[tuple[str, Key]] | None, iss: object) -> Key | None:
     """Of the keys holding one kid, the one that verifies a token of ``iss``."""
-    if held is None:
+    if not held:
         return None
     if len(held) == 1 and not held[0][0]:
         return held[0][1]
