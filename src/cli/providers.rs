@@ -190,8 +190,18 @@ pub(super) fn provider_summary(provider: &pb::Provider) -> String {
         state_name(&status),
         status.version,
         status.key_count,
-        provider.jwks_url
+        source(provider)
     )
+}
+
+/// Where a provider's keys come from, in a word or a URL: the JWKS URL (discovered, for one
+/// registered by issuer), `(pushed)`, or `(not discovered yet)`.
+fn source(provider: &pb::Provider) -> &str {
+    match (provider.pushed, provider.jwks_url.as_str()) {
+        (true, _) => "(pushed)",
+        (false, "") => "(not discovered yet)",
+        (false, url) => url,
+    }
 }
 
 pub(super) fn provider_text(provider: &pb::Provider) -> String {
@@ -203,7 +213,7 @@ pub(super) fn provider_text(provider: &pb::Provider) -> String {
         state_name(&status),
         status.version,
         status.key_count,
-        provider.jwks_url,
+        source(provider),
         time(status.fetched_at.as_ref()),
         time(status.fresh_until.as_ref()),
         time(status.usable_until.as_ref()),

@@ -430,7 +430,7 @@ async fn a_person_pushes_key_sets_for_a_provider_without_a_url() {
         &["providers", "add", "acme", "internal", "--pushed"],
     ));
     assert!(
-        added.contains("acme/internal: PENDING (version 0, 0 keys)"),
+        added.contains("acme/internal: PENDING (version 0, 0 keys)\n  url:          (pushed)\n"),
         "{added}"
     );
     let file = data_dir.path().join("keys.json");
