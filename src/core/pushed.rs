@@ -3,8 +3,6 @@
 //! and is written only if the provider's row has not changed since it was read, so that two
 //! administrators pushing at once never share a version.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Duration, Utc};
 
 use crate::{
@@ -13,8 +11,9 @@ use crate::{
     core::providers::Providers,
     domain::key_set::{KeySetDocument, Parsed},
     domain::{ProviderKey, ValidationError},
+    refresh::outcome,
     state::Snapshot,
-    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Validators, published},
+    state::record::{ProviderRecord, RefreshStatus, Validators},
 };
 
 /// Reads and writes one push tries before giving up to a burst of concurrent writes.
@@ -109,21 +108,9 @@ fn pushed(record: &ProviderRecord, parsed: Parsed, now: DateTime<Utc>) -> Option
     if held.is_some_and(|keys| parsed.document.same_keys_as(&keys.fetched)) {
         return None;
     }
-    let fetched = Arc::new(parsed.document);
-    let document = published(&fetched, &record.registration);
-    let version = match held {
-        Some(keys) if document.same_keys_as(&keys.document) => keys.version,
-        _ => record.version() + 1,
-    };
+    let (keys, _) = outcome::versioned(record, parsed);
     let mut next = record.clone();
-    next.keys = Some(CurrentKeys {
-        version,
-        document,
-        fetched,
-        fetched_at: now,
-        fresh_until: now + Duration::days(PUSHED_LIFETIME_DAYS),
-        skipped: Arc::from(parsed.skipped),
-    });
+    next.keys = Some(keys.current(now, now + Duration::days(PUSHED_LIFETIME_DAYS)));
     next.validators = Validators::default();
     next.status = RefreshStatus {
         last_attempt_at: Some(now),

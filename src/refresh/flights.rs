@@ -354,23 +354,23 @@ impl Refresher {
             && current.discovery.is_some()
             && !jwks_uri_moved
             && current.status.next_refresh_at.is_some_and(|at| at > now);
-        let next = match current.jwks_url() {
-            None => undiscovered(&current, now),
-            Some(_) if only_discovery_due => current.as_ref().clone(),
+        let (next, change) = match current.jwks_url() {
+            None => (undiscovered(&current, now), None),
+            Some(_) if only_discovery_due => (current.as_ref().clone(), None),
             Some(url) => {
                 let (next, change) = self.fetch_keys(&current, url, &policy).await;
                 audits.extend(rejection_event(&current, &next, &change));
-                let record = self
-                    .commit(key, next, fence.as_ref(), &audits)
-                    .instrument(tracing::info_span!("keyrelay.publish"))
-                    .await?;
-                log_change(key, &change, &record);
-                return Ok(record);
+                (next, Some(change))
             }
         };
-        self.commit(key, next, fence.as_ref(), &audits)
+        let record = self
+            .commit(key, next, fence.as_ref(), &audits)
             .instrument(tracing::info_span!("keyrelay.publish"))
-            .await
+            .await?;
+        if let Some(change) = &change {
+            log_change(key, change, &record);
+        }
+        Ok(record)
     }
 
     /// Fetches the issuer's metadata of `current` and returns the record with its discovery

@@ -119,7 +119,7 @@ fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
 /// revoked keys): the previous
 /// version when the published keys are the same, the next one (continuing from a dropped
 /// version, if any) when they are not.
-fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
+pub fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
     let skipped = Arc::from(parsed.skipped);
     let previous = current.keys.as_ref();
     let fetched = match previous {
@@ -152,11 +152,25 @@ fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
 
 /// A version, what it publishes, the document it was published from and the keys left
 /// out of that.
-struct Versioned {
+pub struct Versioned {
     version: u64,
     document: Arc<KeySetDocument>,
     fetched: Arc<KeySetDocument>,
     skipped: Arc<[SkippedKey]>,
+}
+
+impl Versioned {
+    /// These keys as confirmed at `fetched_at`, fresh until `fresh_until`.
+    pub fn current(self, fetched_at: DateTime<Utc>, fresh_until: DateTime<Utc>) -> CurrentKeys {
+        CurrentKeys {
+            version: self.version,
+            document: self.document,
+            fetched: self.fetched,
+            fetched_at,
+            fresh_until,
+            skipped: self.skipped,
+        }
+    }
 }
 
 fn succeed<R: Rng>(
@@ -171,14 +185,7 @@ fn succeed<R: Rng>(
     let record = ProviderRecord {
         change_seq: current.change_seq,
         registration: current.registration.clone(),
-        keys: Some(CurrentKeys {
-            version: keys.version,
-            document: keys.document,
-            fetched: keys.fetched,
-            fetched_at: ctx.now,
-            fresh_until: fresh.fresh_until,
-            skipped: keys.skipped,
-        }),
+        keys: Some(keys.current(ctx.now, fresh.fresh_until)),
         validators: cache.validators,
         discovery: current.discovery.clone(),
         status: RefreshStatus {
