@@ -390,4 +390,28 @@ async fn a_registration_gives_exactly_one_of_jwks_url_and_issuer() {
         assert_eq!(err.code(), Code::InvalidArgument, "{message}");
         assert!(err.message().starts_with(message), "{}", err.message());
     }
+
+    let confined = pb::RegisterProviderRequest {
+        tenant: "acme".into(),
+        provider: "okta".into(),
+        issuer: idp.url(""),
+        policy: Some(pb::ProviderPolicy {
+            allowed_hosts: vec!["idp.example.com".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = app
+        .admin()
+        .await
+        .register_provider(confined)
+        .await
+        .expect_err("the issuer's host is not allowed");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("invalid issuer: ")
+            && err.message().contains("policy.allowed_hosts"),
+        "the policy's hosts apply to the issuer's metadata: {}",
+        err.message()
+    );
 }

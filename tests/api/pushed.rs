@@ -166,6 +166,13 @@ async fn a_pushed_set_passes_the_guardrails_of_a_fetched_one() {
     app.register("acme", "okta", &idp.jwks_url()).await;
     let fetched = publish(&app, "okta", &jwks(&["k9"])).await.unwrap_err();
     assert_eq!(fetched.code(), Code::FailedPrecondition, "{fetched:?}");
+    register_pushed(&app, "okta", None).await.unwrap();
+    let kept = app.resolve("acme", "okta", None).await.unwrap();
+    assert_eq!(
+        (kept.version, kids(&kept)),
+        (1, vec!["key-1"]),
+        "a provider switched to pushed keeps its fetched keys until the first push"
+    );
     let absent = publish(&app, "nobody", &jwks(&["k9"])).await.unwrap_err();
     assert_eq!(absent.code(), Code::NotFound);
     let pinned = pb::ProviderPolicy {
@@ -181,6 +188,25 @@ async fn a_pushed_set_passes_the_guardrails_of_a_fetched_one() {
         "{}",
         err.message()
     );
+}
+
+#[tokio::test]
+async fn concurrent_pushes_on_two_replicas_never_share_a_version() {
+    let app = spawn_app(Backend::Postgres).await;
+    let peer = app.spawn_peer().await;
+    register_pushed(&app, "internal", None).await.unwrap();
+    let sets = ["a", "b", "c", "d"].map(|kid| jwks(&[kid]));
+    let answers = futures::future::join_all(sets.iter().enumerate().map(|(i, set)| {
+        let replica = if i % 2 == 0 { &app } else { &peer };
+        publish(replica, "internal", set)
+    }))
+    .await;
+    let mut versions: Vec<u64> = answers
+        .iter()
+        .map(|answer| version(answer.as_ref().expect("every push lands")))
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3, 4], "one version each");
 }
 
 #[tokio::test]
