@@ -294,6 +294,7 @@ pub(super) fn provider_json(provider: &pb::Provider) -> Value {
         "provider": provider.provider,
         "jwks_url": provider.jwks_url,
         "issuer": provider.issuer,
+        "pushed": provider.pushed,
         "discovery": status.discovery.as_ref().map(discovery_json),
         "state": state_name(&status),
         "version": status.version,

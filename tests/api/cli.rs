@@ -445,6 +445,16 @@ async fn a_person_pushes_key_sets_for_a_provider_without_a_url() {
     );
     let again = stdout(&cli(&endpoint, data, &args));
     assert!(again.starts_with("unchanged"), "{again}");
+    let got = stdout(&cli(
+        &endpoint,
+        data,
+        &["providers", "get", "acme", "internal", "--json"],
+    ));
+    let got: serde_json::Value = serde_json::from_str(got.trim()).expect("one JSON line");
+    assert_eq!(
+        (got["pushed"].as_bool(), got["jwks_url"].as_str()),
+        (Some(true), Some(""))
+    );
 
     std::fs::write(data_dir.path().join("keys.json"), "{}").unwrap();
     let refused = cli(&endpoint, data, &args);
