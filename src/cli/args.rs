@@ -401,4 +401,8 @@ pub struct PolicyArgs {
     /// Leave out keys without a kid when the set publishes more than one key.
     #[arg(long)]
     pub require_kid: bool,
+    /// PEM file of CA certificates (one or more) a key's x5c chain must validate to for the
+    /// key to be published; repeat for several files.
+    #[arg(long = "trust-anchor", value_name = "PEM_FILE")]
+    pub trust_anchors: Vec<PathBuf>,
 }

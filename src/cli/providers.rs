@@ -34,7 +34,7 @@ pub(super) async fn run(
                 jwks_url: jwks_url.unwrap_or_default(),
                 issuer: issuer.unwrap_or_default(),
                 pushed,
-                policy: Some(policy_message(&policy)),
+                policy: Some(policy_message(&policy)?),
             };
             admin
                 .register_provider(request)
@@ -161,12 +161,16 @@ pub(super) async fn for_each_provider(
     }
 }
 
-pub(super) fn policy_message(policy: &PolicyArgs) -> pb::ProviderPolicy {
+pub(super) fn policy_message(policy: &PolicyArgs) -> Result<pb::ProviderPolicy, ClientError> {
     let duration = |d: std::time::Duration| PbDuration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
     };
-    pb::ProviderPolicy {
+    let mut trust_anchors = Vec::new();
+    for file in &policy.trust_anchors {
+        trust_anchors.extend(certificates(file)?);
+    }
+    Ok(pb::ProviderPolicy {
         min_ttl: policy.min_ttl.map(duration),
         max_ttl: policy.max_ttl.map(duration),
         default_ttl: policy.default_ttl.map(duration),
@@ -178,7 +182,37 @@ pub(super) fn policy_message(policy: &PolicyArgs) -> pb::ProviderPolicy {
         allowed_algorithms: policy.allowed_algorithms.clone(),
         include_encryption_keys: policy.include_encryption_keys,
         require_kid: policy.require_kid,
+        trust_anchors,
+    })
+}
+
+/// The PEM blocks of `file`, one per entry as the API takes them; the whole text when it is
+/// not PEM, for the server to say what is wrong with it.
+fn certificates(file: &Path) -> Result<Vec<String>, ClientError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ClientError::Input {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    match pem::parse_many(&text) {
+        Ok(blocks) if !blocks.is_empty() => Ok(blocks
+            .iter()
+            .map(|block| pem::encode_config(block, lf))
+            .collect()),
+        _ => Ok(vec![text]),
     }
+}
+
+/// The subject of a PEM certificate, for `providers get`.
+fn subject(pem_text: &str) -> String {
+    let der = pem::parse(pem_text).map(|block| block.into_contents());
+    der.ok()
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, certificate)| certificate.subject().to_string())
+        })
+        .unwrap_or_else(|| "(unreadable certificate)".into())
 }
 
 pub(super) fn provider_summary(provider: &pb::Provider) -> String {
@@ -235,6 +269,10 @@ pub(super) fn provider_text(provider: &pb::Provider) -> String {
             &skipped.kid
         };
         text.push_str(&format!("\n  skipped:      {kid}: {}", skipped.reason));
+    }
+    let anchors = provider.policy.iter().flat_map(|p| &p.trust_anchors);
+    for anchor in anchors {
+        text.push_str(&format!("\n  trust anchor: {}", subject(anchor)));
     }
     for revoked in &status.revoked_keys {
         text.push_str(&format!(
@@ -317,6 +355,7 @@ pub(super) fn provider_json(provider: &pb::Provider) -> Value {
             "allowed_algorithms": policy.allowed_algorithms,
             "include_encryption_keys": policy.include_encryption_keys,
             "require_kid": policy.require_kid,
+            "trust_anchors": policy.trust_anchors,
         })),
         "revoked_keys": status
             .revoked_keys

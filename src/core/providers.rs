@@ -112,7 +112,7 @@ impl Providers {
         registration
             .overrides
             .keys
-            .publishes_some(&keys.fetched)
+            .publishes_some(&keys.fetched, keys.fetched_at)
             .map_err(|err| ValidationError::new("policy", err.to_string()).into())
     }
 

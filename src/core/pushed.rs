@@ -43,8 +43,8 @@ impl Providers {
         let store = &self.parts.store;
         for _ in 0..ATTEMPTS {
             let record = self.stored(key).await?;
-            let parsed = self.accept(&record, jwks)?;
             let now = self.now();
+            let parsed = self.accept(&record, jwks, now)?;
             let Some(mut next) = pushed(&record, parsed, now) else {
                 return Ok(Pushed {
                     snapshot: self.get(key)?,
@@ -68,7 +68,12 @@ impl Providers {
 
     /// The pushed document, once it passes the provider's size cap and the key-set
     /// guardrails against the set held.
-    fn accept(&self, record: &ProviderRecord, jwks: &[u8]) -> Result<Parsed, Error> {
+    fn accept(
+        &self,
+        record: &ProviderRecord,
+        jwks: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<Parsed, Error> {
         let key = &record.registration.key;
         if record.registration.source.is_fetched() {
             return Err(Error::NotPushed(key.clone()));
@@ -95,20 +100,22 @@ impl Providers {
             .registration
             .overrides
             .keys
-            .publishes_some(&parsed.document)
+            .publishes_some(&parsed.document, now)
             .map_err(refused)?;
         Ok(parsed)
     }
 }
 
 /// `record` holding the pushed set, under the next version when what it publishes changes;
-/// `None` when it is the set held already.
+/// `None` when it is the set held already and publishes what it did (its certificate chains
+/// checked again as of `now`).
 fn pushed(record: &ProviderRecord, parsed: Parsed, now: DateTime<Utc>) -> Option<ProviderRecord> {
     let held = record.keys.as_ref();
-    if held.is_some_and(|keys| parsed.document.same_keys_as(&keys.fetched)) {
+    let same_set = held.is_some_and(|keys| parsed.document.same_keys_as(&keys.fetched));
+    let (keys, change) = outcome::versioned(record, parsed, now);
+    if same_set && change == outcome::Change::Unchanged {
         return None;
     }
-    let (keys, _) = outcome::versioned(record, parsed);
     let mut next = record.clone();
     next.keys = Some(keys.current(now, now + Duration::days(PUSHED_LIFETIME_DAYS)));
     next.validators = Validators::default();

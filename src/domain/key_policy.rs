@@ -1,11 +1,14 @@
 //! Per-provider key policy: which keys of a fetched set the verification view publishes (the
-//! signature algorithms allowed, encryption keys, keys without a kid). Nothing here does I/O.
+//! signature algorithms allowed, encryption keys, keys without a kid, certificate chains to
+//! the provider's trust anchors). Nothing here does I/O.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ValidationError,
+    TrustAnchor, ValidationError,
     key_set::{JwksError, KeySetDocument, PublicKey, SIGNATURE_ALGORITHMS, SkipReason, SkippedKey},
+    trust_anchors, upstream_trust,
 };
 
 /// What one provider publishes of the keys it serves. The default publishes every key for
@@ -23,14 +26,20 @@ pub struct KeyPolicy {
     /// Whether keys without a kid are left out of a set that publishes more than one key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_kid: bool,
+    /// CA certificates one of which every published key's `x5c` chain must validate to;
+    /// empty publishes keys with or without a chain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_anchors: Vec<TrustAnchor>,
 }
 
 impl KeyPolicy {
-    /// Parses the policy's `allowed_algorithms`, `include_encryption_keys` and `require_kid`.
+    /// Parses the policy's `allowed_algorithms`, `include_encryption_keys`, `require_kid` and
+    /// `trust_anchors` (PEM certificates).
     pub fn parse(
         allowed_algorithms: &[String],
         include_encryption_keys: bool,
         require_kid: bool,
+        trust_anchors: &[String],
     ) -> Result<Self, ValidationError> {
         let mut allowed: Vec<String> = Vec::with_capacity(allowed_algorithms.len());
         for (i, alg) in allowed_algorithms.iter().enumerate() {
@@ -53,6 +62,11 @@ impl KeyPolicy {
             allowed_algorithms: allowed,
             include_encryption_keys,
             require_kid,
+            trust_anchors: upstream_trust::parse_list(
+                "policy.trust_anchors",
+                trust_anchors,
+                TrustAnchor::parse_pem,
+            )?,
         })
     }
 
@@ -65,9 +79,11 @@ impl KeyPolicy {
         }
     }
 
-    /// For each key of `keys`, in order, why this policy leaves it out, if it does.
-    pub fn verdicts(&self, keys: &[PublicKey]) -> Vec<Option<SkipReason>> {
-        let mut verdicts: Vec<Option<SkipReason>> = keys.iter().map(|k| self.verdict(k)).collect();
+    /// For each key of `keys`, in order, why this policy leaves it out, if it does, with
+    /// certificate chains checked as of `at` (when the identity provider last served them).
+    pub fn verdicts(&self, keys: &[PublicKey], at: DateTime<Utc>) -> Vec<Option<SkipReason>> {
+        let mut verdicts: Vec<Option<SkipReason>> =
+            keys.iter().map(|k| self.verdict(k, at)).collect();
         let published = verdicts.iter().filter(|v| v.is_none()).count();
         if self.require_kid && published > 1 {
             for (verdict, key) in verdicts.iter_mut().zip(keys) {
@@ -79,10 +95,14 @@ impl KeyPolicy {
         verdicts
     }
 
-    /// Refuses a non-empty `document` of which this policy would publish no key: the
+    /// Refuses a non-empty `document` of which this policy would publish no key at `at`: the
     /// provider would serve an empty set although its identity provider publishes keys.
-    pub fn publishes_some(&self, document: &KeySetDocument) -> Result<(), JwksError> {
-        let withheld = self.withheld(document);
+    pub fn publishes_some(
+        &self,
+        document: &KeySetDocument,
+        at: DateTime<Utc>,
+    ) -> Result<(), JwksError> {
+        let withheld = self.withheld(document, at);
         let count = document.keys().len();
         match withheld.first() {
             Some(first) if withheld.len() == count => Err(JwksError::PolicyLeavesNoKey {
@@ -97,10 +117,10 @@ impl KeyPolicy {
         }
     }
 
-    /// The keys of `document` this policy leaves out, with why.
-    pub fn withheld(&self, document: &KeySetDocument) -> Vec<SkippedKey> {
+    /// The keys of `document` this policy leaves out at `at`, with why.
+    pub fn withheld(&self, document: &KeySetDocument, at: DateTime<Utc>) -> Vec<SkippedKey> {
         let keys = document.keys();
-        self.verdicts(keys)
+        self.verdicts(keys, at)
             .into_iter()
             .zip(keys)
             .filter_map(|(verdict, key)| {
@@ -112,7 +132,7 @@ impl KeyPolicy {
             .collect()
     }
 
-    fn verdict(&self, key: &PublicKey) -> Option<SkipReason> {
+    fn verdict(&self, key: &PublicKey, at: DateTime<Utc>) -> Option<SkipReason> {
         if key.is_for_encryption() {
             return (!self.include_encryption_keys).then_some(SkipReason::EncryptionKey);
         }
@@ -123,7 +143,7 @@ impl KeyPolicy {
             self.allowed_algorithms.is_empty() || self.allowed_algorithms.iter().any(|a| a == alg)
         };
         if key.signs_with_any(allowed) {
-            None
+            self.untrusted(key, at)
         } else {
             let alg = key.alg.clone().unwrap_or_else(|| {
                 format!(
@@ -133,6 +153,19 @@ impl KeyPolicy {
             });
             Some(SkipReason::AlgorithmNotAllowed(alg))
         }
+    }
+
+    /// Why `key`'s certificate chain is not trusted at `at`, when the policy names anchors.
+    fn untrusted(&self, key: &PublicKey, at: DateTime<Utc>) -> Option<SkipReason> {
+        if self.trust_anchors.is_empty() {
+            return None;
+        }
+        let object = serde_json::from_slice(&key.json)
+            .map_err(|err| format!("the key is not a JSON object: {err}"));
+        object
+            .and_then(|object| trust_anchors::check_chain(&object, &self.trust_anchors, at))
+            .err()
+            .map(SkipReason::Certificate)
     }
 }
 
@@ -161,7 +194,7 @@ mod tests {
 
     fn withheld(policy: &KeyPolicy, keys: Value) -> Vec<(Option<String>, &'static str)> {
         policy
-            .withheld(&document(keys))
+            .withheld(&document(keys), Utc::now())
             .into_iter()
             .map(|skipped| (skipped.kid, skipped.reason.kind()))
             .collect()
@@ -206,7 +239,8 @@ mod tests {
 
     #[test]
     fn keys_outside_the_allowed_algorithms_are_left_out() {
-        let policy = KeyPolicy::parse(&["ES384".into(), "RS256".into()], false, false).unwrap();
+        let policy =
+            KeyPolicy::parse(&["ES384".into(), "RS256".into()], false, false, &[]).unwrap();
         let keys = json!([
             ec(Some("named"), Some("ES256"), None),
             ec(Some("by-curve"), None, None),
@@ -224,7 +258,7 @@ mod tests {
 
     #[test]
     fn keys_without_a_kid_are_left_out_only_beside_other_published_keys() {
-        let policy = KeyPolicy::parse(&[], false, true).unwrap();
+        let policy = KeyPolicy::parse(&[], false, true, &[]).unwrap();
         let alone = json!([ec(None, None, None), ec(Some("enc"), None, Some("enc"))]);
         assert_eq!(
             withheld(&policy, alone),
@@ -237,10 +271,12 @@ mod tests {
 
     #[test]
     fn unknown_and_repeated_algorithms_are_refused_naming_the_entry() {
-        let err = KeyPolicy::parse(&["RS256".into(), "HS256".into()], false, false).unwrap_err();
+        let err =
+            KeyPolicy::parse(&["RS256".into(), "HS256".into()], false, false, &[]).unwrap_err();
         assert_eq!(err.field, "policy.allowed_algorithms[1]");
         assert!(err.reason.contains("RS256, RS384"), "{}", err.reason);
-        let err = KeyPolicy::parse(&["EdDSA".into(), "EdDSA".into()], false, false).unwrap_err();
+        let err =
+            KeyPolicy::parse(&["EdDSA".into(), "EdDSA".into()], false, false, &[]).unwrap_err();
         assert_eq!(err.field, "policy.allowed_algorithms[1]");
     }
 
@@ -250,7 +286,7 @@ mod tests {
             KeyPolicy::default().algorithms_in_force().len(),
             SIGNATURE_ALGORITHMS.len()
         );
-        let policy = KeyPolicy::parse(&["PS256".into()], false, false).unwrap();
+        let policy = KeyPolicy::parse(&["PS256".into()], false, false, &[]).unwrap();
         assert_eq!(policy.algorithms_in_force(), ["PS256"]);
     }
 }

@@ -131,7 +131,7 @@ pub enum JwksError {
     },
     /// The provider's key policy leaves out every key of the document.
     #[error(
-        "the provider's key policy leaves out every one of the {count} key(s) (the first: {first}); change policy.allowed_algorithms, include_encryption_keys or require_kid"
+        "the provider's key policy leaves out every one of the {count} key(s) (the first: {first}); change policy.allowed_algorithms, include_encryption_keys, require_kid or trust_anchors"
     )]
     PolicyLeavesNoKey {
         /// Keys in the document.
@@ -213,7 +213,8 @@ pub enum SkipReason {
         "an encryption key (use enc, or a key management alg); policy.include_encryption_keys publishes it"
     )]
     EncryptionKey,
-    /// The key's `x5c` leaf certificate does not carry it, or a thumbprint does not match.
+    /// The key's `x5c` leaf certificate does not carry it, a thumbprint does not match, or
+    /// the chain does not validate to the provider's trust anchors.
     #[error("certificate: {0}")]
     Certificate(String),
     /// `use` is neither `sig` nor `enc`.

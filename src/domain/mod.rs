@@ -10,6 +10,7 @@ pub mod key_set;
 mod key_source;
 mod policy;
 pub mod revocation;
+mod trust_anchors;
 mod upstream_trust;
 mod x509;
 
@@ -21,6 +22,7 @@ pub use key_source::KeySource;
 #[cfg(test)]
 pub(crate) use policy::documented_defaults;
 pub use policy::{Policy, PolicyOverrides};
+pub use trust_anchors::TrustAnchor;
 pub use upstream_trust::{HostPattern, SpkiPin, UpstreamTrust};
 
 use std::borrow::Cow;

@@ -53,7 +53,8 @@ impl UpstreamTrust {
     }
 }
 
-fn parse_list<T>(
+/// Parses each of `values`, at most `MAX_ENTRIES`; errors name `field[i]`.
+pub(super) fn parse_list<T>(
     field: &'static str,
     values: &[String],
     parse: impl Fn(&str) -> Result<T, String>,

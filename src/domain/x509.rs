@@ -41,10 +41,28 @@ fn leaf_der(chain: &Value) -> Result<Vec<u8>, String> {
         .as_array()
         .and_then(|chain| chain.first())
         .ok_or("x5c is not a non-empty array")?;
-    let text = first.as_str().ok_or("x5c[0] is not a string")?;
+    certificate_der(0, first)
+}
+
+/// Every certificate of an `x5c` chain, leaf first, in DER.
+pub(super) fn chain_der(chain: &Value) -> Result<Vec<Vec<u8>>, String> {
+    match chain.as_array() {
+        Some(entries) if !entries.is_empty() => entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| certificate_der(i, entry))
+            .collect(),
+        _ => Err("x5c is not a non-empty array".into()),
+    }
+}
+
+fn certificate_der(index: usize, entry: &Value) -> Result<Vec<u8>, String> {
+    let text = entry
+        .as_str()
+        .ok_or_else(|| format!("x5c[{index}] is not a string"))?;
     STANDARD
         .decode(text)
-        .map_err(|err| format!("x5c[0] is not base64: {err}"))
+        .map_err(|err| format!("x5c[{index}] is not base64: {err}"))
 }
 
 fn thumbprint(object: &Map<String, Value>, member: &str, digest: &[u8]) -> Result<(), String> {

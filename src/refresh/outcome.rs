@@ -47,28 +47,28 @@ pub fn apply<R: Rng>(
     ctx: Context<'_, R>,
 ) -> (ProviderRecord, Change) {
     match (result, current.keys.as_ref()) {
-        (Ok(FetchOutcome::Modified { body, cache }), previous) => match accept(current, &body) {
-            Ok(parsed) if is_unconfirmed_replacement(current, &parsed.document) => {
-                let previous = previous.map_or(0, |keys| keys.document.keys().len());
-                let held = JwksError::UnconfirmedReplacement { previous };
-                let (mut record, change) = reject(current, held, Retry::Soon { after: None }, ctx);
-                record.pending_replacement = Some(parsed.document.fingerprint());
-                (record, change)
+        (Ok(FetchOutcome::Modified { body, cache }), previous) => {
+            match accept(current, &body, ctx.now) {
+                Ok(parsed) if is_unconfirmed_replacement(current, &parsed.document) => {
+                    let previous = previous.map_or(0, |keys| keys.document.keys().len());
+                    let held = JwksError::UnconfirmedReplacement { previous };
+                    let (mut record, change) =
+                        reject(current, held, Retry::Soon { after: None }, ctx);
+                    record.pending_replacement = Some(parsed.document.fingerprint());
+                    (record, change)
+                }
+                Ok(parsed) => {
+                    let (keys, change) = versioned(current, parsed, ctx.now);
+                    succeed(current, keys, change, cache, ctx)
+                }
+                Err(err) => reject(current, err, Retry::Later, ctx),
             }
-            Ok(parsed) => {
-                let (keys, change) = versioned(current, parsed);
-                succeed(current, keys, change, cache, ctx)
-            }
-            Err(err) => reject(current, err, Retry::Later, ctx),
-        },
+        }
         (Ok(FetchOutcome::NotModified { cache }), Some(previous)) => {
-            let keys = Versioned {
-                version: previous.version,
-                document: Arc::clone(&previous.document),
-                fetched: Arc::clone(&previous.fetched),
-                skipped: Arc::clone(&previous.skipped),
-            };
-            succeed(current, keys, Change::Unchanged, cache, ctx)
+            match reconfirmed(current, previous, ctx.now) {
+                Ok((keys, change)) => succeed(current, keys, change, cache, ctx),
+                Err(err) => reject(current, err, Retry::Later, ctx),
+            }
         }
         (Ok(FetchOutcome::NotModified { .. }), None) => {
             let reason = "304 Not Modified but no key set is stored; will fetch it whole".into();
@@ -96,7 +96,7 @@ fn is_unconfirmed_replacement(current: &ProviderRecord, document: &KeySetDocumen
     replaces_all && current.pending_replacement != Some(document.fingerprint())
 }
 
-fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
+fn accept(current: &ProviderRecord, body: &[u8], now: DateTime<Utc>) -> Result<Parsed, JwksError> {
     let parsed = KeySetDocument::parse(body)?;
     let previous = current.keys.as_ref().map(|keys| keys.fetched.as_ref());
     parsed.document.may_replace(previous)?;
@@ -104,7 +104,7 @@ fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
         .registration
         .overrides
         .keys
-        .publishes_some(&parsed.document)?;
+        .publishes_some(&parsed.document, now)?;
     if !parsed.skipped.is_empty() {
         tracing::info!(
             provider = %current.registration.key,
@@ -115,18 +115,49 @@ fn accept(current: &ProviderRecord, body: &[u8]) -> Result<Parsed, JwksError> {
     Ok(parsed)
 }
 
-/// The keys a fetched document becomes, published as the registration says (key policy,
-/// revoked keys): the previous
-/// version when the published keys are the same, the next one (continuing from a dropped
-/// version, if any) when they are not.
-pub fn versioned(current: &ProviderRecord, parsed: Parsed) -> (Versioned, Change) {
-    let skipped = Arc::from(parsed.skipped);
+/// The keys a document served at `now` becomes, published as the registration says (key
+/// policy, revoked keys): the previous version when the published keys are the same, the
+/// next one (continuing from a dropped version, if any) when they are not.
+pub fn versioned(
+    current: &ProviderRecord,
+    parsed: Parsed,
+    now: DateTime<Utc>,
+) -> (Versioned, Change) {
     let previous = current.keys.as_ref();
     let fetched = match previous {
         Some(prev) if parsed.document.same_keys_as(&prev.fetched) => Arc::clone(&prev.fetched),
         _ => Arc::new(parsed.document),
     };
-    let document = published(&fetched, &current.registration);
+    published_version(current, fetched, Arc::from(parsed.skipped), now)
+}
+
+/// The held keys confirmed again at `now` (a 304): the same version unless what they
+/// publish changed with the time (a certificate of a chain expired, say); refused, like a
+/// served document, when that leaves no key.
+fn reconfirmed(
+    current: &ProviderRecord,
+    held: &CurrentKeys,
+    now: DateTime<Utc>,
+) -> Result<(Versioned, Change), JwksError> {
+    let policy = &current.registration.overrides.keys;
+    policy.publishes_some(&held.fetched, now)?;
+    let fetched = Arc::clone(&held.fetched);
+    Ok(published_version(
+        current,
+        fetched,
+        Arc::clone(&held.skipped),
+        now,
+    ))
+}
+
+fn published_version(
+    current: &ProviderRecord,
+    fetched: Arc<KeySetDocument>,
+    skipped: Arc<[SkippedKey]>,
+    now: DateTime<Utc>,
+) -> (Versioned, Change) {
+    let previous = current.keys.as_ref();
+    let document = published(&fetched, &current.registration, now);
     match previous {
         Some(prev) if document.same_keys_as(&prev.document) => {
             let keys = Versioned {

@@ -228,7 +228,7 @@ impl ProviderRecord {
         let mut record = self.clone();
         record.registration = registration;
         if let Some(keys) = &mut record.keys {
-            let document = published(&keys.fetched, &record.registration);
+            let document = published(&keys.fetched, &record.registration, keys.fetched_at);
             if !document.same_keys_as(&keys.document) {
                 keys.version += 1;
             }
@@ -245,18 +245,29 @@ impl ProviderRecord {
             return Vec::new();
         };
         let mut skipped = keys.skipped.to_vec();
-        skipped.extend(self.registration.overrides.keys.withheld(&keys.fetched));
+        let withheld = self
+            .registration
+            .overrides
+            .keys
+            .withheld(&keys.fetched, keys.fetched_at);
+        skipped.extend(withheld);
         skipped
     }
 }
 
 /// What `fetched` publishes for `registration`: the keys its key policy allows, less the
-/// revoked ones; `fetched` itself when that is all of them.
+/// revoked ones; `fetched` itself when that is all of them. Certificate chains are checked as
+/// of `confirmed_at`, when the identity provider last served the set: every replica reads
+/// that time from the store, so all of them publish the same keys for a version.
 pub fn published(
     fetched: &Arc<KeySetDocument>,
     registration: &Registration,
+    confirmed_at: DateTime<Utc>,
 ) -> Arc<KeySetDocument> {
-    let verdicts = registration.overrides.keys.verdicts(fetched.keys());
+    let verdicts = registration
+        .overrides
+        .keys
+        .verdicts(fetched.keys(), confirmed_at);
     let revoked = &registration.revoked;
     fetched
         .retain(|i, key| verdicts[i].is_none() && !revoked.withholds(key))

@@ -329,7 +329,7 @@ fn current_keys(
     let fetched = Arc::new(parsed.document);
     Ok(Some(CurrentKeys {
         version,
-        document: published(&fetched, registration),
+        document: published(&fetched, registration, fetched_at),
         fetched,
         fetched_at,
         fresh_until,

@@ -9,7 +9,10 @@ use std::{
 
 use keyrelay::clock::ManualClock;
 
-use crate::mock_idp::{Document, MockIdp};
+use crate::{
+    mock_idp::{Document, MockIdp},
+    pki::TestCa,
+};
 
 pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
 
@@ -182,7 +185,51 @@ async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
     assert_eq!(strict["skipped_keys"][0]["kind"], "algorithm_not_allowed");
     assert_eq!(
         strict["key_policy"],
-        serde_json::json!({"allowed_algorithms": ["PS256"], "include_encryption_keys": false, "require_kid": true})
+        serde_json::json!({"allowed_algorithms": ["PS256"], "include_encryption_keys": false, "require_kid": true, "trust_anchors": []})
+    );
+
+    let (root, other) = (TestCa::new("Bank Root"), TestCa::new("Other Root"));
+    let chained = serde_json::json!({"keys": [
+        root.signing_jwk("by-root", (2099, 1, 1)),
+        other.signing_jwk("by-other", (2099, 1, 1)),
+    ]});
+    idp.set_route(
+        "/bank",
+        Some(Document {
+            body: chained.to_string(),
+            ..Document::default()
+        }),
+    );
+    let bundle = std::path::Path::new(data).join("anchors.pem");
+    std::fs::write(&bundle, format!("{}{}", root.pem(), other.pem())).expect("write anchors");
+    let bundle = bundle.to_string_lossy();
+    let bank_url = idp.url("/bank");
+    let add_bank = |anchors: &str| {
+        let args = [
+            "providers",
+            "add",
+            "acme",
+            "bank",
+            &bank_url,
+            "--trust-anchor",
+            anchors,
+        ];
+        cli(&endpoint, data, &args)
+    };
+    let bank = stdout(&add_bank(&bundle));
+    assert!(bank.contains("(version 1, 2 keys)"), "{bank}");
+    assert!(
+        bank.contains("trust anchor: CN=Bank Root\n  trust anchor: CN=Other Root"),
+        "one line per certificate of the file: {bank}"
+    );
+    let absent = std::path::Path::new(data).join("absent.pem");
+    let absent = absent.to_string_lossy();
+    let unreadable = add_bank(&absent);
+    assert!(!unreadable.status.success());
+    assert!(
+        String::from_utf8_lossy(&unreadable.stderr).contains(&format!("cannot read {absent}")),
+        "{}",
+        String::from_utf8_lossy(&unreadable.stderr)
     );
 
     let missing = cli(&endpoint, data, &["providers", "get", "acme", "nope"]);

@@ -28,6 +28,7 @@ mod status_page;
 mod store;
 mod timestamps;
 mod tls;
+mod trust_anchors;
 mod unknown_keys;
 mod upstream_tls;
 mod verifiers;

@@ -3,6 +3,10 @@
 
 use std::sync::Arc;
 
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 use keyrelay::domain::SpkiPin;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
@@ -53,6 +57,27 @@ impl TestCa {
         params.not_before = date_time_ymd(2000, 1, 1);
         params.not_after = date_time_ymd(2001, 1, 1);
         self.sign(params)
+    }
+
+    /// An EC P-256 signing key as a JWK named `kid`, its `x5c` a certificate this CA signed
+    /// for it, valid until the start of `not_after` (year, month, day), then this CA's.
+    pub fn signing_jwk(&self, kid: &str, not_after: (i32, u8, u8)) -> serde_json::Value {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, kid);
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let point = key.public_key_raw();
+        serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "kid": kid,
+            "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+            "x5c": [STANDARD.encode(cert.der()), STANDARD.encode(self.cert())],
+        })
     }
 
     fn sign(&self, params: CertificateParams) -> Leaf {

@@ -14,7 +14,7 @@ use crate::{
     cluster::ClusterStatus,
     domain::{
         EgressRules, Issuer, JwksUrl, KeyPolicy, KeySource, MetadataDocument, Policy,
-        PolicyOverrides, ProviderKey, UpstreamTrust, ValidationError,
+        PolicyOverrides, ProviderKey, TrustAnchor, UpstreamTrust, ValidationError,
     },
     proto::v1 as pb,
     state::Snapshot,
@@ -143,6 +143,7 @@ fn policy_overrides(
             &policy.allowed_algorithms,
             policy.include_encryption_keys,
             policy.require_kid,
+            &policy.trust_anchors,
         )?,
     })
 }
@@ -158,8 +159,13 @@ fn overrides_message(overrides: &PolicyOverrides) -> pb::ProviderPolicy {
         allowed_algorithms: overrides.keys.allowed_algorithms.clone(),
         include_encryption_keys: overrides.keys.include_encryption_keys,
         require_kid: overrides.keys.require_kid,
+        trust_anchors: trust_anchors(&overrides.keys),
         ..trust_message(&overrides.trust)
     }
+}
+
+fn trust_anchors(keys: &KeyPolicy) -> Vec<String> {
+    keys.trust_anchors.iter().map(TrustAnchor::to_pem).collect()
 }
 
 fn trust_message(trust: &UpstreamTrust) -> pb::ProviderPolicy {
@@ -187,6 +193,7 @@ fn policy_message(policy: &Policy, overrides: &PolicyOverrides) -> pb::ProviderP
         allowed_algorithms: overrides.keys.algorithms_in_force(),
         include_encryption_keys: overrides.keys.include_encryption_keys,
         require_kid: overrides.keys.require_kid,
+        trust_anchors: trust_anchors(&overrides.keys),
         ..trust_message(&overrides.trust)
     }
 }
