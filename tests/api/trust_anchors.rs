@@ -2,7 +2,8 @@
 //! the provider's anchors are published, as of when the identity provider last served the
 //! set (a certificate that expires leaves at the next refresh, even a 304); new anchors on
 //! re-registration publish the new view at once, or are refused when they would leave no
-//! key; malformed anchors name the entry to fix.
+//! key; a replica beside the one that refreshed publishes the same view; pushed sets are
+//! checked when pushed; malformed anchors name the entry to fix.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::{
-    helpers::{Backend, TestApp, kids, spawn_app, status},
+    helpers::{Backend, TestApp, kids, spawn_app, status, wait_until},
     mock_idp::{Document, MockIdp},
     pki::TestCa,
 };
@@ -185,4 +186,85 @@ async fn malformed_trust_anchors_name_the_entry() {
             err.message()
         );
     }
+}
+
+#[tokio::test]
+async fn a_replica_beside_the_one_that_refreshed_publishes_the_same_checked_view() {
+    let app = spawn_app(Backend::Postgres).await;
+    let peer = app.spawn_peer().await;
+    let idp = MockIdp::start(app.clock.clone()).await;
+    let root = TestCa::new("Bank Root");
+    let keys = json!({"keys": [
+        root.signing_jwk("trusted", days_after(&app, 400)),
+        root.signing_jwk("expiring", days_after(&app, 2)),
+    ]});
+    idp.set_document(Document {
+        body: keys.to_string(),
+        cache_control: Some("max-age=600".into()),
+        etag: Some("\"v1\"".into()),
+        ..Document::default()
+    });
+    app.register_with("acme", "bank", &idp.jwks_url(), anchored(&[&root]))
+        .await;
+    let held = wait_until(|| async { peer.resolve("acme", "bank", None).await.ok() }).await;
+    assert_eq!(kids(&held), ["trusted", "expiring"]);
+
+    app.advance(Duration::from_secs(3 * 24 * 3600));
+    assert_eq!(status(&app.refresh("acme", "bank").await).version, 2);
+    let checked = wait_until(|| async {
+        let set = peer.resolve("acme", "bank", None).await.ok()?;
+        (set.version == 2).then_some(set)
+    })
+    .await;
+    assert_eq!(kids(&checked), ["trusted"]);
+    let skipped = skipped(&peer.get("acme", "bank").await);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, "expiring");
+}
+
+#[tokio::test]
+async fn a_pushed_set_is_checked_against_the_anchors_when_pushed() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let root = TestCa::new("Bank Root");
+    let request = pb::RegisterProviderRequest {
+        tenant: "acme".into(),
+        provider: "internal".into(),
+        pushed: true,
+        policy: anchored(&[&root]),
+        ..Default::default()
+    };
+    app.admin()
+        .await
+        .register_provider(request)
+        .await
+        .expect("register");
+    let push = |document: serde_json::Value| {
+        let request = pb::PublishKeySetRequest {
+            tenant: "acme".into(),
+            provider: "internal".into(),
+            jwks_json: document.to_string().into_bytes().into(),
+        };
+        let app = &app;
+        async move { app.admin().await.publish_key_set(request).await }
+    };
+    let other = TestCa::new("Other Root");
+    let untrusted = other.signing_jwk("untrusted", days_after(&app, 400));
+    let err = push(json!({"keys": [untrusted.clone()]}))
+        .await
+        .expect_err("a set of untrusted keys only is refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("no trust anchor issued it"),
+        "{}",
+        err.message()
+    );
+    let trusted = root.signing_jwk("trusted", days_after(&app, 400));
+    push(json!({"keys": [trusted, untrusted]}))
+        .await
+        .expect("a set with a trusted key is published");
+    let set = app
+        .resolve("acme", "internal", None)
+        .await
+        .expect("resolve");
+    assert_eq!(kids(&set), ["trusted"]);
 }
