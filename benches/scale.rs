@@ -39,24 +39,14 @@ fn jwks(i: u64) -> String {
     serde_json::json!({ "keys": keys }).to_string()
 }
 
-fn cache_policy(url: &str) -> String {
-    let request = http::Request::get(url).body(()).unwrap();
+fn cache_policy() -> String {
     let response = http::Response::builder()
         .header("cache-control", "max-age=3600")
         .header("etag", ETAG)
         .body(())
         .unwrap();
-    let options = http_cache_semantics::CacheOptions {
-        shared: false,
-        ..Default::default()
-    };
-    let policy = http_cache_semantics::CachePolicy::new_options(
-        &request,
-        &response,
-        std::time::SystemTime::now(),
-        options,
-    );
-    serde_json::to_string(&policy).unwrap()
+    let cached = keyrelay::state::CachedResponse::from_headers(response.headers());
+    serde_json::to_string(&cached).unwrap()
 }
 
 async fn seed(data_dir: &std::path::Path, count: u64, url: &str) {
@@ -67,7 +57,7 @@ async fn seed(data_dir: &std::path::Path, count: u64, url: &str) {
     let options = SqliteConnectOptions::new().filename(data_dir.join(keyrelay::store::SQLITE_FILE));
     let mut db = SqliteConnection::connect_with(&options).await.unwrap();
     let now: DateTime<Utc> = Utc::now();
-    let policy = cache_policy(url);
+    let policy = cache_policy();
     let mut tx = db.begin().await.unwrap();
     for i in 0..count {
         let next = now + chrono::Duration::milliseconds((i * 3_600_000 / count) as i64);

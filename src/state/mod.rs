@@ -3,8 +3,10 @@
 //! read is served from, with its feed of changes.
 
 pub mod cache;
+mod cached_response;
 pub mod collector;
 pub mod record;
 mod snapshot;
 
+pub use cached_response::CachedResponse;
 pub use snapshot::Snapshot;

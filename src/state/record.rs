@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use http_cache_semantics::CachePolicy;
-
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::revocation::Revocations,
     domain::{JwksUrl, KeySource, MetadataDocument, Policy, PolicyOverrides, ProviderKey},
+    state::CachedResponse,
 };
+use chrono::{DateTime, Utc};
 
 /// A registration as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,8 +38,8 @@ pub struct Validators {
     pub etag: Option<String>,
     /// The response's Last-Modified, sent back as If-Modified-Since.
     pub last_modified: Option<String>,
-    /// The response's caching rules, updated by a 304.
-    pub cache_policy: Option<CachePolicy>,
+    /// The response's caching header fields, updated by a 304.
+    pub cached_response: Option<CachedResponse>,
 }
 
 /// What discovery learnt of a provider registered by issuer, and how its latest attempts went.

@@ -2,11 +2,11 @@
 //! names, the metadata's validators) and how its latest attempts went, as JSON.
 
 use chrono::{DateTime, Utc};
-use http_cache_semantics::CachePolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{JwksUrl, MetadataDocument},
+    state::CachedResponse,
     state::record::{DiscoveredMetadata, Discovery, RefreshStatus, Validators},
 };
 
@@ -15,7 +15,7 @@ struct StoredDiscovery {
     metadata: Option<StoredMetadata>,
     etag: Option<String>,
     last_modified: Option<String>,
-    cache_policy: Option<CachePolicy>,
+    cache_policy: Option<CachedResponse>,
     status: StoredStatus,
 }
 
@@ -46,7 +46,7 @@ pub(super) fn to_json(discovery: &Discovery) -> Result<String, String> {
         }),
         etag: discovery.validators.etag.clone(),
         last_modified: discovery.validators.last_modified.clone(),
-        cache_policy: discovery.validators.cache_policy.clone(),
+        cache_policy: discovery.validators.cached_response.clone(),
         status: StoredStatus {
             last_attempt_at: discovery.status.last_attempt_at,
             last_error: discovery.status.last_error.clone(),
@@ -79,7 +79,7 @@ pub(super) fn from_json(json: &str) -> Result<Discovery, String> {
         validators: Validators {
             etag: stored.etag,
             last_modified: stored.last_modified,
-            cache_policy: stored.cache_policy,
+            cached_response: stored.cache_policy,
         },
         status: RefreshStatus {
             last_attempt_at: stored.status.last_attempt_at,

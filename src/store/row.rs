@@ -111,7 +111,7 @@ impl RefreshColumns {
         };
         let cache_policy = record
             .validators
-            .cache_policy
+            .cached_response
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
@@ -338,7 +338,7 @@ fn current_keys(
 }
 
 fn validators(columns: &RefreshColumns) -> Result<Validators, String> {
-    let cache_policy = columns
+    let cached_response = columns
         .cache_policy
         .as_deref()
         .map(serde_json::from_str)
@@ -347,7 +347,7 @@ fn validators(columns: &RefreshColumns) -> Result<Validators, String> {
     Ok(Validators {
         etag: columns.etag.clone(),
         last_modified: columns.last_modified.clone(),
-        cache_policy,
+        cached_response,
     })
 }
 
@@ -557,7 +557,9 @@ mod tests {
             let record = record.expect("the registration is still served");
             assert_eq!(count(&counts, RowPart::KeySet), 1);
             assert!(record.keys.is_none());
-            assert!(record.validators.etag.is_none() && record.validators.cache_policy.is_none());
+            assert!(
+                record.validators.etag.is_none() && record.validators.cached_response.is_none()
+            );
             assert_eq!(record.status.next_refresh_at, None, "fetched again at once");
             let error = record.status.last_error.clone().unwrap_or_default();
             assert!(
@@ -605,7 +607,7 @@ mod tests {
         let record = record.expect("readable");
         assert_eq!(count(&counts, RowPart::Validators), 1);
         assert_eq!(record.keys.map(|k| k.version), Some(4));
-        assert!(record.validators.etag.is_none() && record.validators.cache_policy.is_none());
+        assert!(record.validators.etag.is_none() && record.validators.cached_response.is_none());
         assert_eq!(record.status.next_refresh_at, None, "fetched again at once");
     }
 

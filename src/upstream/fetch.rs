@@ -25,6 +25,7 @@ use url::Url;
 
 use crate::{
     domain::{EgressRules, SpkiPin, UpstreamTrust, redacted_url},
+    state::CachedResponse,
     state::record::Validators,
     upstream::dns::{GuardedResolver, HostLookup},
     upstream::tls::{UpstreamTlsError, UpstreamTrustRoots},
@@ -337,12 +338,14 @@ impl Fetcher {
             StatusCode::NOT_MODIFIED => {
                 let head = with_validators_we_sent(head, prior);
                 let stored = prior
-                    .cache_policy
+                    .cached_response
                     .as_ref()
                     .ok_or(FetchError::UnmatchedNotModified)?;
-                match stored.after_response(&request, &head, now) {
-                    AfterResponse::NotModified(policy, merged) => Ok(FetchOutcome::NotModified {
-                        cache: cache_facts(policy, &merged.headers, now),
+                let rebuilt = response_parts(StatusCode::OK, stored.headers());
+                let rebuilt = CachePolicy::new_options(&request, &rebuilt, now, cache_options());
+                match rebuilt.after_response(&request, &head, now) {
+                    AfterResponse::NotModified(policy, _) => Ok(FetchOutcome::NotModified {
+                        cache: cache_facts(policy, &stored.updated_by(&head.headers), now),
                     }),
                     AfterResponse::Modified(..) => Err(FetchError::UnmatchedNotModified),
                 }
@@ -541,7 +544,7 @@ fn cache_facts(policy: CachePolicy, headers: &HeaderMap, now: SystemTime) -> Cac
         validators: Validators {
             etag: text(ETAG),
             last_modified: text(LAST_MODIFIED),
-            cache_policy: Some(policy),
+            cached_response: Some(CachedResponse::from_headers(headers)),
         },
     }
 }
@@ -652,7 +655,7 @@ mod tests {
         let prior = Validators {
             etag: Some("\"v1\"".into()),
             last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
-            cache_policy: None,
+            cached_response: None,
         };
         let headers = conditional_headers(&prior);
         assert_eq!(headers[IF_NONE_MATCH], "\"v1\"");

@@ -246,3 +246,34 @@ async fn the_scheduler_refreshes_when_the_clock_reaches_next_refresh_at() {
     assert!(moved >= 540.0, "next refresh moved by {moved}s");
     assert_eq!(idp.request_count(), 2, "exactly one scheduled fetch");
 }
+
+#[tokio::test]
+async fn a_304_after_a_restart_takes_its_new_max_age_from_the_stored_caching_headers() {
+    let (app, idp) = app_and_idp().await;
+    let mut document = Document {
+        body: jwks(&["k1"]).to_string(),
+        cache_control: Some("max-age=600".into()),
+        etag: Some("\"v1\"".into()),
+        ..Document::default()
+    };
+    idp.set_document(document.clone());
+    app.register("acme", "okta", &idp.jwks_url()).await;
+    let app = app.restart().await;
+    document.cache_control = Some("max-age=1200".into());
+    idp.set_document(document);
+    app.advance(Duration::from_secs(100));
+    let refreshed = app.refresh("acme", "okta").await;
+    let requests = idp.requests();
+    assert_eq!(requests.len(), 2, "one fetch, then one revalidation");
+    assert_eq!(requests[1].if_none_match.as_deref(), Some("\"v1\""));
+    let after = status(&refreshed);
+    assert_eq!(after.version, 1, "the 304 kept the keys");
+    assert_eq!(
+        seconds_between(
+            after.fetched_at.as_ref().unwrap(),
+            after.fresh_until.as_ref().unwrap()
+        ),
+        1200.0,
+        "the 304's Cache-Control replaces the stored one"
+    );
+}
