@@ -365,13 +365,27 @@ impl KeySetDocument {
         })
     }
 
+    /// The document `{"keys": [...]}` of `objects`; each key's JSON is a slice of the
+    /// document's bytes, not a copy of its own.
     fn from_objects(objects: Vec<Map<String, Value>>) -> Self {
-        let keys = objects.iter().map(public_key).collect();
-        let document = serde_json::json!({ "keys": objects });
-        Self {
-            json: Bytes::from(document.to_string()),
-            keys,
+        let mut json = b"{\"keys\":[".to_vec();
+        let mut spans = Vec::with_capacity(objects.len());
+        for (i, object) in objects.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            let start = json.len();
+            json.extend_from_slice(Value::Object(object.clone()).to_string().as_bytes());
+            spans.push(start..json.len());
         }
+        json.extend_from_slice(b"]}");
+        let json = Bytes::from(json);
+        let keys = objects
+            .iter()
+            .zip(spans)
+            .map(|(object, span)| public_key(object, json.slice(span)))
+            .collect();
+        Self { json, keys }
     }
 
     /// This set with only the keys `keep` accepts (given each key's position and the key);
@@ -632,7 +646,7 @@ fn signature_algorithms_of(object: &Map<String, Value>) -> &'static [&'static st
     }
 }
 
-fn public_key(object: &Map<String, Value>) -> PublicKey {
+fn public_key(object: &Map<String, Value>, json: Bytes) -> PublicKey {
     let text = |member: &str| {
         object
             .get(member)
@@ -644,7 +658,7 @@ fn public_key(object: &Map<String, Value>) -> PublicKey {
         kty: text("kty").unwrap_or_default(),
         alg: text("alg"),
         key_use: text("use"),
-        json: Bytes::from(Value::Object(object.clone()).to_string()),
+        json,
         fits: signature_algorithms_of(object),
     }
 }
@@ -666,6 +680,28 @@ mod tests {
 
     fn parse(doc: Value) -> Result<Parsed, JwksError> {
         KeySetDocument::parse(doc.to_string().as_bytes())
+    }
+
+    #[test]
+    fn each_key_is_a_slice_of_the_document_that_reads_as_the_key() {
+        let document = parse(json!({"keys": [rsa("a"), rsa("b")]}))
+            .unwrap()
+            .document;
+        let whole = document.json();
+        assert_eq!(
+            whole.as_ref(),
+            json!({"keys": [rsa("a"), rsa("b")]}).to_string().as_bytes(),
+            "the document is serde_json's compact form"
+        );
+        let range = whole.as_ptr_range();
+        for (key, kid) in document.keys().iter().zip(["a", "b"]) {
+            assert!(
+                range.contains(&key.json.as_ptr()),
+                "shares the document's bytes"
+            );
+            let read: Value = serde_json::from_slice(&key.json).unwrap();
+            assert_eq!(read, rsa(kid));
+        }
     }
 
     #[test]
