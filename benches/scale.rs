@@ -1,5 +1,5 @@
 //! Scale of registrations (run with `cargo bench --bench scale`): PROVIDERS providers in the
-//! embedded store, each with a ~1 KB key set, an ETag and a cache policy, their next refreshes
+//! embedded store, each with a ~1 KB key set, an ETag and its caching headers, their next refreshes
 //! spread over the next hour. Measures keyrelay's warm start (process start to gRPC health
 //! SERVING), resident memory, and over STEADY_SECS of steady state (a mock IdP answering
 //! 304 with max-age=3600) its CPU use and the refreshes it writes per second.
@@ -39,7 +39,7 @@ fn jwks(i: u64) -> String {
     serde_json::json!({ "keys": keys }).to_string()
 }
 
-fn cache_policy() -> String {
+fn cached_response() -> String {
     let response = http::Response::builder()
         .header("cache-control", "max-age=3600")
         .header("etag", ETAG)
@@ -57,7 +57,7 @@ async fn seed(data_dir: &std::path::Path, count: u64, url: &str) {
     let options = SqliteConnectOptions::new().filename(data_dir.join(keyrelay::store::SQLITE_FILE));
     let mut db = SqliteConnection::connect_with(&options).await.unwrap();
     let now: DateTime<Utc> = Utc::now();
-    let policy = cache_policy();
+    let cached = cached_response();
     let mut tx = db.begin().await.unwrap();
     for i in 0..count {
         let next = now + chrono::Duration::milliseconds((i * 3_600_000 / count) as i64);
@@ -72,7 +72,7 @@ async fn seed(data_dir: &std::path::Path, count: u64, url: &str) {
         .bind(now)
         .bind(jwks(i).into_bytes())
         .bind(ETAG)
-        .bind(&policy)
+        .bind(&cached)
         .bind(now + chrono::Duration::hours(1))
         .bind(next)
         .bind(i as i64 + 1)

@@ -120,7 +120,12 @@ impl KeyPolicy {
     /// The keys of `document` this policy leaves out at `at`, with why.
     pub fn withheld(&self, document: &KeySetDocument, at: DateTime<Utc>) -> Vec<SkippedKey> {
         let keys = document.keys();
-        self.verdicts(keys, at)
+        Self::left_out(keys, self.verdicts(keys, at))
+    }
+
+    /// The keys of `keys` that `verdicts` (theirs, in order) leave out, with why.
+    pub fn left_out(keys: &[PublicKey], verdicts: Vec<Option<SkipReason>>) -> Vec<SkippedKey> {
+        verdicts
             .into_iter()
             .zip(keys)
             .filter_map(|(verdict, key)| {

@@ -86,11 +86,10 @@ pub(super) fn check_chain(
                 .into(),
         );
     };
-    let mut chain = x509::chain_der(chain)?
-        .into_iter()
-        .map(CertificateDer::from);
-    let leaf = chain.next().ok_or("x5c is not a non-empty array")?;
-    let intermediates: Vec<CertificateDer<'_>> = chain.collect();
+    let (leaf, rest) = x509::chain_der(chain)?;
+    let leaf = CertificateDer::from(leaf);
+    let intermediates: Vec<CertificateDer<'_>> =
+        rest.into_iter().map(CertificateDer::from).collect();
     let anchors = anchors
         .iter()
         .filter_map(|anchor| webpki::anchor_from_trusted_cert(&anchor.0).ok())

@@ -35,25 +35,28 @@ pub(super) fn check(object: &Map<String, Value>) -> Result<(), String> {
     thumbprint(object, "x5t#S256", &Sha256::digest(&leaf))
 }
 
-/// The leaf of an `x5c` chain: the first entry, standard base64 of DER.
-fn leaf_der(chain: &Value) -> Result<Vec<u8>, String> {
-    let first = chain
+/// The entries of an `x5c` chain: the leaf, and the rest in order.
+fn entries(chain: &Value) -> Result<(&Value, &[Value]), String> {
+    chain
         .as_array()
-        .and_then(|chain| chain.first())
-        .ok_or("x5c is not a non-empty array")?;
-    certificate_der(0, first)
+        .and_then(|entries| entries.split_first())
+        .ok_or_else(|| "x5c is not a non-empty array".into())
 }
 
-/// Every certificate of an `x5c` chain, leaf first, in DER.
-pub(super) fn chain_der(chain: &Value) -> Result<Vec<Vec<u8>>, String> {
-    match chain.as_array() {
-        Some(entries) if !entries.is_empty() => entries
-            .iter()
-            .enumerate()
-            .map(|(i, entry)| certificate_der(i, entry))
-            .collect(),
-        _ => Err("x5c is not a non-empty array".into()),
-    }
+/// The leaf certificate of an `x5c` chain in DER; the rest is not decoded.
+fn leaf_der(chain: &Value) -> Result<Vec<u8>, String> {
+    certificate_der(0, entries(chain)?.0)
+}
+
+/// The certificates of an `x5c` chain in DER: the leaf, then the rest in order.
+pub(super) fn chain_der(chain: &Value) -> Result<(Vec<u8>, Vec<Vec<u8>>), String> {
+    let (leaf, rest) = entries(chain)?;
+    let rest = rest
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| certificate_der(i + 1, entry))
+        .collect::<Result<_, _>>()?;
+    Ok((certificate_der(0, leaf)?, rest))
 }
 
 fn certificate_der(index: usize, entry: &Value) -> Result<Vec<u8>, String> {

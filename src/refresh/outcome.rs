@@ -11,7 +11,7 @@ use crate::{
     domain::Policy,
     domain::key_set::{JwksError, KeySetDocument, Parsed, SkippedKey},
     refresh::freshness::{self, Backoff},
-    state::record::{CurrentKeys, ProviderRecord, RefreshStatus, Validators, published},
+    state::record::{CurrentKeys, ProviderRecord, Published, RefreshStatus, Validators, published},
     upstream::fetch::{CacheFacts, FetchError, FetchOutcome, Retry},
 };
 
@@ -156,29 +156,24 @@ fn published_version(
     skipped: Arc<[SkippedKey]>,
     now: DateTime<Utc>,
 ) -> (Versioned, Change) {
-    let previous = current.keys.as_ref();
-    let document = published(&fetched, &current.registration, now);
-    match previous {
+    let Published { document, withheld } = published(&fetched, &current.registration, now);
+    let (version, document, change) = match current.keys.as_ref() {
         Some(prev) if document.same_keys_as(&prev.document) => {
-            let keys = Versioned {
-                version: prev.version,
-                document: Arc::clone(&prev.document),
-                fetched,
-                skipped,
-            };
-            (keys, Change::Unchanged)
+            (prev.version, Arc::clone(&prev.document), Change::Unchanged)
         }
         _ => {
             let version = current.version() + 1;
-            let keys = Versioned {
-                version,
-                document,
-                fetched,
-                skipped,
-            };
-            (keys, Change::NewVersion(version))
+            (version, document, Change::NewVersion(version))
         }
-    }
+    };
+    let keys = Versioned {
+        version,
+        document,
+        fetched,
+        skipped,
+        withheld,
+    };
+    (keys, change)
 }
 
 /// A version, what it publishes, the document it was published from and the keys left
@@ -188,6 +183,7 @@ pub struct Versioned {
     document: Arc<KeySetDocument>,
     fetched: Arc<KeySetDocument>,
     skipped: Arc<[SkippedKey]>,
+    withheld: Arc<[SkippedKey]>,
 }
 
 impl Versioned {
@@ -200,6 +196,7 @@ impl Versioned {
             fetched_at,
             fresh_until,
             skipped: self.skipped,
+            withheld: self.withheld,
         }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::revocation::Revocations,
-    domain::{JwksUrl, KeySource, MetadataDocument, Policy, PolicyOverrides, ProviderKey},
+    domain::{
+        JwksUrl, KeyPolicy, KeySource, MetadataDocument, Policy, PolicyOverrides, ProviderKey,
+    },
     state::CachedResponse,
 };
 use chrono::{DateTime, Utc};
@@ -84,6 +86,9 @@ pub struct CurrentKeys {
     pub fresh_until: DateTime<Utc>,
     /// Keys of the last fetched document that keyrelay left out, and why.
     pub skipped: Arc<[SkippedKey]>,
+    /// Keys of `fetched` the key policy leaves out as of `fetched_at`, and why: judged with
+    /// `document`, once, so status and Resolve of such a kid never judge them again.
+    pub withheld: Arc<[SkippedKey]>,
 }
 
 /// The outcome of the latest refresh attempts.
@@ -227,11 +232,12 @@ impl ProviderRecord {
         let mut record = self.clone();
         record.registration = registration;
         if let Some(keys) = &mut record.keys {
-            let document = published(&keys.fetched, &record.registration, keys.fetched_at);
-            if !document.same_keys_as(&keys.document) {
+            let view = published(&keys.fetched, &record.registration, keys.fetched_at);
+            if !view.document.same_keys_as(&keys.document) {
                 keys.version += 1;
             }
-            keys.document = document;
+            keys.document = view.document;
+            keys.withheld = view.withheld;
         }
         record
     }
@@ -254,23 +260,32 @@ impl ProviderRecord {
     }
 }
 
+/// What a fetched document publishes for a registration, and what its key policy leaves out.
+pub struct Published {
+    /// The keys the key policy allows, less the revoked ones.
+    pub document: Arc<KeySetDocument>,
+    /// The keys the key policy leaves out, and why.
+    pub withheld: Arc<[SkippedKey]>,
+}
+
 /// What `fetched` publishes for `registration`: the keys its key policy allows, less the
-/// revoked ones; `fetched` itself when that is all of them. Certificate chains are checked as
-/// of `confirmed_at`, when the identity provider last served the set: every replica reads
-/// that time from the store, so all of them publish the same keys for a version.
+/// revoked ones (`fetched` itself when that is all of them), and the keys the policy leaves
+/// out. Certificate chains are checked as of `confirmed_at`, when the identity provider last
+/// served the set: every replica reads that time from the store, so all of them publish the
+/// same keys for a version.
 pub fn published(
     fetched: &Arc<KeySetDocument>,
     registration: &Registration,
     confirmed_at: DateTime<Utc>,
-) -> Arc<KeySetDocument> {
-    let verdicts = registration
-        .overrides
-        .keys
-        .verdicts(fetched.keys(), confirmed_at);
+) -> Published {
+    let policy = &registration.overrides.keys;
+    let verdicts = policy.verdicts(fetched.keys(), confirmed_at);
     let revoked = &registration.revoked;
-    fetched
+    let document = fetched
         .retain(|i, key| verdicts[i].is_none() && !revoked.withholds(key))
-        .map_or_else(|| Arc::clone(fetched), Arc::new)
+        .map_or_else(|| Arc::clone(fetched), Arc::new);
+    let withheld = KeyPolicy::left_out(fetched.keys(), verdicts).into();
+    Published { document, withheld }
 }
 
 impl CurrentKeys {

@@ -21,7 +21,7 @@ use crate::{
     domain::revocation::{Revocations, RevokedKey},
     domain::{Issuer, JwksUrl, KeySource, ProviderKey},
     state::record::{
-        CurrentKeys, ProviderRecord, RefreshStatus, Registration, Validators, published,
+        CurrentKeys, ProviderRecord, Published, RefreshStatus, Registration, Validators, published,
     },
 };
 
@@ -327,13 +327,15 @@ fn current_keys(
     };
     let parsed = KeySetDocument::parse(json).map_err(|e| format!("key set: {e}"))?;
     let fetched = Arc::new(parsed.document);
+    let Published { document, withheld } = published(&fetched, registration, fetched_at);
     Ok(Some(CurrentKeys {
         version,
-        document: published(&fetched, registration, fetched_at),
+        document,
         fetched,
         fetched_at,
         fresh_until,
         skipped: Arc::from([]),
+        withheld,
     }))
 }
 

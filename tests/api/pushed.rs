@@ -14,7 +14,7 @@ use crate::{
     mock_idp::{MockIdp, jwks},
 };
 
-async fn register_pushed(
+pub(crate) async fn register_pushed(
     app: &TestApp,
     provider: &str,
     policy: Option<pb::ProviderPolicy>,
@@ -30,7 +30,7 @@ async fn register_pushed(
     Ok(response.into_inner().provider.expect("provider"))
 }
 
-async fn publish(
+pub(crate) async fn publish(
     app: &TestApp,
     provider: &str,
     document: &Value,

@@ -105,6 +105,7 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
                 kid: Some("pq".into()),
                 reason: SkipReason::UnsupportedKeyType("AKP".into()),
             }]),
+            withheld: Arc::from([]),
         }),
         validators: Validators {
             etag: Some("\"v\"".into()),

@@ -1,6 +1,7 @@
 //! Per-provider trust anchors over real gRPC: only keys whose `x5c` chain validates to one of
 //! the provider's anchors are published, as of when the identity provider last served the
-//! set (a certificate that expires leaves at the next refresh, even a 304); new anchors on
+//! set (a certificate that expires leaves at the next refresh, even a 304, which is refused
+//! when it would leave no key); left-out kids answer NOT_FOUND without a refresh; new anchors on
 //! re-registration publish the new view at once, or are refused when they would leave no
 //! key; a replica beside the one that refreshed publishes the same view; pushed sets are
 //! checked when pushed; malformed anchors name the entry to fix.
@@ -16,6 +17,7 @@ use crate::{
     helpers::{Backend, TestApp, kids, spawn_app, status, wait_until},
     mock_idp::{Document, MockIdp},
     pki::TestCa,
+    pushed::{publish, register_pushed},
 };
 
 fn anchored(anchors: &[&TestCa]) -> Option<pb::ProviderPolicy> {
@@ -32,6 +34,25 @@ fn skipped(provider: &pb::Provider) -> Vec<(String, String)> {
         .map(|s| (s.kid.clone(), format!("{}: {}", s.kind, s.reason)))
         .collect()
 }
+
+/// Serves `keys` fresh for 600 s under the ETag `"v1"`, so that refreshes revalidate.
+fn serve(idp: &MockIdp, keys: &serde_json::Value) {
+    idp.set_document(Document {
+        body: keys.to_string(),
+        cache_control: Some("max-age=600".into()),
+        etag: Some(ETAG.into()),
+        ..Document::default()
+    });
+}
+
+/// Whether the last request to `idp` revalidated the served set.
+fn revalidated(idp: &MockIdp) -> bool {
+    idp.requests()
+        .last()
+        .is_some_and(|r| r.if_none_match.as_deref() == Some(ETAG))
+}
+
+const ETAG: &str = "\"v1\"";
 
 /// The (year, month, day) `days` after the server clock's date.
 fn days_after(app: &TestApp, days: i64) -> (i32, u8, u8) {
@@ -52,12 +73,7 @@ async fn only_chains_to_an_anchor_are_published(backend: Backend) {
         other.signing_jwk("other-ca", days_after(&app, 400)),
         ed_without_chain,
     ]});
-    idp.set_document(Document {
-        body: keys.to_string(),
-        cache_control: Some("max-age=600".into()),
-        etag: Some("\"v1\"".into()),
-        ..Document::default()
-    });
+    serve(&idp, &keys);
     let url = idp.jwks_url();
 
     let provider = app
@@ -84,12 +100,7 @@ async fn only_chains_to_an_anchor_are_published(backend: Backend) {
 
     app.advance(Duration::from_secs(3 * 24 * 3600));
     let refreshed = app.refresh("acme", "bank").await;
-    assert!(
-        idp.requests()
-            .last()
-            .is_some_and(|r| r.if_none_match.as_deref() == Some("\"v1\"")),
-        "the refresh was a revalidation"
-    );
+    assert!(revalidated(&idp), "the refresh was a revalidation");
     assert_eq!(
         status(&refreshed).version,
         2,
@@ -134,6 +145,18 @@ async fn only_chains_to_an_anchor_are_published(backend: Backend) {
         ["trusted", "other-ca"],
         "chains are checked as of the last confirmation, also after a restart"
     );
+    let listed: Vec<String> = skipped(&restarted.get("acme", "bank").await)
+        .into_iter()
+        .map(|(kid, _)| kid)
+        .collect();
+    assert_eq!(listed, ["expiring", "bare"], "read back from the store");
+    let fetches = idp.requests().len();
+    let err = restarted
+        .resolve("acme", "bank", Some("bare"))
+        .await
+        .expect_err("a kid the anchors leave out");
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(idp.requests().len(), fetches, "answered without a refresh");
 }
 
 #[tokio::test]
@@ -198,12 +221,7 @@ async fn a_replica_beside_the_one_that_refreshed_publishes_the_same_checked_view
         root.signing_jwk("trusted", days_after(&app, 400)),
         root.signing_jwk("expiring", days_after(&app, 2)),
     ]});
-    idp.set_document(Document {
-        body: keys.to_string(),
-        cache_control: Some("max-age=600".into()),
-        etag: Some("\"v1\"".into()),
-        ..Document::default()
-    });
+    serve(&idp, &keys);
     app.register_with("acme", "bank", &idp.jwks_url(), anchored(&[&root]))
         .await;
     let held = wait_until(|| async { peer.resolve("acme", "bank", None).await.ok() }).await;
@@ -226,30 +244,12 @@ async fn a_replica_beside_the_one_that_refreshed_publishes_the_same_checked_view
 async fn a_pushed_set_is_checked_against_the_anchors_when_pushed() {
     let app = spawn_app(Backend::Sqlite).await;
     let root = TestCa::new("Bank Root");
-    let request = pb::RegisterProviderRequest {
-        tenant: "acme".into(),
-        provider: "internal".into(),
-        pushed: true,
-        policy: anchored(&[&root]),
-        ..Default::default()
-    };
-    app.admin()
-        .await
-        .register_provider(request)
+    register_pushed(&app, "internal", anchored(&[&root]))
         .await
         .expect("register");
-    let push = |document: serde_json::Value| {
-        let request = pb::PublishKeySetRequest {
-            tenant: "acme".into(),
-            provider: "internal".into(),
-            jwks_json: document.to_string().into_bytes().into(),
-        };
-        let app = &app;
-        async move { app.admin().await.publish_key_set(request).await }
-    };
     let other = TestCa::new("Other Root");
     let untrusted = other.signing_jwk("untrusted", days_after(&app, 400));
-    let err = push(json!({"keys": [untrusted.clone()]}))
+    let err = publish(&app, "internal", &json!({"keys": [untrusted.clone()]}))
         .await
         .expect_err("a set of untrusted keys only is refused");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -259,7 +259,7 @@ async fn a_pushed_set_is_checked_against_the_anchors_when_pushed() {
         err.message()
     );
     let trusted = root.signing_jwk("trusted", days_after(&app, 400));
-    push(json!({"keys": [trusted, untrusted]}))
+    publish(&app, "internal", &json!({"keys": [trusted, untrusted]}))
         .await
         .expect("a set with a trusted key is published");
     let set = app
@@ -267,4 +267,31 @@ async fn a_pushed_set_is_checked_against_the_anchors_when_pushed() {
         .await
         .expect("resolve");
     assert_eq!(kids(&set), ["trusted"]);
+}
+
+#[tokio::test]
+async fn a_304_after_which_no_chain_validates_is_refused_and_the_last_good_set_served() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let idp = MockIdp::start(app.clock.clone()).await;
+    let root = TestCa::new("Bank Root");
+    let keys = json!({"keys": [root.signing_jwk("only", days_after(&app, 2))]});
+    serve(&idp, &keys);
+    app.register_with("acme", "bank", &idp.jwks_url(), anchored(&[&root]))
+        .await;
+
+    app.advance(Duration::from_secs(3 * 24 * 3600));
+    let refreshed = app.refresh("acme", "bank").await;
+    assert!(revalidated(&idp), "the refresh was a revalidation");
+    let after = status(&refreshed);
+    assert_eq!(after.version, 1, "the last good set stays");
+    assert!(
+        after
+            .last_error
+            .contains("leaves out every one of the 1 key(s)")
+            && after.last_error.contains("expired at"),
+        "{}",
+        after.last_error
+    );
+    let set = app.resolve("acme", "bank", None).await.expect("resolve");
+    assert_eq!(kids(&set), ["only"]);
 }

@@ -202,6 +202,7 @@ mod tests {
             fetched_at: now,
             fresh_until: now + Duration::seconds(600),
             skipped: Arc::from([]),
+            withheld: Arc::from([]),
         });
         record
     }
