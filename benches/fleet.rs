@@ -3,10 +3,11 @@
 //!
 //! Runs real `keyrelay serve` processes on a fresh database with the default lease timing
 //! (TTL 15 s, renewal 5 s) and measures:
-//! - propagation: RefreshProvider on the leader (which fetches a rotated JWKS) until a
-//!   WatchKeys subscriber on another replica has the new version, ROTATIONS times;
-//! - failover: SIGKILL of the leader until another replica holds an active lease;
-//! - graceful handover: SIGTERM of the leader until another replica holds the lease;
+//! - propagation: RefreshProvider on the owner of the provider's shard (which fetches a
+//!   rotated JWKS) until a WatchKeys subscriber on another replica has the new version,
+//!   ROTATIONS times;
+//! - failover: SIGKILL of that owner until another replica holds the shard's lease;
+//! - graceful handover: SIGTERM of the new owner until another replica holds it;
 //! - upstream fetches in WINDOW seconds with one replica and with three (2 s key lifetime).
 
 #[allow(dead_code)]
@@ -22,9 +23,13 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use keyrelay::proto::v1::{
-    self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
-    watch_keys_response::Event,
+use keyrelay::{
+    cluster::ShardMap,
+    domain::ProviderKey,
+    proto::v1::{
+        self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+        watch_keys_response::Event,
+    },
 };
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use tonic::{Request, transport::Channel};
@@ -109,19 +114,23 @@ async fn admin(
     })
 }
 
-async fn active_leader(replica: &Replica) -> Option<String> {
+/// The replica holding the active lease of the shard of provider `bench/provider`.
+async fn shard_owner(replica: &Replica, provider: &str) -> Option<String> {
     let mut admin = admin(replica).await;
     let status = admin
         .get_cluster_status(pb::GetClusterStatusRequest {})
         .await
         .ok()?
         .into_inner();
-    status.lease.filter(|l| l.active).map(|l| l.holder)
+    let key = ProviderKey::parse("bench", provider).ok()?;
+    let shard = ShardMap::new(status.shard_count).shard_of(&key);
+    let lease = status.shards.into_iter().find(|l| l.shard == shard);
+    lease.filter(|l| l.active).map(|l| l.holder)
 }
 
-async fn wait_for_leader(observer: &Replica, not: Option<&str>) -> String {
+async fn wait_for_owner(observer: &Replica, provider: &str, not: Option<&str>) -> String {
     loop {
-        if let Some(holder) = active_leader(observer).await
+        if let Some(holder) = shard_owner(observer, provider).await
             && Some(holder.as_str()) != not
         {
             return holder;
@@ -215,7 +224,7 @@ async fn main() {
         start("b", &database, &[]).await,
         start("c", &database, &[]).await,
     ];
-    let leader_id = wait_for_leader(&replicas[0], None).await;
+    let leader_id = wait_for_owner(&replicas[0], "idp", None).await;
     let leader = replicas.iter().position(|r| r.id == leader_id).unwrap();
     let follower = (leader + 1) % 3;
     register(&replicas[leader], "idp", &format!("{base}/jwks")).await;
@@ -264,7 +273,7 @@ async fn main() {
     }
     propagation.sort();
     println!(
-        "propagation, RefreshProvider on the leader -> WatchKeys event on another replica ({rotations} rotations):"
+        "propagation, RefreshProvider on the shard's owner -> WatchKeys event on another replica ({rotations} rotations):"
     );
     println!(
         "  p50 {:.1?}  p99 {:.1?}  max {:.1?}",
@@ -279,9 +288,9 @@ async fn main() {
         .args(["-KILL", &killed.child.id().to_string()])
         .status();
     let killed_at = Instant::now();
-    let successor = wait_for_leader(&replicas[0], Some(&killed.id)).await;
+    let successor = wait_for_owner(&replicas[0], "idp", Some(&killed.id)).await;
     println!(
-        "failover after SIGKILL of the leader: {:.2?} (lease TTL 15 s)",
+        "failover after SIGKILL of the shard's owner: {:.2?} (lease TTL 15 s)",
         killed_at.elapsed()
     );
     drop(killed);
@@ -291,9 +300,9 @@ async fn main() {
         .args(["-TERM", &replicas[index].child.id().to_string()])
         .status();
     let stopped_at = Instant::now();
-    let next = wait_for_leader(&replicas[observer], Some(&successor)).await;
+    let next = wait_for_owner(&replicas[observer], "idp", Some(&successor)).await;
     println!(
-        "graceful handover after SIGTERM of the leader: {:.0?} (to {next})",
+        "graceful handover after SIGTERM of the shard's owner: {:.0?} (to {next})",
         stopped_at.elapsed()
     );
     drop(replicas);
@@ -313,7 +322,7 @@ async fn main() {
         for n in 0..count {
             fleet.push(start(&format!("w{count}-{n}"), &database, &timing).await);
         }
-        let lead = wait_for_leader(&fleet[0], None).await;
+        let lead = wait_for_owner(&fleet[0], "counted", None).await;
         let lead = fleet.iter().find(|r| r.id == lead).unwrap();
         register(lead, "counted", &format!("{base}/counted")).await;
         let from = fetches.lock().unwrap().len();

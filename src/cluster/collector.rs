@@ -1,34 +1,44 @@
-//! The fleet role as metrics: `keyrelay_leader` and `keyrelay_lease_term`, read at scrape
-//! time.
+//! This replica's shards as metrics, read at scrape time: `keyrelay_shards`,
+//! `keyrelay_shards_owned` and `keyrelay_shard_acquisitions_total`.
 
-use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
+use std::sync::Arc;
 
-use super::{Leadership, Role};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
+};
+
+use super::Ownership;
 use crate::observability::metrics::encode_gauge;
 
-/// Reads this replica's role when scraped.
+/// Reads this replica's shards when scraped.
 #[derive(Debug)]
-pub struct LeadershipCollector(pub Leadership);
+pub struct OwnershipCollector(pub Arc<Ownership>);
 
-impl Collector for LeadershipCollector {
+impl Collector for OwnershipCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (leader, term) = match self.0.role() {
-            Role::Leader(fence) => (1, fence.map_or(0, |f| f.term)),
-            Role::Follower => (0, 0),
-        };
+        let ownership = &self.0;
         encode_gauge(
             &mut encoder,
-            "leader",
-            "1 while this replica leads the refresh work",
+            "shards",
+            "The fleet's scheduling shards (1 on a single node)",
             None,
-            leader,
+            i64::from(ownership.shard_map().count()),
         )?;
         encode_gauge(
             &mut encoder,
-            "lease_term",
-            "The lease term this replica leads under (0 when following or single-node)",
+            "shards_owned",
+            "The shards this replica refreshes now",
             None,
-            term,
-        )
+            i64::try_from(ownership.owned_count()).unwrap_or(i64::MAX),
+        )?;
+        let acquired = ConstCounter::new(ownership.acquired_total());
+        acquired.encode(encoder.encode_descriptor(
+            "shard_acquisitions",
+            "Shard leases this replica has taken since it started",
+            None,
+            MetricType::Counter,
+        )?)
     }
 }

@@ -1,6 +1,7 @@
 //! The change feed on Postgres: every replica LISTENs for committed changes and loads the
-//! rows they name into its cache (so Resolve and WatchKeys see them), serves refresh
-//! requests while it leads, and wakes its lease keeper when a leader lets go. A lost
+//! rows they name into its cache (so Resolve and WatchKeys see them), serves the refresh
+//! requests for providers of the shards it owns, and wakes its lease keeper when a replica
+//! releases shards. A lost
 //! connection is followed by a reconnect and a full resynchronisation, so no change is
 //! missed across a database restart.
 
@@ -34,12 +35,12 @@ pub struct FeedParts {
     pub cache: Arc<KeyCache>,
     /// This replica's access state, reloaded on every access change.
     pub access: Arc<AccessRegistry>,
-    /// Where refresh requests from followers go while this replica leads (the refresher
-    /// serves them).
+    /// Where refresh requests for providers of this replica's shards go (the refresher serves
+    /// them).
     pub refresh_requests: mpsc::Sender<RefreshRequest>,
     /// Receives answers to this replica's own refresh requests.
     pub cluster: Arc<Cluster>,
-    /// Woken when a leader lets go of the lease.
+    /// Woken when a replica releases shard leases.
     pub lease_nudge: Arc<Notify>,
 }
 
@@ -199,7 +200,7 @@ impl ChangeFeed {
             tracing::warn!(payload, "ignoring a malformed refresh request");
             return;
         };
-        if !self.parts.cluster.leadership().is_leader() {
+        if !self.parts.cluster.ownership().owns(&request.key) {
             return;
         }
         if let Err(err) = self.parts.refresh_requests.try_send(request) {

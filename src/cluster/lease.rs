@@ -1,40 +1,57 @@
-//! The refresh lease: a follower takes it when it has expired (database clock), the leader
-//! renews it, and a leader that cannot renew stands down on its own, before anyone else can
-//! take over. Every new holder gets a higher term; the term fences the leader's writes.
+//! The shard leases. Every round a replica heartbeats, renews the shards it holds, takes free
+//! or expired shards up to its fair share (shards / live replicas, from the heartbeats) and
+//! hands its surplus over, once the surplus's flights are done. A shard left free for a whole
+//! renewal period is taken by anyone, share or not, so none stays unowned. A replica that
+//! cannot renew in time stands down on its own, before anyone else can take over; every new
+//! holder of a shard gets a higher term, and the term fences the holder's writes.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::pin, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::{
-    sync::{Notify, watch},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{LEASE_CHANNEL, Leadership, Role, SHARD};
+use super::{LEASE_CHANNEL, Ownership, ShardMap};
 use crate::store::{Fence, StoreError};
 
-/// Takes the lease if it has expired (or was released).
-const ACQUIRE: &str = "\
-INSERT INTO leases (shard, holder, term, expires_at)
-VALUES ($1, $2, 1, now() + make_interval(secs => $3))
-ON CONFLICT (shard) DO UPDATE
-    SET holder = EXCLUDED.holder, term = leases.term + 1, expires_at = EXCLUDED.expires_at
-    WHERE leases.expires_at <= now()
-RETURNING term";
+const SHARD_COUNT: &str = "SELECT shard_count FROM fleet_settings";
 
-/// How long until the current lease expires, in seconds (negative when it has).
-const REMAINING: &str =
-    "SELECT EXTRACT(EPOCH FROM expires_at - now())::float8 FROM leases WHERE shard = $1";
+/// Adds the lease rows of shards `0..$1` that do not exist yet (free).
+const ENSURE_SHARDS: &str = "\
+INSERT INTO shard_leases (shard, holder, term, expires_at)
+SELECT shard, '', 0, '-infinity' FROM generate_series(0, $1 - 1) AS shard
+ON CONFLICT (shard) DO NOTHING";
 
+/// Renews the leases `$2` (shards) at terms `$3` that `$1` still holds.
 const RENEW: &str = "\
-UPDATE leases SET expires_at = now() + make_interval(secs => $4)
-WHERE shard = $1 AND holder = $2 AND term = $3 AND expires_at > now()
-RETURNING term";
+UPDATE shard_leases AS l SET expires_at = now() + make_interval(secs => $4)
+FROM unnest($2::int[], $3::bigint[]) AS h(shard, term)
+WHERE l.shard = h.shard AND l.term = h.term AND l.holder = $1 AND l.expires_at > now()
+RETURNING l.shard, l.term";
 
-const RELEASE: &str =
-    "UPDATE leases SET expires_at = now() WHERE shard = $1 AND holder = $2 AND term = $3";
+/// Takes up to `$4` shards below `$3` (all, when NULL) that expired at least `$5` seconds ago.
+const ACQUIRE: &str = "\
+UPDATE shard_leases
+SET holder = $1, term = term + 1, expires_at = now() + make_interval(secs => $2)
+WHERE shard IN (
+    SELECT shard FROM shard_leases
+    WHERE shard < $3 AND expires_at <= now() - make_interval(secs => $5)
+    ORDER BY shard LIMIT $4 FOR UPDATE SKIP LOCKED)
+RETURNING shard, term";
+
+/// The live replicas (heartbeat within `$1` seconds), and how long until the first lease
+/// another replica holds expires.
+const SURVEY: &str = "\
+SELECT
+    (SELECT count(*) FROM replicas WHERE heartbeat_at > now() - make_interval(secs => $1)),
+    (SELECT EXTRACT(EPOCH FROM min(expires_at) - now())::float8 FROM shard_leases
+     WHERE shard < $2 AND holder <> $3 AND expires_at > now())";
+
+const RELEASE: &str = "\
+UPDATE shard_leases AS l SET expires_at = now()
+FROM unnest($2::int[], $3::bigint[]) AS h(shard, term)
+WHERE l.shard = h.shard AND l.term = h.term AND l.holder = $1";
 
 const HEARTBEAT: &str = "\
 INSERT INTO replicas (id, address, started_at, heartbeat_at) VALUES ($1, $2, $3, now())
@@ -45,235 +62,348 @@ ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, heartbeat_at = now()"
 pub struct LeaseSettings {
     /// How long a lease lasts without renewal.
     pub ttl: Duration,
-    /// How often the leader renews (and every replica heartbeats).
+    /// How often a replica renews (and heartbeats).
     pub renew_every: Duration,
 }
 
 impl LeaseSettings {
-    /// A leader whose last successful renewal started this long ago stands down: the lease
+    /// A holder whose last successful renewal started this long ago stands down: the lease
     /// has at least this margin left at the database when it does.
     fn stand_down_after(&self) -> Duration {
         self.ttl - self.ttl / 5
     }
 }
 
+/// The fleet's shard count as stored, with a lease row for each shard.
+pub async fn shard_map(pool: &PgPool) -> Result<ShardMap, StoreError> {
+    let count: i32 = sqlx::query_scalar(SHARD_COUNT).fetch_one(pool).await?;
+    sqlx::query(ENSURE_SHARDS).bind(count).execute(pool).await?;
+    Ok(ShardMap::new(u32::try_from(count).unwrap_or(1)))
+}
+
+/// A shard lease this replica holds.
+#[derive(Debug, Clone)]
 struct Held {
     fence: Fence,
-    /// Local monotonic instant after which this replica no longer considers itself leader.
+    /// Local monotonic instant after which this replica no longer considers it held.
     valid_until: Instant,
 }
 
-/// Keeps (or competes for) the refresh lease and the replica heartbeat.
+/// What a round learned of the fleet.
+#[derive(Debug, Clone, Copy)]
+struct Survey {
+    live_replicas: u32,
+    /// How long until the first lease of another replica expires.
+    next_foreign_expiry: Option<Duration>,
+}
+
+/// The identity a replica heartbeats with.
+pub struct ReplicaIdentity {
+    /// Its id.
+    pub id: String,
+    /// The address it serves on.
+    pub address: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// Keeps this replica's shard leases and its heartbeat.
 pub struct LeaseKeeper {
-    held: Option<Held>,
+    held: Vec<Held>,
     pool: PgPool,
-    replica_id: String,
-    address: String,
-    started_at: DateTime<Utc>,
+    identity: ReplicaIdentity,
     settings: LeaseSettings,
-    role: watch::Sender<Role>,
+    ownership: Arc<Ownership>,
     nudge: Arc<Notify>,
+    next_foreign_expiry: Option<Duration>,
 }
 
 impl LeaseKeeper {
-    /// A keeper starting as follower, the live view of its role, and the handle that makes a
-    /// follower try at once (the change feed pokes it when a leader releases the lease).
+    /// A keeper holding nothing yet, publishing into `ownership`, and the handle that makes
+    /// it run a round at once (the change feed pokes it when a replica releases shards).
     pub fn new(
         pool: PgPool,
-        replica_id: String,
-        address: String,
-        started_at: DateTime<Utc>,
+        identity: ReplicaIdentity,
         settings: LeaseSettings,
-    ) -> (Self, Leadership, Arc<Notify>) {
-        let (role, view) = watch::channel(Role::Follower);
+        ownership: Arc<Ownership>,
+    ) -> (Self, Arc<Notify>) {
         let nudge = Arc::new(Notify::new());
         let keeper = Self {
-            held: None,
+            held: Vec::new(),
             pool,
-            replica_id,
-            address,
-            started_at,
+            identity,
             settings,
-            role,
+            ownership,
             nudge: Arc::clone(&nudge),
+            next_foreign_expiry: None,
         };
-        (keeper, Leadership(view), nudge)
+        (keeper, nudge)
     }
 
-    /// One round: heartbeat, then renew the lease if held or try to take it if not.
+    /// One round: heartbeat, renew, then take up to the fair share or hand the surplus over.
     pub async fn compete(&mut self) {
         if let Err(err) = self.heartbeat().await {
             tracing::warn!(error = %err, "replica heartbeat failed");
         }
         let attempt = Instant::now();
-        self.held = match self.held.take() {
-            Some(current) => self.renew(current, attempt).await,
-            None => self.try_acquire(attempt).await,
+        self.renew(attempt).await;
+        let Some(survey) = self.survey().await else {
+            self.publish(&[]);
+            return;
         };
-        self.publish();
+        self.next_foreign_expiry = survey.next_foreign_expiry;
+        let share = fair_share(self.ownership.shard_map().count(), survey.live_replicas);
+        let surplus = self.held.len().saturating_sub(share);
+        if self.held.len() < share {
+            self.acquire(Some(share - self.held.len()), Duration::ZERO, attempt)
+                .await;
+        }
+        self.acquire(None, self.settings.renew_every, attempt).await;
+        let surplus = self.surplus(surplus);
+        self.publish(&surplus);
+        if !surplus.is_empty() {
+            self.hand_over(surplus, attempt + self.settings.renew_every / 2)
+                .await;
+        }
     }
 
-    /// Competes until `shutdown`, then releases the lease if held, so a successor takes over
-    /// at once, and removes this replica's heartbeat.
+    /// Runs rounds until `shutdown`, then hands every shard over (waiting for their flights
+    /// while the leases last) and removes this replica's heartbeat.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let wait = match &self.held {
-                Some(_) => self.settings.renew_every,
-                None => self.until_expiry().await,
-            };
-            let valid_until = self.held.as_ref().map(|h| h.valid_until);
+            let valid_until = self.held.iter().map(|h| h.valid_until).min();
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(wait) => {}
-                () = self.nudge.notified(), if valid_until.is_none() => {}
+                () = tokio::time::sleep(self.until_next_round()) => {}
+                () = self.nudge.notified() => {}
                 () = sleep_until(valid_until) => {
-                    tracing::warn!("could not renew the refresh lease in time; standing down");
-                    self.held = None;
-                    self.publish();
+                    tracing::warn!("could not renew the shard leases in time; standing down");
+                    let now = Instant::now();
+                    self.held.retain(|held| held.valid_until > now);
+                    self.publish(&[]);
                 }
             }
             self.compete().await;
         }
-        self.role.send_replace(Role::Follower);
-        if let Some(held) = self.held.take() {
-            self.release(&held.fence).await;
-        }
         self.leave().await;
     }
 
-    async fn try_acquire(&self, attempt: Instant) -> Option<Held> {
-        let ttl = self.settings.ttl.as_secs_f64();
-        let query = sqlx::query_scalar(ACQUIRE)
-            .bind(SHARD)
-            .bind(&self.replica_id)
-            .bind(ttl)
-            .fetch_optional(&self.pool);
-        // An answer that comes after the stand-down point is no lease for us.
-        let won = bounded(attempt + self.settings.stand_down_after(), query).await;
-        match won {
-            Ok(Some(term)) => {
-                tracing::info!(term, replica = %self.replica_id, "took the refresh lease: leading");
-                Some(self.held(term, attempt))
-            }
-            Ok(None) => None,
-            Err(err) => {
-                tracing::warn!(error = %err, "could not compete for the refresh lease");
-                None
-            }
+    /// One renewal period, or until another replica's lease expires if that is sooner (plus
+    /// a little jitter so replicas do not collide).
+    fn until_next_round(&self) -> Duration {
+        let jitter = Duration::from_millis(rand::random_range(0..100));
+        match self.next_foreign_expiry {
+            Some(expiry) => (expiry + jitter).min(self.settings.renew_every),
+            None => self.settings.renew_every,
         }
     }
 
-    async fn renew(&self, current: Held, attempt: Instant) -> Option<Held> {
-        let query = sqlx::query_scalar(RENEW)
-            .bind(SHARD)
-            .bind(&current.fence.holder)
-            .bind(current.fence.term)
+    async fn renew(&mut self, attempt: Instant) {
+        let Some(deadline) = self.held.iter().map(|h| h.valid_until).min() else {
+            return;
+        };
+        let (shards, terms) = shards_and_terms(self.held.iter().map(|h| &h.fence));
+        let query = sqlx::query_as::<_, (i32, i64)>(RENEW)
+            .bind(&self.identity.id)
+            .bind(shards)
+            .bind(terms)
             .bind(self.settings.ttl.as_secs_f64())
-            .fetch_optional(&self.pool);
-        // A renewal still pending at the stand-down point must not keep this replica leading.
-        let renewed = bounded(current.valid_until, query).await;
-        match renewed {
-            Ok(Some(term)) => Some(self.held(term, attempt)),
-            Ok(None) => {
-                tracing::warn!(
-                    term = current.fence.term,
-                    "the refresh lease was taken over; standing down"
-                );
-                None
-            }
-            Err(err) if Instant::now() < current.valid_until => {
-                tracing::warn!(error = %err, "could not renew the refresh lease; will retry");
-                Some(current)
+            .fetch_all(&self.pool);
+        // A renewal still pending at the stand-down point must not keep a shard held.
+        match bounded(deadline, query).await {
+            Ok(renewed) => {
+                let lost = self.held.len() - renewed.len();
+                if lost > 0 {
+                    tracing::warn!(
+                        lost,
+                        "shard leases were taken over; standing down from them"
+                    );
+                }
+                let valid_until = attempt + self.settings.stand_down_after();
+                self.held = renewed
+                    .into_iter()
+                    .map(|(shard, term)| self.holding(shard, term, valid_until))
+                    .collect();
             }
             Err(err) => {
-                tracing::warn!(error = %err, "could not renew the refresh lease in time; standing down");
-                None
+                tracing::warn!(error = %err, "could not renew the shard leases; will retry")
             }
         }
     }
 
-    fn held(&self, term: i64, attempt: Instant) -> Held {
+    /// Takes up to `limit` shards (any number when `None`) that have been free for `free_for`.
+    async fn acquire(&mut self, limit: Option<usize>, free_for: Duration, attempt: Instant) {
+        let limit = limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let count = i32::try_from(self.ownership.shard_map().count()).unwrap_or(i32::MAX);
+        let query = sqlx::query_as::<_, (i32, i64)>(ACQUIRE)
+            .bind(&self.identity.id)
+            .bind(self.settings.ttl.as_secs_f64())
+            .bind(count)
+            .bind(limit)
+            .bind(free_for.as_secs_f64())
+            .fetch_all(&self.pool);
+        // An answer that comes after the stand-down point is no lease for us.
+        let valid_until = attempt + self.settings.stand_down_after();
+        match bounded(valid_until, query).await {
+            Ok(won) => {
+                for (shard, term) in won {
+                    tracing::info!(shard, term, replica = %self.identity.id, "took a shard lease");
+                    let held = self.holding(shard, term, valid_until);
+                    self.held.push(held);
+                }
+                self.held.sort_by_key(|h| h.fence.shard);
+            }
+            Err(err) => tracing::warn!(error = %err, "could not compete for shard leases"),
+        }
+    }
+
+    /// The `count` shards to hand over: the highest held.
+    fn surplus(&self, count: usize) -> Vec<u32> {
+        let held = self.held.iter().map(|h| h.fence.shard);
+        held.rev().take(count).collect()
+    }
+
+    /// Releases those of `shards` whose flights end by `deadline`; the others stay handed
+    /// over (no new flight) and are released in a later round.
+    async fn hand_over(&mut self, shards: Vec<u32>, deadline: Instant) {
+        let idle = self.wait_idle(&shards, deadline).await;
+        let released: Vec<Held> = self
+            .held
+            .iter()
+            .filter(|h| idle.contains(&h.fence.shard))
+            .cloned()
+            .collect();
+        if released.is_empty() {
+            return;
+        }
+        match self.release(&released, false).await {
+            Ok(()) => {
+                tracing::info!(shards = ?idle, "handed shard leases over");
+                self.held.retain(|h| !idle.contains(&h.fence.shard));
+                let waiting: Vec<u32> = shards.into_iter().filter(|s| !idle.contains(s)).collect();
+                self.publish(&waiting);
+            }
+            Err(err) => tracing::warn!(error = %err, "could not hand shard leases over"),
+        }
+    }
+
+    /// Waits until every one of `shards` has no flight running, or `deadline`; returns the
+    /// idle ones.
+    async fn wait_idle(&self, shards: &[u32], deadline: Instant) -> Vec<u32> {
+        loop {
+            let mut ended = pin!(self.ownership.flight_ended());
+            ended.as_mut().enable();
+            let idle = self.ownership.idle(shards);
+            if idle.len() == shards.len() {
+                return idle;
+            }
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep_until(deadline) => return self.ownership.idle(shards),
+            }
+        }
+    }
+
+    fn holding(&self, shard: i32, term: i64, valid_until: Instant) -> Held {
         Held {
             fence: Fence {
-                shard: SHARD.to_owned(),
-                holder: self.replica_id.clone(),
+                shard: u32::try_from(shard).unwrap_or_default(),
+                holder: self.identity.id.clone(),
                 term,
             },
-            valid_until: attempt + self.settings.stand_down_after(),
+            valid_until,
         }
     }
 
-    fn publish(&self) {
-        let role = match &self.held {
-            Some(held) => Role::Leader(Some(held.fence.clone())),
-            None => Role::Follower,
-        };
-        self.role.send_if_modified(|current| {
-            let changed = *current != role;
-            *current = role;
-            changed
-        });
+    fn publish(&self, draining: &[u32]) {
+        let fences = self.held.iter().map(|h| h.fence.clone()).collect();
+        self.ownership.hold(fences, draining);
     }
 
-    /// How long a follower waits before its next attempt: until the current lease expires
-    /// (plus a little jitter so followers do not collide), at most one renewal period.
-    async fn until_expiry(&self) -> Duration {
-        let query = sqlx::query_scalar(REMAINING)
-            .bind(SHARD)
-            .fetch_optional(&self.pool);
-        let remaining: Result<Option<f64>, sqlx::Error> =
-            bounded(Instant::now() + self.settings.renew_every, query).await;
-        let jitter = Duration::from_millis(rand::random_range(0..100));
-        let remaining = match remaining {
-            Ok(Some(seconds)) if seconds > 0.0 => Duration::from_secs_f64(seconds),
-            _ => Duration::ZERO,
-        };
-        (remaining + jitter).min(self.settings.renew_every)
+    async fn survey(&self) -> Option<Survey> {
+        let count = i32::try_from(self.ownership.shard_map().count()).unwrap_or(i32::MAX);
+        let query = sqlx::query_as::<_, (i64, Option<f64>)>(SURVEY)
+            .bind(self.settings.ttl.as_secs_f64())
+            .bind(count)
+            .bind(&self.identity.id)
+            .fetch_one(&self.pool);
+        match bounded(Instant::now() + self.settings.renew_every, query).await {
+            Ok((live, next_expiry)) => Some(Survey {
+                live_replicas: u32::try_from(live).unwrap_or(u32::MAX),
+                next_foreign_expiry: next_expiry
+                    .filter(|seconds| *seconds > 0.0)
+                    .map(Duration::from_secs_f64),
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not survey the fleet");
+                None
+            }
+        }
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let query = sqlx::query(HEARTBEAT)
-            .bind(&self.replica_id)
-            .bind(&self.address)
-            .bind(self.started_at)
+            .bind(&self.identity.id)
+            .bind(&self.identity.address)
+            .bind(self.identity.started_at)
             .execute(&self.pool);
         bounded(Instant::now() + self.settings.renew_every, query).await?;
         Ok(())
     }
 
-    async fn release(&self, fence: &Fence) {
-        let released = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query(RELEASE)
-                .bind(&fence.shard)
-                .bind(&fence.holder)
-                .bind(fence.term)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(LEASE_CHANNEL)
-                .bind(fence.term.to_string())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        };
-        match released.await {
-            Ok(()) => tracing::info!(term = fence.term, "released the refresh lease"),
+    /// Hands every shard over, waiting for their flights while the leases last, then releases
+    /// them and removes the heartbeat in one transaction, so the others rebalance at once.
+    async fn leave(mut self) {
+        let shards: Vec<u32> = self.held.iter().map(|h| h.fence.shard).collect();
+        self.publish(&shards);
+        if let Some(deadline) = self.held.iter().map(|h| h.valid_until).min() {
+            self.wait_idle(&shards, deadline).await;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.publish(&[]);
+        match self.release(&held, true).await {
+            Ok(()) => tracing::info!(shards = held.len(), "released the shard leases and left"),
             Err(err) => {
-                tracing::warn!(error = %err, "could not release the refresh lease; it will expire")
+                tracing::warn!(error = %err, "could not release the shard leases; they will expire")
             }
         }
     }
 
-    async fn leave(&self) {
-        let left = sqlx::query("DELETE FROM replicas WHERE id = $1")
-            .bind(&self.replica_id)
-            .execute(&self.pool)
-            .await;
-        if let Err(err) = left {
-            tracing::warn!(error = %err, "could not remove this replica's heartbeat");
+    /// Releases `held` (and removes the heartbeat when `leaving`), telling the others.
+    async fn release(&self, held: &[Held], leaving: bool) -> Result<(), StoreError> {
+        let (shards, terms) = shards_and_terms(held.iter().map(|h| &h.fence));
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(RELEASE)
+            .bind(&self.identity.id)
+            .bind(shards)
+            .bind(terms)
+            .execute(&mut *tx)
+            .await?;
+        if leaving {
+            sqlx::query("DELETE FROM replicas WHERE id = $1")
+                .bind(&self.identity.id)
+                .execute(&mut *tx)
+                .await?;
         }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(LEASE_CHANNEL)
+            .bind(&self.identity.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
+}
+
+/// A replica's fair share of `shards` among `live` replicas, rounded up so every shard fits.
+fn fair_share(shards: u32, live: u32) -> usize {
+    usize::try_from(shards.div_ceil(live.max(1))).unwrap_or(usize::MAX)
+}
+
+fn shards_and_terms<'a>(fences: impl Iterator<Item = &'a Fence>) -> (Vec<i32>, Vec<i64>) {
+    fences
+        .map(|f| (i32::try_from(f.shard).unwrap_or(i32::MAX), f.term))
+        .unzip()
 }
 
 /// Runs a database call, abandoning it at `deadline` (reported as a pool timeout).
@@ -290,5 +420,23 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fair_share_rounds_up_so_every_shard_has_room() {
+        assert_eq!(fair_share(64, 1), 64);
+        assert_eq!(fair_share(64, 3), 22);
+        assert_eq!(fair_share(64, 64), 1);
+        assert_eq!(fair_share(64, 100), 1);
+        assert_eq!(
+            fair_share(64, 0),
+            64,
+            "no heartbeat visible yet: this one counts"
+        );
     }
 }

@@ -1,103 +1,63 @@
-//! Fleet coordination on Postgres: which replica leads the refresh work (a lease with a
-//! fencing term), the change feed that keeps every replica's cache in step (LISTEN/NOTIFY
-//! with a full resynchronisation after any lost connection), refresh requests from
-//! followers to the leader, and the cluster status. On the embedded store the single node
-//! always leads and there is no feed.
+//! Fleet coordination on Postgres: which replica refreshes which providers (shards with a
+//! lease and a fencing term each, balanced over the live replicas), the change feed that
+//! keeps every replica's cache in step (LISTEN/NOTIFY with a full resynchronisation after
+//! any lost connection), refresh requests to the replica owning a provider's shard, and the
+//! cluster status. On the embedded store the single node owns every shard and there is no
+//! feed.
 
 mod collector;
 mod feed;
 mod lease;
+mod ownership;
+mod shard;
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-pub use collector::LeadershipCollector;
+pub use collector::OwnershipCollector;
 pub use feed::{ChangeFeed, FeedParts};
-pub use lease::{LeaseKeeper, LeaseSettings};
+pub use lease::{LeaseKeeper, LeaseSettings, ReplicaIdentity, shard_map};
+pub use ownership::{FlightPermit, Ownership, OwnershipChanges};
+pub use shard::{ShardMap, shard_ranges};
 
-use crate::{
-    domain::ProviderKey,
-    store::{Fence, StoreError},
-};
+use crate::{domain::ProviderKey, store::StoreError};
 
-/// The scheduling shard every replica competes for (one today; the table is keyed by shard
-/// so the work can be split later).
-pub const SHARD: &str = "refresh";
-
-/// NOTIFY channel on which followers ask the leader for a refresh.
+/// NOTIFY channel on which replicas ask the owner of a provider's shard for a refresh.
 pub const REFRESH_CHANNEL: &str = "keyrelay_refresh";
 
-/// NOTIFY channel on which the leader answers a refresh request with the change sequence of
+/// NOTIFY channel on which the owner answers a refresh request with the change sequence of
 /// the resulting state.
 pub const REFRESH_DONE_CHANNEL: &str = "keyrelay_refresh_done";
 
-/// NOTIFY channel on which a leader announces it released the lease.
+/// NOTIFY channel on which a replica announces it released shard leases.
 pub const LEASE_CHANNEL: &str = "keyrelay_lease";
 
-/// What this replica may do right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// It runs the scheduler and fetches. Its writes carry this fence (none on a single node).
-    Leader(Option<Fence>),
-    /// It serves reads and forwards refreshes to the leader.
-    Follower,
-}
-
-/// A view of this replica's role that follows every change.
-#[derive(Debug, Clone)]
-pub struct Leadership(watch::Receiver<Role>);
-
-impl Leadership {
-    /// A single node: always the leader, writes unfenced.
-    pub fn single_node() -> Self {
-        let (_, role) = watch::channel(Role::Leader(None));
-        Self(role)
-    }
-
-    /// The current role.
-    pub fn role(&self) -> Role {
-        self.0.borrow().clone()
-    }
-
-    /// Whether this replica leads now.
-    pub fn is_leader(&self) -> bool {
-        matches!(*self.0.borrow(), Role::Leader(_))
-    }
-
-    /// Returns when the role changes (never, on a single node).
-    pub async fn changed(&mut self) {
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Why a follower asks the leader for a refresh.
+/// Why a replica asks the owner of a provider's shard for a refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshKind {
     /// An admin asked: fetch now, even if fresh.
     Now,
-    /// A verifier asked for a kid the set lacks: the leader's cooldown applies.
+    /// A verifier asked for a kid the set lacks: the owner's cooldown applies.
     UnknownKid,
 }
 
-/// A follower's request for a refresh, as carried by NOTIFY.
+/// A request for a refresh, as carried by NOTIFY.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshRequest {
     /// Why.
     pub kind: RefreshKind,
     /// Which provider.
     pub key: ProviderKey,
-    /// Identifies the request in the leader's answer.
+    /// Identifies the request in the owner's answer.
     pub id: u64,
-    /// The follower's W3C `traceparent`, so the leader's work joins the same trace.
+    /// The asking replica's W3C `traceparent`, so the owner's work joins the same trace.
     pub trace_parent: Option<String>,
 }
 
@@ -153,18 +113,20 @@ pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 
-/// Parses the leader's answer `id/change_seq`.
+/// Parses the owner's answer `id/change_seq`.
 fn parse_done(payload: &str) -> Option<(u64, u64)> {
     let (id, seq) = payload.split_once('/')?;
     Some((id.parse().ok()?, seq.parse().ok()?))
 }
 
-/// The lease as stored.
+/// One shard's lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseInfo {
-    /// The replica holding it.
+    /// The shard.
+    pub shard: u32,
+    /// The replica holding it, or that held it last (empty when never held).
     pub holder: String,
-    /// Its term.
+    /// Its term (0 when never held).
     pub term: i64,
     /// When it expires unless renewed (database clock).
     pub expires_at: DateTime<Utc>,
@@ -190,12 +152,31 @@ pub struct ClusterStatus {
     pub replica_id: String,
     /// `postgres` or `sqlite`.
     pub store: &'static str,
-    /// The refresh lease; `None` when no replica has ever held it, and on a single node.
-    pub lease: Option<LeaseInfo>,
+    /// Every shard's lease, by shard; none on a single node.
+    pub shards: Vec<LeaseInfo>,
+    /// How many shards the fleet has; 0 on a single node, which needs none.
+    pub shard_count: u32,
     /// Replicas that sent a heartbeat recently.
     pub replicas: Vec<ReplicaInfo>,
-    /// The embedded store's one replica, which leads without a lease.
+    /// The embedded store's one replica, which refreshes every provider without a lease.
     pub single_node: bool,
+}
+
+impl ClusterStatus {
+    /// The shards whose lease `holder` holds at `now`, sorted.
+    pub fn shards_of(&self, holder: &str, now: DateTime<Utc>) -> Vec<u32> {
+        let active = self.shards.iter().filter(|lease| lease.expires_at > now);
+        active
+            .filter(|lease| lease.holder == holder)
+            .map(|lease| lease.shard)
+            .collect()
+    }
+
+    /// The shards no replica holds at `now`, sorted.
+    pub fn free_shards(&self, now: DateTime<Utc>) -> Vec<u32> {
+        let free = self.shards.iter().filter(|lease| lease.expires_at <= now);
+        free.map(|lease| lease.shard).collect()
+    }
 }
 
 /// This replica's place in the fleet.
@@ -203,10 +184,10 @@ pub struct Cluster {
     replica_id: String,
     address: String,
     started_at: DateTime<Utc>,
-    leadership: Leadership,
+    ownership: Arc<Ownership>,
     postgres: Option<PgPool>,
     heartbeat_window: Duration,
-    /// This follower's requests awaiting the leader's answer.
+    /// This replica's requests awaiting the owner's answer.
     pending: Mutex<HashMap<u64, oneshot::Sender<u64>>>,
 }
 
@@ -217,41 +198,39 @@ impl Cluster {
             replica_id,
             address,
             started_at,
-            leadership: Leadership::single_node(),
+            ownership: Ownership::single_node(),
             postgres: None,
             heartbeat_window: Duration::ZERO,
             pending: Mutex::default(),
         }
     }
 
-    /// A replica of a Postgres fleet whose role follows `leadership`.
+    /// A replica of a Postgres fleet whose shards follow `ownership`.
     pub fn postgres(
         pool: PgPool,
-        replica_id: String,
-        address: String,
-        started_at: DateTime<Utc>,
-        leadership: Leadership,
+        identity: &ReplicaIdentity,
+        ownership: Arc<Ownership>,
         settings: &LeaseSettings,
     ) -> Self {
         Self {
-            replica_id,
-            address,
-            started_at,
-            leadership,
+            replica_id: identity.id.clone(),
+            address: identity.address.clone(),
+            started_at: identity.started_at,
+            ownership,
             postgres: Some(pool),
             heartbeat_window: settings.ttl,
             pending: Mutex::default(),
         }
     }
 
-    /// This replica's role, live.
-    pub fn leadership(&self) -> &Leadership {
-        &self.leadership
+    /// This replica's shards, live.
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
     }
 
-    /// Asks the leader to refresh `key`. The answer is the change sequence of the state the
-    /// refresh produced (or of the current state, when the leader's cooldown declined it).
-    /// On a single node, which always leads, the answer never comes.
+    /// Asks the owner of `key`'s shard to refresh it. The answer is the change sequence of
+    /// the state the refresh produced (or of the current state, when the owner's cooldown
+    /// declined it). On a single node, which owns every shard, the answer never comes.
     pub async fn request_refresh(
         &self,
         key: &ProviderKey,
@@ -275,7 +254,8 @@ impl Cluster {
         sent.map(|()| answered)
     }
 
-    /// The leader's answer to a request: wakes the follower waiting for it, if it is this one.
+    /// The owner's answer to a request: wakes the caller waiting for it, if it is on this
+    /// replica.
     fn answered(&self, payload: &str) {
         let Some((id, change_seq)) = parse_done(payload) else {
             tracing::warn!(payload, "ignoring a malformed refresh answer");
@@ -286,7 +266,7 @@ impl Cluster {
         }
     }
 
-    /// The leader answers request `id` with the change sequence of the resulting state.
+    /// The owner answers request `id` with the change sequence of the resulting state.
     pub async fn answer(&self, id: u64, change_seq: u64) -> Result<(), StoreError> {
         match &self.postgres {
             Some(pool) => notify(pool, REFRESH_DONE_CHANNEL, &format!("{id}/{change_seq}")).await,
@@ -294,22 +274,27 @@ impl Cluster {
         }
     }
 
-    /// The lease and the live replicas; a single node reports its heartbeat at `now`.
+    /// The shard leases and the live replicas; a single node reports its heartbeat at `now`.
     pub async fn status(&self, now: DateTime<Utc>) -> Result<ClusterStatus, StoreError> {
         let Some(pool) = &self.postgres else {
             return Ok(self.single_node_status(now));
         };
-        let lease = sqlx::query_as::<_, (String, i64, DateTime<Utc>)>(
-            "SELECT holder, term, expires_at FROM leases WHERE shard = $1",
+        let shard_count = self.ownership.shard_map().count();
+        let shards = sqlx::query_as::<_, (i32, String, i64, DateTime<Utc>)>(
+            "SELECT shard, holder, term, expires_at FROM shard_leases WHERE shard < $1
+             ORDER BY shard",
         )
-        .bind(SHARD)
-        .fetch_optional(pool)
+        .bind(i64::from(shard_count))
+        .fetch_all(pool)
         .await?
-        .map(|(holder, term, expires_at)| LeaseInfo {
+        .into_iter()
+        .map(|(shard, holder, term, expires_at)| LeaseInfo {
+            shard: u32::try_from(shard).unwrap_or_default(),
             holder,
             term,
             expires_at,
-        });
+        })
+        .collect();
         let window = i64::try_from(self.heartbeat_window.as_millis()).unwrap_or(i64::MAX);
         let replicas = sqlx::query_as::<_, (String, String, DateTime<Utc>, DateTime<Utc>)>(
             "SELECT id, address, started_at, heartbeat_at FROM replicas
@@ -329,7 +314,8 @@ impl Cluster {
         Ok(ClusterStatus {
             replica_id: self.replica_id.clone(),
             store: "postgres",
-            lease,
+            shards,
+            shard_count,
             replicas,
             single_node: false,
         })
@@ -339,7 +325,8 @@ impl Cluster {
         ClusterStatus {
             replica_id: self.replica_id.clone(),
             store: "sqlite",
-            lease: None,
+            shards: Vec::new(),
+            shard_count: 0,
             replicas: vec![ReplicaInfo {
                 id: self.replica_id.clone(),
                 address: self.address.clone(),

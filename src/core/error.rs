@@ -303,7 +303,7 @@ impl RefreshError {
         match self {
             RefreshError::Superseded => ErrorKind::Aborted,
             RefreshError::Store(err) | RefreshError::Forward(err) => err.kind(),
-            RefreshError::LeaderTimeout(_) | RefreshError::NotLeader => ErrorKind::Unavailable,
+            RefreshError::OwnerTimeout(_) | RefreshError::NotOwner => ErrorKind::Unavailable,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Refreshing one provider: at most one fetch in flight per provider, shared by everyone who
-//! asks (the scheduler, an admin, every Resolve that met an unknown kid). Only the leader
-//! fetches: a flight fetches, writes the result durably under the leader's fence, then
-//! updates the cache, which tells watchers and the scheduler. A follower forwards the request
-//! to the leader and waits for the result to arrive through the change feed. Flights run as
+//! asks (the scheduler, an admin, every Resolve that met an unknown kid). Only the replica
+//! owning the provider's shard fetches: a flight fetches, writes the result durably under the
+//! shard's fence, then updates the cache, which tells watchers and the scheduler. Any other
+//! replica forwards the request to the owner and waits for the result to arrive through the
+//! change feed. Flights run as
 //! tracked tasks, so a caller that gives up never cancels a write. A flight for a provider
 //! whose keys are pushed (`PublishKeySet`) fetches nothing and answers the held state.
 
@@ -26,7 +27,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::{
     access::{Action, AuditEvent, Origin},
     clock::Clock,
-    cluster::{Cluster, RefreshKind, RefreshRequest, Role},
+    cluster::{Cluster, RefreshKind, RefreshRequest},
     domain::{JwksUrl, Policy, ProviderKey},
     observability::metrics::Metrics,
     refresh::discovery::{self, DiscoveryChange, DiscoveryRequest},
@@ -43,22 +44,22 @@ use crate::{
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RefreshError {
     /// The provider was unregistered or re-registered while the fetch ran, or this replica
-    /// lost the lease before writing.
-    #[error("provider was unregistered or re-registered during the refresh, or leadership moved")]
+    /// lost the provider's shard lease before writing.
+    #[error("provider was unregistered or re-registered during the refresh, or its shard moved")]
     Superseded,
     /// The result could not be stored; the last good state is unchanged.
     #[error("could not store the refresh result: {0}")]
     Store(Arc<StoreError>),
-    /// This follower could not ask the leader.
-    #[error("could not ask the refresh leader: {0}")]
+    /// This replica could not ask the owner of the provider's shard.
+    #[error("could not ask the replica refreshing this provider: {0}")]
     Forward(Arc<StoreError>),
-    /// This replica does not lead, and the leader did not answer in time.
-    #[error("the refresh leader did not report a result within {0:?}")]
-    LeaderTimeout(Duration),
-    /// This replica does not lead the refresh work (a scheduled refresh after losing the
-    /// lease).
-    #[error("this replica does not lead the refresh work")]
-    NotLeader,
+    /// Another replica owns the provider's shard, and it did not answer in time.
+    #[error("the replica refreshing this provider did not report a result within {0:?}")]
+    OwnerTimeout(Duration),
+    /// This replica does not own the provider's shard now (a scheduled refresh after losing
+    /// it, or a request arriving while the shard is handed over).
+    #[error("this replica does not refresh this provider's shard now")]
+    NotOwner,
 }
 
 /// The shared result of one flight.
@@ -118,10 +119,10 @@ pub struct RefresherParts {
     pub backoff: Backoff,
     /// Minimum time between two refreshes triggered by unknown kids, per provider.
     pub unknown_kid_cooldown: Duration,
-    /// Who leads, and how to reach the leader.
+    /// Which shards this replica owns, and how to reach the owners of the others.
     pub cluster: Arc<Cluster>,
-    /// How long a follower waits for the leader's result.
-    pub leader_wait: Duration,
+    /// How long a replica waits for the result of another shard's owner.
+    pub owner_wait: Duration,
     /// Tracks flights so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Where fetch outcomes are counted.
@@ -147,21 +148,22 @@ impl Refresher {
         })
     }
 
-    /// Refreshes `key` on this replica (which must lead), joining the flight in progress.
+    /// Refreshes `key` on this replica (which must own its shard), joining the flight in
+    /// progress.
     pub async fn refresh(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
-        if !self.parts.cluster.leadership().is_leader() {
-            return Err(RefreshError::NotLeader);
+        if !self.parts.cluster.ownership().owns(key) {
+            return Err(RefreshError::NotOwner);
         }
         self.join_or_start(key, Trigger::Scheduled).join().await
     }
 
     /// Refreshes `key` with a fetch that starts after this call: a flight already in progress
     /// may have fetched before whatever the caller knows changed, so it is waited out, not
-    /// joined. Callers arriving together still share one fetch. On a follower, the leader
-    /// is asked and the result awaited.
+    /// joined. Callers arriving together still share one fetch. When another replica owns
+    /// the provider's shard, that owner is asked and the result awaited.
     pub async fn refresh_now(self: &Arc<Self>, key: &ProviderKey) -> FlightResult {
-        if !self.parts.cluster.leadership().is_leader() {
-            return self.ask_leader(key, RefreshKind::Now).await;
+        if !self.parts.cluster.ownership().owns(key) {
+            return self.ask_owner(key, RefreshKind::Now).await;
         }
         let arrival = self.next_sequence.load(Ordering::SeqCst);
         loop {
@@ -176,14 +178,15 @@ impl Refresher {
 
     /// Refreshes `key` because a verifier asked for a kid it does not have, unless such a
     /// refresh started less than the cooldown ago on this replica (then `None`). Joins a
-    /// flight in progress; on a follower, asks the leader (whose cooldown applies too).
+    /// flight in progress; when another replica owns the shard, asks it (its cooldown applies
+    /// too).
     pub async fn refresh_for_unknown_kid(
         self: &Arc<Self>,
         key: &ProviderKey,
     ) -> Option<FlightResult> {
-        if !self.parts.cluster.leadership().is_leader() {
+        if !self.parts.cluster.ownership().owns(key) {
             self.claim_unknown_kid_slot(key)?;
-            return Some(self.ask_leader(key, RefreshKind::UnknownKid).await);
+            return Some(self.ask_owner(key, RefreshKind::UnknownKid).await);
         }
         let started = self.join_or_start_unless_cooling_down(key)?;
         Some(started.join().await)
@@ -246,12 +249,12 @@ impl Refresher {
             .unwrap_or_default()
     }
 
-    /// Asks the leader, waits for its answer, then for the state it names to arrive through
-    /// the change feed, all within `leader_wait`. The request carries this trace's context.
+    /// Asks the owner, waits for its answer, then for the state it names to arrive through
+    /// the change feed, all within `owner_wait`. The request carries this trace's context.
     #[tracing::instrument(name = "keyrelay.refresh.forward", skip(self), fields(keyrelay.tenant = key.tenant.as_str(), keyrelay.provider = key.provider.as_str()))]
-    async fn ask_leader(&self, key: &ProviderKey, kind: RefreshKind) -> FlightResult {
+    async fn ask_owner(&self, key: &ProviderKey, kind: RefreshKind) -> FlightResult {
         let cache = &self.parts.cache;
-        let wait = self.parts.leader_wait;
+        let wait = self.parts.owner_wait;
         let deadline = tokio::time::Instant::now() + wait;
         let answer = self
             .parts
@@ -261,14 +264,14 @@ impl Refresher {
             .map_err(|err| RefreshError::Forward(Arc::new(err)))?;
         let change_seq = tokio::time::timeout_at(deadline, answer)
             .await
-            .map_err(|_| RefreshError::LeaderTimeout(wait))?
-            .map_err(|_| RefreshError::LeaderTimeout(wait))?;
+            .map_err(|_| RefreshError::OwnerTimeout(wait))?
+            .map_err(|_| RefreshError::OwnerTimeout(wait))?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !cache
             .wait_for_newer(key, change_seq.saturating_sub(1), left)
             .await
         {
-            return Err(RefreshError::LeaderTimeout(wait));
+            return Err(RefreshError::OwnerTimeout(wait));
         }
         cache.get(key).ok_or(RefreshError::Superseded)
     }
@@ -330,8 +333,8 @@ impl Refresher {
 
     async fn fly(&self, key: &ProviderKey, trigger: Trigger) -> FlightResult {
         let parts = &self.parts;
-        let Role::Leader(fence) = parts.cluster.leadership().role() else {
-            return Err(RefreshError::NotLeader);
+        let Some(permit) = parts.cluster.ownership().begin_flight(key) else {
+            return Err(RefreshError::NotOwner);
         };
         let mut current = parts.cache.get(key).ok_or(RefreshError::Superseded)?;
         if !current.registration.source.is_fetched() {
@@ -364,7 +367,7 @@ impl Refresher {
             }
         };
         let record = self
-            .commit(key, next, fence.as_ref(), &audits)
+            .commit(key, next, permit.fence(), &audits)
             .instrument(tracing::info_span!("keyrelay.publish"))
             .await?;
         if let Some(change) = &change {

@@ -1,7 +1,7 @@
 //! The refresh scheduler: one task holding a time-ordered queue of every provider's next
 //! refresh (not a sleeping task per provider). The queue follows the cache's change feed, so
-//! every replica keeps it current; only the leader starts refreshes when they fall due, with
-//! bounded concurrency.
+//! every replica keeps it current, and holds only the providers of the shards this replica
+//! owns, starting their refreshes when they fall due, with bounded concurrency.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock::{Clock, sleep_until_due},
-    cluster::Leadership,
+    cluster::Ownership,
     domain::ProviderKey,
     refresh::due_queue::DueQueue,
     refresh::{FlightResult, RefreshError, Refresher},
@@ -26,7 +26,7 @@ pub struct Scheduler {
     cache: Arc<KeyCache>,
     clock: Arc<dyn Clock>,
     refresher: Arc<Refresher>,
-    leadership: Leadership,
+    ownership: Arc<Ownership>,
     max_concurrent: usize,
 }
 
@@ -36,7 +36,7 @@ impl Scheduler {
         cache: Arc<KeyCache>,
         clock: Arc<dyn Clock>,
         refresher: Arc<Refresher>,
-        leadership: Leadership,
+        ownership: Arc<Ownership>,
         max_concurrent: usize,
     ) -> Self {
         Self {
@@ -44,21 +44,21 @@ impl Scheduler {
             cache,
             clock,
             refresher,
-            leadership,
+            ownership,
             max_concurrent: max_concurrent.max(1),
         }
     }
 
-    /// Runs until `shutdown`, starting each refresh when it is due while this replica leads.
-    /// In-flight refreshes are left to the refresher's task tracker.
+    /// Runs until `shutdown`, starting each refresh when it is due while this replica owns
+    /// the provider's shard. In-flight refreshes are left to the refresher's task tracker.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut notices = self.cache.subscribe();
         self.track_all();
         let mut running = JoinSet::new();
-        let mut leadership = self.leadership.clone();
+        let mut ownership = self.ownership.subscribe();
         loop {
             let next_due = self.queue.next_due();
-            let may_start = running.len() < self.max_concurrent && self.leadership.is_leader();
+            let may_start = running.len() < self.max_concurrent;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 notice = notices.recv() => match notice {
@@ -71,7 +71,7 @@ impl Scheduler {
                         self.after(key, &result);
                     }
                 }
-                () = leadership.changed() => {}
+                () = ownership.changed() => self.track_all(),
                 () = sleep_until_due(&*self.clock, next_due), if may_start => {
                     self.start_due(&mut running);
                 }
@@ -86,11 +86,12 @@ impl Scheduler {
         }
     }
 
-    /// Queues the provider for its next refresh as recorded, or drops it if it is gone or its
-    /// keys are pushed rather than fetched.
+    /// Queues the provider for its next refresh as recorded, or drops it if it is gone, its
+    /// keys are pushed rather than fetched, or another replica owns its shard.
     fn track(&mut self, key: &ProviderKey) {
         match self.cache.get(key) {
             Some(record) if !record.registration.source.is_fetched() => self.queue.remove(key),
+            Some(_) if !self.ownership.owns(key) => self.queue.remove(key),
             Some(record) => {
                 let due = record.due_at().unwrap_or_else(|| self.clock.now());
                 self.queue.insert(key.clone(), due);
@@ -142,7 +143,7 @@ mod tests {
             Arc::clone(&harness.cache),
             Arc::new(harness.clock.clone()),
             Arc::clone(&harness.refresher),
-            Leadership::single_node(),
+            Ownership::single_node(),
             4,
         );
         let shutdown = CancellationToken::new();

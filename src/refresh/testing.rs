@@ -163,7 +163,7 @@ impl Harness {
             backoff: BACKOFF,
             unknown_kid_cooldown: COOLDOWN,
             cluster: Arc::new(cluster),
-            leader_wait: Duration::from_secs(5),
+            owner_wait: Duration::from_secs(5),
             tasks: TaskTracker::new(),
             metrics,
         });

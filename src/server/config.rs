@@ -125,12 +125,13 @@ pub struct FleetConfig {
     #[arg(long, env = "KEYRELAY_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<String>,
 
-    /// Postgres fleets: how long the refresh leader's lease lasts without renewal. A leader
-    /// that cannot renew stands down after four fifths of it.
+    /// Postgres fleets: how long a shard lease lasts without renewal. A replica that cannot
+    /// renew stands down from its shards after four fifths of it.
     #[arg(long, env = "KEYRELAY_LEASE_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
 
-    /// Postgres fleets: how often the leader renews its lease and every replica heartbeats.
+    /// Postgres fleets: how often every replica heartbeats, renews its shard leases and
+    /// rebalances the shards.
     #[arg(long, env = "KEYRELAY_LEASE_RENEW", default_value = "5s", value_parser = humantime::parse_duration)]
     pub lease_renew: Duration,
 }

@@ -1,7 +1,6 @@
 //! This replica's place in the fleet: on Postgres the cluster with its lease keeper, then,
-//! once the services exist, the change feed and the lease competition (joined before
-//! serving) and their background tasks; on the embedded store a single node that always
-//! leads.
+//! once the services exist, the change feed and the shard leases (joined before serving)
+//! and their background tasks; on the embedded store a single node that owns every shard.
 
 use std::sync::Arc;
 
@@ -13,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 use super::{StartupError, config::FleetConfig, tasks::Tasks};
 use crate::{
     access::AccessRegistry,
-    cluster::{self, ChangeFeed, Cluster, FeedParts, LeaseKeeper, LeaseSettings, RefreshRequest},
+    cluster::{
+        self, ChangeFeed, Cluster, FeedParts, LeaseKeeper, LeaseSettings, Ownership,
+        RefreshRequest, ReplicaIdentity,
+    },
     refresh::Refresher,
     state::cache::KeyCache,
     store::Store,
 };
 
-/// Followers' refresh requests waiting for the leader's refresher.
+/// Refresh requests for this replica's shards waiting for its refresher.
 const REFRESH_REQUEST_QUEUE: usize = 1024;
 
 /// The cluster, and on Postgres what it needs to join the fleet.
@@ -52,15 +54,15 @@ pub(super) struct FleetTasks {
 }
 
 impl Fleet {
-    /// A single node without `postgres`, else a replica of its fleet, advertised at
-    /// `address` unless configured otherwise.
-    pub fn new(
+    /// A single node without `postgres`, else a replica of its fleet (with the fleet's shard
+    /// count read), advertised at `address` unless configured otherwise.
+    pub async fn new(
         postgres: Option<PgPool>,
         config: &FleetConfig,
         lease: LeaseSettings,
         address: String,
         started_at: DateTime<Utc>,
-    ) -> Self {
+    ) -> Result<Self, StartupError> {
         let replica_id = config
             .replica_id
             .clone()
@@ -68,38 +70,31 @@ impl Fleet {
         let address = config.advertise_address.clone().unwrap_or(address);
         let Some(pool) = postgres else {
             let cluster = Cluster::single_node(replica_id, address, started_at);
-            return Self {
+            return Ok(Self {
                 cluster: Arc::new(cluster),
                 postgres: None,
-            };
+            });
         };
-        let (keeper, leadership, nudge) = LeaseKeeper::new(
-            pool.clone(),
-            replica_id.clone(),
-            address.clone(),
-            started_at,
-            lease,
-        );
-        let cluster = Cluster::postgres(
-            pool.clone(),
-            replica_id,
+        let ownership = Ownership::fleet(cluster::shard_map(&pool).await?);
+        let identity = ReplicaIdentity {
+            id: replica_id,
             address,
             started_at,
-            leadership,
-            &lease,
-        );
-        Self {
+        };
+        let cluster = Cluster::postgres(pool.clone(), &identity, Arc::clone(&ownership), &lease);
+        let (keeper, nudge) = LeaseKeeper::new(pool.clone(), identity, lease, ownership);
+        Ok(Self {
             cluster: Arc::new(cluster),
             postgres: Some(Postgres {
                 pool,
                 keeper,
                 nudge,
             }),
-        }
+        })
     }
 
-    /// Follows the change feed and takes part in the lease, before serving, so the first
-    /// calls neither miss a change nor wait for a leader that could be this replica.
+    /// Follows the change feed and takes its shards, before serving, so the first calls
+    /// neither miss a change nor wait for an owner that could be this replica.
     pub async fn join(self, followed: Followed) -> Result<Option<FleetTasks>, StartupError> {
         let Some(Postgres {
             pool,
@@ -132,8 +127,8 @@ impl Fleet {
 }
 
 impl FleetTasks {
-    /// Runs the lease keeper, the change feed and the serving of followers' refresh
-    /// requests until `shutdown`.
+    /// Runs the lease keeper, the change feed and the serving of refresh requests for this
+    /// replica's shards until `shutdown`.
     pub fn spawn(self, tasks: &mut Tasks, shutdown: &CancellationToken) {
         tasks.spawn("lease keeper", self.keeper.run(shutdown.child_token()));
         let feed = self.feed.run(self.listener, shutdown.child_token());

@@ -1,7 +1,7 @@
 //! Building and running the server: check the configuration, bind the listeners, open the
 //! store and load every key set into memory, build the services, join the fleet; then serve
 //! gRPC and HTTP and run the background tasks until one shutdown signal, draining calls and
-//! refreshes in flight, and releasing the lease, before closing the store.
+//! refreshes in flight, and releasing the shard leases, before closing the store.
 
 pub mod config;
 mod error;
@@ -28,7 +28,7 @@ use crate::{
         watch::WatchHub,
     },
     clock::Clock,
-    cluster::{Cluster, LeadershipCollector},
+    cluster::{Cluster, OwnershipCollector},
     domain::{
         EgressRules, Policy,
         key_set::{JwksError, SkipReason},
@@ -80,9 +80,10 @@ impl Application {
             lease,
             grpc_addr.to_string(),
             clock.now(),
-        );
+        )
+        .await?;
         let metrics = Metrics::new(vec![
-            Box::new(LeadershipCollector(fleet.cluster.leadership().clone())),
+            Box::new(OwnershipCollector(Arc::clone(fleet.cluster.ownership()))),
             Box::new(ProvidersCollector {
                 cache: Arc::clone(&storage.cache),
                 clock: Arc::clone(&clock),

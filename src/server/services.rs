@@ -25,8 +25,8 @@ use crate::{
     },
 };
 
-/// A follower waits this much longer than one fetch for the leader's result.
-const LEADER_WAIT_MARGIN: Duration = Duration::from_secs(2);
+/// A replica waits this much longer than one fetch for the result of another shard's owner.
+const OWNER_WAIT_MARGIN: Duration = Duration::from_secs(2);
 
 /// What the services are built from, besides the configuration.
 pub(super) struct Foundation<'a> {
@@ -65,7 +65,7 @@ impl Services {
             .fetch_settings(Arc::new(SystemLookup))
             .map_err(FetchSetupError::from)?;
         let flights = TaskTracker::new();
-        let leader_wait = config.upstream.fetch_timeout + LEADER_WAIT_MARGIN;
+        let owner_wait = config.upstream.fetch_timeout + OWNER_WAIT_MARGIN;
         let refresher = Refresher::new(RefresherParts {
             store: Arc::clone(&storage.store),
             cache: Arc::clone(&storage.cache),
@@ -75,7 +75,7 @@ impl Services {
             backoff: config.refresh.backoff(),
             unknown_kid_cooldown: config.refresh.unknown_kid_cooldown,
             cluster: Arc::clone(cluster),
-            leader_wait,
+            owner_wait,
             tasks: flights.clone(),
             metrics: Arc::clone(metrics),
         });
@@ -83,7 +83,7 @@ impl Services {
             Arc::clone(&storage.cache),
             Arc::clone(clock),
             Arc::clone(&refresher),
-            cluster.leadership().clone(),
+            Arc::clone(cluster.ownership()),
             config.refresh.max_concurrent_fetches,
         );
         let providers = Arc::new(Providers::new(ProvidersParts {
@@ -93,7 +93,7 @@ impl Services {
             clock: Arc::clone(clock),
             defaults,
             unknown_kid_wait: config.refresh.unknown_kid_wait,
-            first_fetch_grace: leader_wait,
+            first_fetch_grace: owner_wait,
             metrics: Arc::clone(metrics),
             unknown_kid_limiter: FailureLimiter::new(config.refresh.unknown_kid_rate),
         }));

@@ -123,10 +123,10 @@ async fn scalar<B: Sql>(conn: &mut B::Connection, sql: &'static str) -> Result<i
 /// The production store, shared by every replica of a fleet.
 #[async_trait]
 impl Backend for Postgres {
-    /// Applied only while the writer holds the lease term it names (database clock): a
-    /// deposed leader that wakes up late writes nothing.
+    /// Applied only while the writer holds the shard lease term it names (database clock):
+    /// a deposed owner that wakes up late writes nothing.
     const SAVE_REFRESH: &'static str = save_refresh!(
-        " AND ($18::text IS NULL OR EXISTS (SELECT 1 FROM leases
+        " AND ($18::bigint IS NULL OR EXISTS (SELECT 1 FROM shard_leases
               WHERE shard = $18 AND holder = $19 AND term = $20 AND expires_at > now()))"
     );
 
@@ -145,7 +145,7 @@ impl Backend for Postgres {
 
     fn fence_args(fence: Option<&Fence>) -> Vec<Arg<'_>> {
         vec![
-            Arg::Text(fence.map(|f| f.shard.as_str())),
+            Arg::Int(fence.map(|f| i64::from(f.shard))),
             Arg::Text(fence.map(|f| f.holder.as_str())),
             Arg::Int(fence.map(|f| f.term)),
         ]

@@ -1,6 +1,6 @@
 //! Durable storage of registrations, last good key sets and access control, behind the
 //! `Store` trait: one SQL store (`SqlStore`) written once for Postgres (production and fleets:
-//! writes fenced by the leader's lease and announced with NOTIFY) and for an embedded SQLite
+//! refresh writes fenced by a shard lease and announced with NOTIFY) and for an embedded SQLite
 //! file (a single node), with the real differences in `backend`. Reads on the request path
 //! never come here; the cache is loaded from the store at start and kept in step by every
 //! write.
@@ -97,12 +97,12 @@ pub struct Registered {
     pub created: bool,
 }
 
-/// The lease a leader's writes are fenced by: they apply only while this holder still holds
-/// this term of the shard's lease.
+/// The shard lease a refresh write is fenced by: it applies only while this holder still
+/// holds this term of the lease of the provider's shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {
-    /// The scheduling shard.
-    pub shard: String,
+    /// The provider's scheduling shard.
+    pub shard: u32,
     /// This replica's id.
     pub holder: String,
     /// The lease term this replica won.

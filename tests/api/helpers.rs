@@ -461,7 +461,7 @@ impl TestApp {
     }
 
     /// The value of one sample of `/metrics`, named with its labels exactly as exported
-    /// (`keyrelay_leader`, `keyrelay_providers{state="ready"}`); 0 when absent.
+    /// (`keyrelay_shards_owned`, `keyrelay_providers{state="ready"}`); 0 when absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         let (status, text) = self.http_get("/metrics").await;
         assert_eq!(status, 200, "/metrics answers");

@@ -424,14 +424,19 @@ mod postgres_fleet {
     use sqlx::{Connection, PgConnection, postgres::PgListener};
 
     use super::*;
-    use keyrelay::store::{CHANGES_CHANNEL, Change, Fence};
+    use keyrelay::{
+        cluster::ShardMap,
+        store::{CHANGES_CHANNEL, Change, Fence},
+    };
 
-    async fn set_lease(url: &str, holder: &str, term: i64, valid_for_secs: f64) {
+    /// The lease of shard `shard` as held by `holder` at `term` for `valid_for_secs` more.
+    async fn set_lease(url: &str, shard: u32, holder: &str, term: i64, valid_for_secs: f64) {
         let mut conn = PgConnection::connect(url).await.unwrap();
         sqlx::query(
-            "INSERT INTO leases (shard, holder, term, expires_at) VALUES ('refresh', $1, $2, now() + make_interval(secs => $3))
-             ON CONFLICT (shard) DO UPDATE SET holder = $1, term = $2, expires_at = now() + make_interval(secs => $3)",
+            "UPDATE shard_leases SET holder = $2, term = $3,
+             expires_at = now() + make_interval(secs => $4) WHERE shard = $1",
         )
+        .bind(i32::try_from(shard).unwrap())
         .bind(holder)
         .bind(term)
         .bind(valid_for_secs)
@@ -440,9 +445,9 @@ mod postgres_fleet {
         .unwrap();
     }
 
-    fn fence(holder: &str, term: i64) -> Fence {
+    fn fence(shard: u32, holder: &str, term: i64) -> Fence {
         Fence {
-            shard: "refresh".into(),
+            shard,
             holder: holder.into(),
             term,
         }
@@ -465,8 +470,11 @@ mod postgres_fleet {
             .await
             .unwrap()
             .record;
+        // A new fleet has 64 shards; the lease of this provider's shard fences its writes.
+        let shard = ShardMap::new(64).shard_of(&record.registration.key);
+        let fence = |holder, term| fence(shard, holder, term);
 
-        set_lease(&database.url, "replica-a", 7, 30.0).await;
+        set_lease(&database.url, shard, "replica-a", 7, 30.0).await;
         assert!(
             store
                 .save_refresh(&refreshed(&record, 1), Some(&fence("replica-a", 7)), &[])
@@ -490,7 +498,7 @@ mod postgres_fleet {
             None,
             "another holder"
         );
-        set_lease(&database.url, "replica-a", 7, -1.0).await;
+        set_lease(&database.url, shard, "replica-a", 7, -1.0).await;
         assert_eq!(
             store
                 .save_refresh(&refreshed(&record, 2), Some(&fence("replica-a", 7)), &[])

@@ -329,33 +329,42 @@ pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
     }
 }
 
-/// The fleet as reported by GetClusterStatus; `now` decides whether the lease is active.
+/// The fleet as reported by GetClusterStatus; `now` decides which leases are active.
 pub(crate) fn cluster_status(
     status: &ClusterStatus,
     now: DateTime<Utc>,
 ) -> pb::GetClusterStatusResponse {
-    let active = status.lease.as_ref().filter(|lease| lease.expires_at > now);
-    let leads =
-        |replica: &str| status.single_node || active.is_some_and(|lease| lease.holder == replica);
+    #[allow(deprecated)]
     pb::GetClusterStatusResponse {
         replica_id: status.replica_id.clone(),
         store: status.store.to_owned(),
         single_node: status.single_node,
-        lease: status.lease.as_ref().map(|lease| pb::Lease {
-            holder: lease.holder.clone(),
-            term: u64::try_from(lease.term).unwrap_or_default(),
-            expires_at: Some(timestamp(lease.expires_at)),
-            active: lease.expires_at > now,
-        }),
+        lease: None,
+        shards: status
+            .shards
+            .iter()
+            .map(|lease| pb::Lease {
+                holder: lease.holder.clone(),
+                term: u64::try_from(lease.term).unwrap_or_default(),
+                expires_at: Some(timestamp(lease.expires_at)),
+                active: lease.expires_at > now,
+                shard: lease.shard,
+            })
+            .collect(),
+        shard_count: status.shard_count,
         replicas: status
             .replicas
             .iter()
-            .map(|replica| pb::Replica {
-                id: replica.id.clone(),
-                address: replica.address.clone(),
-                started_at: Some(timestamp(replica.started_at)),
-                heartbeat_at: Some(timestamp(replica.heartbeat_at)),
-                leader: leads(&replica.id),
+            .map(|replica| {
+                let shards_owned = status.shards_of(&replica.id, now).len();
+                pb::Replica {
+                    id: replica.id.clone(),
+                    address: replica.address.clone(),
+                    started_at: Some(timestamp(replica.started_at)),
+                    heartbeat_at: Some(timestamp(replica.heartbeat_at)),
+                    leader: status.single_node || shards_owned > 0,
+                    shards_owned: u32::try_from(shards_owned).unwrap_or(u32::MAX),
+                }
             })
             .collect(),
     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::{
-    cluster::ClusterStatus,
+    cluster::{ClusterStatus, shard_ranges},
     domain::TenantId,
     state::{
         Snapshot,
@@ -114,30 +114,33 @@ fn fleet(view: &View<'_>) -> Markup {
             p.muted { "The fleet is shown to tokens valid for every tenant." }
         };
     };
-    let lease = match (&fleet.lease, fleet.single_node) {
-        (_, true) => "single node, leading without a lease".to_owned(),
-        (Some(lease), _) if lease.expires_at > view.now => format!(
-            "leader {} (term {}, lease {})",
-            lease.holder,
-            lease.term,
-            relative(lease.expires_at, view.now)
-        ),
-        (Some(lease), _) => format!(
-            "no active leader (last: {} term {})",
-            lease.holder, lease.term
-        ),
-        (None, _) => "no leader yet".to_owned(),
+    let summary = match fleet.single_node {
+        true => "single node, refreshing every provider without leases".to_owned(),
+        false => {
+            let free = fleet.free_shards(view.now);
+            format!(
+                "{} shards, free: {}",
+                fleet.shard_count,
+                shard_ranges(&free)
+            )
+        }
     };
     html! {
         h2 { "Fleet" }
-        p { (fleet.store) " store, answered by " (fleet.replica_id) ": " (lease) }
+        p { (fleet.store) " store, answered by " (fleet.replica_id) ": " (summary) }
         table.replicas {
-            thead { tr { th { "Replica" } th { "Address" } th { "Started" } th { "Heartbeat" } } }
+            thead {
+                tr {
+                    th { "Replica" } th { "Address" } th { "Shards" } th { "Started" }
+                    th { "Heartbeat" }
+                }
+            }
             tbody {
                 @for replica in &fleet.replicas {
                     tr {
                         td { (replica.id) }
                         td { (replica.address) }
+                        td { (replica_shards(fleet, &replica.id, view.now)) }
                         td { (relative(replica.started_at, view.now)) }
                         td { (relative(replica.heartbeat_at, view.now)) }
                     }
@@ -145,6 +148,15 @@ fn fleet(view: &View<'_>) -> Markup {
             }
         }
     }
+}
+
+/// The shards a replica refreshes: their number and ranges.
+fn replica_shards(fleet: &ClusterStatus, replica: &str, now: DateTime<Utc>) -> String {
+    if fleet.single_node {
+        return "all".to_owned();
+    }
+    let shards = fleet.shards_of(replica, now);
+    format!("{} ({})", shards.len(), shard_ranges(&shards))
 }
 
 fn providers(view: &View<'_>) -> Markup {

@@ -165,8 +165,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetClusterStatus(self, request, context):
-        """GetClusterStatus reports which replica leads the refresh work, its lease term and
-        expiry, and the replicas that sent a heartbeat within one lease TTL.
+        """GetClusterStatus reports which replica refreshes which shards of the providers (each
+        shard's lease holder, term and expiry) and the replicas that sent a heartbeat within one
+        lease TTL.
         Needs an access token valid for every tenant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
