@@ -8,7 +8,9 @@
 //!   ROTATIONS times;
 //! - failover: SIGKILL of that owner until another replica holds the shard's lease;
 //! - graceful handover: SIGTERM of the new owner until another replica holds it;
-//! - upstream fetches in WINDOW seconds with one replica and with three (2 s key lifetime).
+//! - upstream fetches in WINDOW seconds with one replica and with three (2 s key lifetime);
+//! - the spread: SPREAD providers on three replicas for WINDOW seconds, each replica's
+//!   fetches (its `keyrelay_refreshes_total`) against the IdP's count.
 
 #[allow(dead_code)]
 mod support;
@@ -40,6 +42,7 @@ struct Replica {
     child: Child,
     id: String,
     endpoint: String,
+    metrics: String,
 }
 
 impl Drop for Replica {
@@ -49,18 +52,22 @@ impl Drop for Replica {
     }
 }
 
+fn free_port() -> u16 {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 async fn start(id: &str, database_url: &str, extra: &[&str]) -> Replica {
-    let port = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let http_port = free_port();
     let data_dir = std::env::temp_dir().join(format!("keyrelay-bench-{id}"));
     let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
         .args([
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
             "--replica-id",
             id,
         ])
@@ -81,6 +88,7 @@ async fn start(id: &str, database_url: &str, extra: &[&str]) -> Replica {
         child,
         id: id.to_owned(),
         endpoint: format!("http://127.0.0.1:{port}"),
+        metrics: format!("http://127.0.0.1:{http_port}/metrics"),
     };
     while Channel::from_shared(replica.endpoint.clone())
         .unwrap()
@@ -171,6 +179,54 @@ async fn drop_databases() {
     }
 }
 
+/// The fetches `replica` made: the sum of its `keyrelay_refreshes_total` series.
+async fn refreshes(replica: &Replica) -> f64 {
+    let text = reqwest::get(&replica.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = text
+        .lines()
+        .filter(|line| line.starts_with("keyrelay_refreshes_total{"));
+    samples
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// SPREAD providers on three replicas: how many of the fetches each replica made.
+async fn spread(base: &str, spread_fetches: &Arc<Mutex<u64>>, window: Duration, timing: &[&str]) {
+    let providers = env_or::<usize>("SPREAD", 300);
+    let database = fresh_database().await;
+    let mut fleet = Vec::new();
+    for n in 0..3 {
+        fleet.push(start(&format!("s{n}"), &database, timing).await);
+    }
+    for n in 0..providers {
+        register(&fleet[n % 3], &format!("p{n}"), &format!("{base}/spread")).await;
+    }
+    // Every provider has had its first fetch; count from here.
+    while (*spread_fetches.lock().unwrap() as usize) < providers {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut before = Vec::new();
+    for replica in &fleet {
+        before.push(refreshes(replica).await);
+    }
+    let from = *spread_fetches.lock().unwrap();
+    tokio::time::sleep(window).await;
+    let at_idp = *spread_fetches.lock().unwrap() - from;
+    println!("spread, {providers} providers on 3 replicas for {window:?}, 2 s key lifetime:");
+    let mut total = 0.0;
+    for (replica, before) in fleet.iter().zip(before) {
+        let made = refreshes(replica).await - before;
+        total += made;
+        println!("  {}: {made} fetches", replica.id);
+    }
+    println!("  sum {total}, seen by the IdP {at_idp}");
+}
+
 fn jwks(kid: &str) -> String {
     serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}).to_string()
 }
@@ -196,13 +252,16 @@ async fn register(replica: &Replica, provider: &str, url: &str) {
 
 #[tokio::main]
 async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rotations = env_or::<usize>("ROTATIONS", 200);
     let window = Duration::from_secs(env_or("WINDOW", 20));
     let document = Arc::new(Mutex::new(jwks("k0")));
     let fetches = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let spread_fetches = Arc::new(Mutex::new(0_u64));
     let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", idp.local_addr().unwrap());
     let (served, counted) = (Arc::clone(&document), Arc::clone(&fetches));
+    let spread_count = Arc::clone(&spread_fetches);
     let app = Router::new()
         .route(
             "/jwks",
@@ -213,6 +272,13 @@ async fn main() {
             get(move || async move {
                 counted.lock().unwrap().push(Instant::now());
                 jwks("steady")
+            }),
+        )
+        .route(
+            "/spread",
+            get(move || async move {
+                *spread_count.lock().unwrap() += 1;
+                jwks("spread")
             }),
         );
     tokio::spawn(async move { axum::serve(idp, app).await });
@@ -249,10 +315,11 @@ async fn main() {
         .await
         .unwrap()
         .into_inner();
-    assert!(matches!(
+    // The provider may reach this replica just after the stream opens: wait for Synced.
+    while !matches!(
         stream.message().await.unwrap().unwrap().event,
         Some(Event::Synced(_))
-    ));
+    ) {}
     let mut leader_admin = admin(&replicas[leader]).await;
     let mut propagation = Vec::new();
     for rotation in 1..=rotations {
@@ -332,5 +399,6 @@ async fn main() {
             "upstream fetches in {window:?} with {count} replica(s), 2 s key lifetime: {fetched}"
         );
     }
+    spread(&base, &spread_fetches, window, &timing).await;
     drop_databases().await;
 }
