@@ -565,4 +565,43 @@ mod postgres_fleet {
             ]
         );
     }
+
+    /// README, "Changing the shard count": the stored count is what a starting replica uses,
+    /// and it adds the (free) lease rows a larger count needs; counts outside 1..=4096 are
+    /// refused by the database.
+    #[tokio::test]
+    async fn a_replica_starts_with_the_stored_shard_count_and_adds_the_missing_leases() {
+        let database = TestDatabase::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        store::open(Some(&database.url), dir.path(), 2, false)
+            .await
+            .unwrap();
+        let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+        assert_eq!(
+            keyrelay::cluster::shard_map(&pool).await.unwrap(),
+            ShardMap::new(64)
+        );
+        for refused in [0, 4097] {
+            let update = sqlx::query("UPDATE fleet_settings SET shard_count = $1")
+                .bind(refused)
+                .execute(&pool)
+                .await;
+            assert!(update.is_err(), "shard_count {refused} was accepted");
+        }
+        sqlx::query("UPDATE fleet_settings SET shard_count = 100")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            keyrelay::cluster::shard_map(&pool).await.unwrap(),
+            ShardMap::new(100)
+        );
+        let leases: Vec<(i32, String, i64)> =
+            sqlx::query_as("SELECT shard, holder, term FROM shard_leases ORDER BY shard")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let expected: Vec<(i32, String, i64)> = (0..100).map(|s| (s, String::new(), 0)).collect();
+        assert_eq!(leases, expected, "every shard has a free lease row");
+    }
 }
