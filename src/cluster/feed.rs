@@ -1,9 +1,8 @@
 //! The change feed on Postgres: every replica LISTENs for committed changes and loads the
 //! rows they name into its cache (so Resolve and WatchKeys see them), serves the refresh
 //! requests for providers of the shards it owns, and wakes its lease keeper when a replica
-//! releases shards. A lost
-//! connection is followed by a reconnect and a full resynchronisation, so no change is
-//! missed across a database restart.
+//! releases shards. A lost connection is followed by a reconnect and a full
+//! resynchronisation, so no change is missed across a database restart.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 

@@ -3,9 +3,9 @@
 //! owning the provider's shard fetches: a flight fetches, writes the result durably under the
 //! shard's fence, then updates the cache, which tells watchers and the scheduler. Any other
 //! replica forwards the request to the owner and waits for the result to arrive through the
-//! change feed. Flights run as
-//! tracked tasks, so a caller that gives up never cancels a write. A flight for a provider
-//! whose keys are pushed (`PublishKeySet`) fetches nothing and answers the held state.
+//! change feed. Flights run as tracked tasks, so a caller that gives up never cancels a
+//! write. A flight for a provider whose keys are pushed (`PublishKeySet`) fetches nothing
+//! and answers the held state.
 
 use std::{
     collections::HashMap,
