@@ -199,12 +199,14 @@ impl ChangeFeed {
             tracing::warn!(payload, "ignoring a malformed refresh request");
             return;
         };
-        if !self.parts.cluster.ownership().owns(&request.key) {
+        let cluster = &self.parts.cluster;
+        if !cluster.ownership().owns(&request.key) || !cluster.accept_request(&request) {
             return;
         }
         if let Err(err) = self.parts.refresh_requests.try_send(request) {
-            // The follower's wait times out and its caller sees why; nothing is lost here.
+            // The asking replica sends it again until its deadline; nothing is lost here.
             tracing::warn!(error = %err, "refresh requests are arriving faster than they are served; dropping one");
+            cluster.drop_request(&err.into_inner());
         }
     }
 }

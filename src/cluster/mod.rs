@@ -7,117 +7,35 @@
 
 mod collector;
 mod feed;
+mod forward;
 mod lease;
 mod ownership;
 mod shard;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 pub use collector::OwnershipCollector;
 pub use feed::{ChangeFeed, FeedParts};
+pub use forward::{
+    REFRESH_CHANNEL, REFRESH_DONE_CHANNEL, RefreshKind, RefreshRequest, context_from_traceparent,
+};
 pub use lease::{LeaseKeeper, LeaseSettings, ReplicaIdentity, shard_map};
 pub use ownership::{FlightPermit, Ownership, OwnershipChanges};
 pub use shard::{ShardMap, shard_ranges};
 
+use forward::Forwarding;
+
 use crate::{domain::ProviderKey, store::StoreError};
-
-/// NOTIFY channel on which replicas ask the owner of a provider's shard for a refresh.
-pub const REFRESH_CHANNEL: &str = "keyrelay_refresh";
-
-/// NOTIFY channel on which the owner answers a refresh request with the change sequence of
-/// the resulting state.
-pub const REFRESH_DONE_CHANNEL: &str = "keyrelay_refresh_done";
 
 /// NOTIFY channel on which a replica announces it released shard leases.
 pub const LEASE_CHANNEL: &str = "keyrelay_lease";
-
-/// Why a replica asks the owner of a provider's shard for a refresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshKind {
-    /// An admin asked: fetch now, even if fresh.
-    Now,
-    /// A verifier asked for a kid the set lacks: the owner's cooldown applies.
-    UnknownKid,
-}
-
-/// A request for a refresh, as carried by NOTIFY.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshRequest {
-    /// Why.
-    pub kind: RefreshKind,
-    /// Which provider.
-    pub key: ProviderKey,
-    /// Identifies the request in the owner's answer.
-    pub id: u64,
-    /// The asking replica's W3C `traceparent`, so the owner's work joins the same trace.
-    pub trace_parent: Option<String>,
-}
-
-impl RefreshRequest {
-    /// `kind/tenant/provider/id/traceparent` (the last part may be empty).
-    fn payload(&self) -> String {
-        let kind = match self.kind {
-            RefreshKind::Now => "n",
-            RefreshKind::UnknownKid => "k",
-        };
-        let key = &self.key;
-        let trace = self.trace_parent.as_deref().unwrap_or_default();
-        format!(
-            "{kind}/{}/{}/{}/{trace}",
-            key.tenant.as_str(),
-            key.provider.as_str(),
-            self.id
-        )
-    }
-
-    fn parse(payload: &str) -> Option<Self> {
-        let mut parts = payload.split('/');
-        let kind = match parts.next()? {
-            "n" => RefreshKind::Now,
-            "k" => RefreshKind::UnknownKid,
-            _ => return None,
-        };
-        let key = ProviderKey::parse(parts.next()?, parts.next()?).ok()?;
-        let id = parts.next()?.parse().ok()?;
-        let trace_parent = parts.next()?;
-        let trace_parent = (!trace_parent.is_empty()).then(|| trace_parent.to_owned());
-        parts.next().is_none().then_some(Self {
-            kind,
-            key,
-            id,
-            trace_parent,
-        })
-    }
-}
-
-/// The W3C `traceparent` of the current span, if it is being traced.
-fn current_traceparent() -> Option<String> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let context = tracing::Span::current().context();
-    let mut carrier = HashMap::new();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
-    carrier.remove("traceparent")
-}
-
-/// The trace context a `traceparent` names.
-pub fn context_from_traceparent(traceparent: &str) -> opentelemetry::Context {
-    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
-}
-
-/// Parses the owner's answer `id/change_seq`.
-fn parse_done(payload: &str) -> Option<(u64, u64)> {
-    let (id, seq) = payload.split_once('/')?;
-    Some((id.parse().ok()?, seq.parse().ok()?))
-}
 
 /// One shard's lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,8 +105,8 @@ pub struct Cluster {
     ownership: Arc<Ownership>,
     postgres: Option<PgPool>,
     heartbeat_window: Duration,
-    /// This replica's requests awaiting the owner's answer.
-    pending: Mutex<HashMap<u64, oneshot::Sender<u64>>>,
+    /// Refresh requests this replica asks and serves.
+    forwarding: Forwarding,
 }
 
 impl Cluster {
@@ -201,7 +119,7 @@ impl Cluster {
             ownership: Ownership::single_node(),
             postgres: None,
             heartbeat_window: Duration::ZERO,
-            pending: Mutex::default(),
+            forwarding: Forwarding::default(),
         }
     }
 
@@ -219,7 +137,7 @@ impl Cluster {
             ownership,
             postgres: Some(pool),
             heartbeat_window: settings.ttl,
-            pending: Mutex::default(),
+            forwarding: Forwarding::default(),
         }
     }
 
@@ -228,46 +146,45 @@ impl Cluster {
         &self.ownership
     }
 
-    /// Asks the owner of `key`'s shard to refresh it. The answer is the change sequence of
-    /// the state the refresh produced (or of the current state, when the owner's cooldown
-    /// declined it). On a single node, which owns every shard, the answer never comes.
+    /// Asks the owner of `key`'s shard to refresh it, until `deadline` (then `None`), sending
+    /// the request again while no replica owns the shard. The answer is the change sequence
+    /// of the state the refresh produced (or of the current state, when the owner's cooldown
+    /// declined it). On a single node, which owns every shard, no answer comes.
     pub async fn request_refresh(
         &self,
         key: &ProviderKey,
         kind: RefreshKind,
-    ) -> Result<oneshot::Receiver<u64>, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        let Some(pool) = &self.postgres else {
-            return Ok(answered);
-        };
-        let request = RefreshRequest {
-            kind,
-            key: key.clone(),
-            id: rand::random(),
-            trace_parent: current_traceparent(),
-        };
-        lock(&self.pending).insert(request.id, answer);
-        let sent = notify(pool, REFRESH_CHANNEL, &request.payload()).await;
-        if sent.is_err() {
-            lock(&self.pending).remove(&request.id);
+        deadline: Instant,
+    ) -> Result<Option<u64>, StoreError> {
+        match &self.postgres {
+            Some(pool) => self.forwarding.ask(pool, key, kind, deadline).await,
+            None => {
+                tokio::time::sleep_until(deadline).await;
+                Ok(None)
+            }
         }
-        sent.map(|()| answered)
     }
 
     /// The owner's answer to a request: wakes the caller waiting for it, if it is on this
     /// replica.
     fn answered(&self, payload: &str) {
-        let Some((id, change_seq)) = parse_done(payload) else {
-            tracing::warn!(payload, "ignoring a malformed refresh answer");
-            return;
-        };
-        if let Some(waiting) = lock(&self.pending).remove(&id) {
-            let _ = waiting.send(change_seq);
-        }
+        self.forwarding.answered(payload);
+    }
+
+    /// Whether this replica, owning the shard, should serve `request`: not when it is a
+    /// resend of one it serves already or answered a moment ago.
+    fn accept_request(&self, request: &RefreshRequest) -> bool {
+        self.forwarding.first_sighting(request.id)
+    }
+
+    /// An accepted request was dropped after all: a resend of it will be served.
+    fn drop_request(&self, request: &RefreshRequest) {
+        self.forwarding.forget(request.id);
     }
 
     /// The owner answers request `id` with the change sequence of the resulting state.
     pub async fn answer(&self, id: u64, change_seq: u64) -> Result<(), StoreError> {
+        self.forwarding.answering(id);
         match &self.postgres {
             Some(pool) => notify(pool, REFRESH_DONE_CHANNEL, &format!("{id}/{change_seq}")).await,
             None => Ok(()),
@@ -361,40 +278,4 @@ pub fn default_replica_id() -> String {
         std::process::id(),
         rand::random::<u16>()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refresh_requests_round_trip_and_garbage_is_ignored() {
-        let key = ProviderKey::parse("acme", "okta").unwrap();
-        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
-        for (kind, trace_parent) in [
-            (RefreshKind::Now, None),
-            (RefreshKind::UnknownKid, Some(traceparent)),
-        ] {
-            let request = RefreshRequest {
-                kind,
-                key: key.clone(),
-                id: 99,
-                trace_parent,
-            };
-            assert_eq!(RefreshRequest::parse(&request.payload()), Some(request));
-        }
-        let garbage = [
-            "",
-            "n/acme/okta/1",
-            "x/acme/okta/1/",
-            "n/acme/okta/1//more",
-            "k/ACME/okta/1/",
-            "n/acme/okta/x/",
-        ];
-        for payload in garbage {
-            assert_eq!(RefreshRequest::parse(payload), None, "{payload}");
-        }
-        assert_eq!(parse_done("7/42"), Some((7, 42)));
-        assert_eq!(parse_done("7"), None);
-    }
 }

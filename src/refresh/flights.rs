@@ -256,16 +256,13 @@ impl Refresher {
         let cache = &self.parts.cache;
         let wait = self.parts.owner_wait;
         let deadline = tokio::time::Instant::now() + wait;
-        let answer = self
+        let change_seq = self
             .parts
             .cluster
-            .request_refresh(key, kind)
+            .request_refresh(key, kind, deadline)
             .await
-            .map_err(|err| RefreshError::Forward(Arc::new(err)))?;
-        let change_seq = tokio::time::timeout_at(deadline, answer)
-            .await
-            .map_err(|_| RefreshError::OwnerTimeout(wait))?
-            .map_err(|_| RefreshError::OwnerTimeout(wait))?;
+            .map_err(|err| RefreshError::Forward(Arc::new(err)))?
+            .ok_or(RefreshError::OwnerTimeout(wait))?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !cache
             .wait_for_newer(key, change_seq.saturating_sub(1), left)

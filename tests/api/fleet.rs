@@ -29,13 +29,20 @@ use tonic::transport::Channel;
 
 use crate::{
     helpers::{ADMIN_TOKEN, AdminClient, Bearer, TestDatabase, kids, known, selector},
-    mock_idp::{MockIdp, Mode},
+    mock_idp::{Document, MockIdp, Mode, jwks},
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_keyrelay");
 const LEASE_TTL: Duration = Duration::from_secs(3);
 /// The shard count of a new fleet.
 const SHARDS: u32 = 64;
+/// Every replica's timing flags, unless a test gives its own.
+const TIMING: [(&str, &str); 4] = [
+    ("--fetch-timeout", "1s"),
+    ("--lease-ttl", "3s"),
+    ("--lease-renew", "1s"),
+    ("--shutdown-grace", "2s"),
+];
 
 /// One `keyrelay serve` process.
 pub(crate) struct Replica {
@@ -79,20 +86,13 @@ impl Replica {
             ])
             .args(["--database-url", database_url, "--dev-allow-http-loopback"])
             .args(["--http-listen", &http])
-            .args([
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--fetch-timeout",
-                "1s",
-            ])
-            .args([
-                "--lease-ttl",
-                "3s",
-                "--lease-renew",
-                "1s",
-                "--shutdown-grace",
-                "2s",
-            ])
+            .args(["--data-dir", data_dir.to_str().unwrap()])
+            .args(
+                TIMING
+                    .iter()
+                    .filter(|(flag, _)| !extra.contains(flag))
+                    .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(extra)
             .env("RUST_LOG", "keyrelay=debug")
             .env_remove("KEYRELAY_ADMIN_TOKEN")
@@ -673,6 +673,67 @@ async fn a_joining_replica_gets_its_share_and_a_stopped_one_hands_its_shards_ove
         status.replicas.iter().all(|r| r.id != stopped.id),
         "the stopped replica removed its heartbeat: {status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_asked_while_its_shard_changes_hands_is_served_by_the_new_owner() {
+    let database = TestDatabase::create().await;
+    let idp = mock().await;
+    // Shard 63 is the highest, so it is among what the first replica hands to a second.
+    let (p, q) = (provider_in("p", &[63]), provider_in("q", &[63]));
+    for path in ["/p", "/q"] {
+        idp.set_route(
+            path,
+            Some(Document {
+                body: jwks(&["k1"]).to_string(),
+                ..Document::default()
+            }),
+        );
+    }
+    let slow_fetches = ["--fetch-timeout", "10s"];
+    let first = Replica::start("h1", &database.url, &slow_fetches).await;
+    balanced(&first, &[&first], LEASE_TTL * 2).await;
+    register(&first, &p, &idp.url("/p")).await;
+    register(&first, &q, &idp.url("/q")).await;
+
+    // A refresh of q the IdP holds keeps shard 63 busy: its hand-over waits for the flight.
+    idp.set_mode(Mode::Gated);
+    let seen = idp.request_count();
+    let mut admin = first.admin().await;
+    let request = refresh_request(&q);
+    let held = tokio::spawn(async move { admin.refresh_provider(request).await });
+    idp.wait_for_requests(seen + 1).await;
+    let second = Replica::start("h2", &database.url, &slow_fetches).await;
+    first.wait_for_log("handed shard leases over").await;
+
+    // Neither replica owns shard 63 now: the first hands it over, the second does not hold it.
+    let mut admin = second.admin().await;
+    let request = refresh_request(&p);
+    let asked = tokio::spawn(async move { admin.refresh_provider(request).await });
+    second
+        .wait_for_log("asking the owner of the shard for a refresh")
+        .await;
+    idp.set_mode(Mode::Normal);
+    idp.release(1);
+    held.await.unwrap().expect("the held refresh completes");
+    asked
+        .await
+        .unwrap()
+        .expect("the refresh asked during the hand-over is served");
+
+    assert_eq!(owner_seen_by(&first, &p).await.as_deref(), Some("h2"));
+    let fetches_of_p = idp.requests().iter().filter(|r| r.path == "/p").count();
+    assert_eq!(
+        fetches_of_p, 2,
+        "the registration's fetch and one for the request, however often it was resent"
+    );
+}
+
+fn refresh_request(provider: &str) -> pb::RefreshProviderRequest {
+    pb::RefreshProviderRequest {
+        tenant: "acme".into(),
+        provider: provider.into(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
