@@ -15,11 +15,12 @@
 #[allow(dead_code)]
 mod support;
 
-use support::env_or;
+use support::{
+    env_or,
+    fleet::{Replica, drop_databases, fresh_database, start},
+};
 
 use std::{
-    net::TcpListener as StdListener,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,108 +29,13 @@ use axum::{Router, routing::get};
 use keyrelay::{
     cluster::ShardMap,
     domain::ProviderKey,
-    proto::v1::{
-        self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
-        watch_keys_response::Event,
-    },
+    proto::v1::{self as pb, key_service_client::KeyServiceClient, watch_keys_response::Event},
 };
-use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
-use tonic::{Request, transport::Channel};
-
-const TOKEN: &str = "bench-token";
-
-struct Replica {
-    child: Child,
-    id: String,
-    endpoint: String,
-    metrics: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-async fn start(id: &str, database_url: &str, extra: &[&str]) -> Replica {
-    let port = free_port();
-    let http_port = free_port();
-    let data_dir = std::env::temp_dir().join(format!("keyrelay-bench-{id}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_keyrelay"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http_port}"),
-            "--replica-id",
-            id,
-        ])
-        .args([
-            "--database-url",
-            database_url,
-            "--admin-token",
-            TOKEN,
-            "--dev-allow-http-loopback",
-        ])
-        .args(["--data-dir", data_dir.to_str().unwrap()])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start keyrelay");
-    let replica = Replica {
-        child,
-        id: id.to_owned(),
-        endpoint: format!("http://127.0.0.1:{port}"),
-        metrics: format!("http://127.0.0.1:{http_port}/metrics"),
-    };
-    while Channel::from_shared(replica.endpoint.clone())
-        .unwrap()
-        .connect()
-        .await
-        .is_err()
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    replica
-}
-
-async fn admin(
-    replica: &Replica,
-) -> AdminServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        impl tonic::service::Interceptor + Clone + use<>,
-    >,
-> {
-    let channel = Channel::from_shared(replica.endpoint.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AdminServiceClient::with_interceptor(channel, |mut request: Request<()>| {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        Ok(request)
-    })
-}
+use tonic::transport::Channel;
 
 /// The replica holding the active lease of the shard of provider `bench/provider`.
 async fn shard_owner(replica: &Replica, provider: &str) -> Option<String> {
-    let mut admin = admin(replica).await;
-    let status = admin
-        .get_cluster_status(pb::GetClusterStatusRequest {})
-        .await
-        .ok()?
-        .into_inner();
+    let status = replica.status().await?;
     let key = ProviderKey::parse("bench", provider).ok()?;
     let shard = ShardMap::new(status.shard_count).shard_of(&key);
     let lease = status.shards.into_iter().find(|l| l.shard == shard);
@@ -145,54 +51,6 @@ async fn wait_for_owner(observer: &Replica, provider: &str, not: Option<&str>) -
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn fresh_database() -> String {
-    let admin_url = std::env::var("TEST_DATABASE_URL")
-        .expect("set TEST_DATABASE_URL to a Postgres superuser URL");
-    let name = format!("keyrelay_bench_{:08x}", rand::random::<u32>());
-    let mut conn = PgConnection::connect(&admin_url)
-        .await
-        .expect("reach Postgres");
-    conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin_url).unwrap();
-    url.set_path(&name);
-    url.to_string()
-}
-
-async fn drop_databases() {
-    let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-    let mut conn = PgConnection::connect(&admin_url)
-        .await
-        .expect("reach Postgres");
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'keyrelay_bench_%'")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
-    for name in names {
-        conn.execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .await
-            .unwrap();
-    }
-}
-
-/// The fetches `replica` made: the sum of its `keyrelay_refreshes_total` series.
-async fn refreshes(replica: &Replica) -> f64 {
-    let text = reqwest::get(&replica.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = text
-        .lines()
-        .filter(|line| line.starts_with("keyrelay_refreshes_total{"));
-    samples
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// SPREAD providers on three replicas: how many of the fetches each replica made.
@@ -212,7 +70,7 @@ async fn spread(base: &str, spread_fetches: &Arc<Mutex<u64>>, window: Duration, 
     }
     let mut before = Vec::new();
     for replica in &fleet {
-        before.push(refreshes(replica).await);
+        before.push(replica.refreshes().await);
     }
     let from = *spread_fetches.lock().unwrap();
     tokio::time::sleep(window).await;
@@ -220,7 +78,7 @@ async fn spread(base: &str, spread_fetches: &Arc<Mutex<u64>>, window: Duration, 
     println!("spread, {providers} providers on 3 replicas for {window:?}, 2 s key lifetime:");
     let mut total = 0.0;
     for (replica, before) in fleet.iter().zip(before) {
-        let made = refreshes(replica).await - before;
+        let made = replica.refreshes().await - before;
         total += made;
         println!("  {}: {made} fetches", replica.id);
     }
@@ -243,7 +101,8 @@ async fn register(replica: &Replica, provider: &str, url: &str) {
         policy: None,
         ..Default::default()
     };
-    admin(replica)
+    replica
+        .admin()
         .await
         .register_provider(request)
         .await
@@ -320,7 +179,7 @@ async fn main() {
         stream.message().await.unwrap().unwrap().event,
         Some(Event::Synced(_))
     ) {}
-    let mut leader_admin = admin(&replicas[leader]).await;
+    let mut leader_admin = replicas[leader].admin().await;
     let mut propagation = Vec::new();
     for rotation in 1..=rotations {
         *document.lock().unwrap() = jwks(&format!("k{rotation}"));
@@ -351,9 +210,7 @@ async fn main() {
 
     // Failover after SIGKILL, then graceful handover after SIGTERM.
     let killed = replicas.remove(leader);
-    let _ = Command::new("kill")
-        .args(["-KILL", &killed.child.id().to_string()])
-        .status();
+    killed.signal("-KILL");
     let killed_at = Instant::now();
     let successor = wait_for_owner(&replicas[0], "idp", Some(&killed.id)).await;
     println!(
@@ -363,9 +220,7 @@ async fn main() {
     drop(killed);
     let index = replicas.iter().position(|r| r.id == successor).unwrap();
     let observer = (index + 1) % replicas.len();
-    let _ = Command::new("kill")
-        .args(["-TERM", &replicas[index].child.id().to_string()])
-        .status();
+    replicas[index].signal("-TERM");
     let stopped_at = Instant::now();
     let next = wait_for_owner(&replicas[observer], "idp", Some(&successor)).await;
     println!(

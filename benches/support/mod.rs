@@ -1,6 +1,8 @@
 //! What the benches share: a `keyrelay serve` child process on a free loopback port, settings
-//! from the environment, and a process's CPU time and memory from /proc. Each bench uses a
-//! part of it, hence `allow(dead_code)` where it is included.
+//! from the environment, a process's CPU time and memory from /proc, and (in `fleet`) replicas on
+//! Postgres. Each bench uses a part of it, hence `allow(dead_code)` where it is included.
+
+pub mod fleet;
 
 use std::{
     net::TcpListener,
