@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, FromRow, IntoArguments, Row, Type,
     postgres::PgQueryResult, sqlite::SqliteQueryResult,
@@ -110,6 +111,16 @@ pub(super) trait Sql: Database {
     /// provider only.
     fn provider_records(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<ProviderRecord>;
 
+    /// Runs `sql` with `args` and decodes each provider row as it arrives, so only a few rows
+    /// are held at a time (a start with 100,000 providers would otherwise hold every row at
+    /// once, and the allocator keeps that peak); unreadable rows as `provider_records`.
+    async fn streamed_provider_records(
+        conn: &mut Self::Connection,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        unreadable: &UnreadableRows,
+    ) -> Result<Vec<ProviderRecord>, StoreError>;
+
     /// The access tokens of `rows`; unreadable rows are reported and left out.
     fn readable_tokens(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<TokenRecord>;
 
@@ -207,6 +218,20 @@ where
 
     fn provider_records(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<ProviderRecord> {
         decode_rows(rows, unreadable)
+    }
+
+    async fn streamed_provider_records(
+        conn: &mut Self::Connection,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        unreadable: &UnreadableRows,
+    ) -> Result<Vec<ProviderRecord>, StoreError> {
+        let mut rows = statement(sql, args).fetch(conn);
+        let mut records = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            records.extend(decode_rows(std::slice::from_ref(&row), unreadable));
+        }
+        Ok(records)
     }
 
     fn readable_tokens(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<TokenRecord> {
