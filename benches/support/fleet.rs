@@ -3,6 +3,7 @@
 
 use std::{
     process::{Command, Stdio},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -134,6 +135,9 @@ impl Replica {
     }
 }
 
+/// The databases this process made, dropped at the end (another run's stay).
+static CREATED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 /// A new database on the server at TEST_DATABASE_URL; its URL.
 pub async fn fresh_database() -> String {
     let admin_url = std::env::var("TEST_DATABASE_URL")
@@ -145,22 +149,19 @@ pub async fn fresh_database() -> String {
     conn.execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .await
         .unwrap();
+    CREATED.lock().unwrap().push(name.clone());
     let mut url = url::Url::parse(&admin_url).unwrap();
     url.set_path(&name);
     url.to_string()
 }
 
-/// Drops every database `fresh_database` made.
+/// Drops every database `fresh_database` made in this process.
 pub async fn drop_databases() {
     let admin_url = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
     let mut conn = PgConnection::connect(&admin_url)
         .await
         .expect("reach Postgres");
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'keyrelay_bench_%'")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+    let names = std::mem::take(&mut *CREATED.lock().unwrap());
     for name in names {
         conn.execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
             .await
