@@ -319,6 +319,25 @@ async fn due_in(database_url: &str, shards: &[u32], map: ShardMap) -> Vec<(usize
         .collect()
 }
 
+/// When the last of `shards` had its first fetch since the mark (in `seen`'s milliseconds),
+/// from the fetches of its providers `stored`.
+fn last_shard_refreshed(
+    stored: &[(usize, DateTime<Utc>)],
+    shards: &[u32],
+    seen: &Seen,
+    map: ShardMap,
+) -> Option<u64> {
+    let mut first_per_shard = vec![u64::MAX; SHARDS as usize];
+    for (n, _) in stored {
+        let at = seen.first_since_mark[*n].load(Ordering::Relaxed);
+        let shard = map.shard_of(&key_of(*n)) as usize;
+        if at != 0 {
+            first_per_shard[shard] = first_per_shard[shard].min(at);
+        }
+    }
+    shards.iter().map(|s| first_per_shard[*s as usize]).max()
+}
+
 /// SIGKILL of `fleet[1]`, then the takeover and the catch-up of its shards.
 async fn kill_one(fleet: &mut Vec<Replica>, seen: &Seen, database_url: &str) {
     let map = ShardMap::new(SHARDS);
@@ -362,19 +381,7 @@ async fn kill_one(fleet: &mut Vec<Replica>, seen: &Seen, database_url: &str) {
     let since_kill = |at: u64| Duration::from_millis(at.saturating_sub(mark));
     let caught_up = overdue.iter().map(fetched_since).max().unwrap_or(mark);
     let missing = overdue.iter().filter(|n| fetched_since(n) == 0).count();
-    let mut first_per_shard = vec![u64::MAX; SHARDS as usize];
-    for (n, _) in &stored {
-        let at = fetched_since(n);
-        let shard = map.shard_of(&key_of(*n)) as usize;
-        if at != 0 {
-            first_per_shard[shard] = first_per_shard[shard].min(at);
-        }
-    }
-    let last_first = shards
-        .iter()
-        .map(|s| first_per_shard[*s as usize])
-        .max()
-        .unwrap_or(mark);
+    let last_first = last_shard_refreshed(&stored, &shards, seen, map).unwrap_or(mark);
     println!(
         "  SIGKILL of a replica holding {} shards ({} providers): leases held again after {taken_over:.2?}, every one of its shards fetched again after {:.2?}",
         shards.len(),

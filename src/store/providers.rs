@@ -67,7 +67,7 @@ fn key_args(key: &ProviderKey) -> [Arg<'_>; 2] {
 impl<B: Backend> Store for SqlStore<B> {
     async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        B::streamed_provider_records(&mut conn, SELECT_ALL, &[], &self.unreadable).await
+        B::streamed_provider_records(&mut conn, SELECT_ALL, &self.unreadable).await
     }
 
     async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError> {

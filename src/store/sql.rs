@@ -111,13 +111,12 @@ pub(super) trait Sql: Database {
     /// provider only.
     fn provider_records(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<ProviderRecord>;
 
-    /// Runs `sql` with `args` and decodes each provider row as it arrives, so only a few rows
-    /// are held at a time (a start with 100,000 providers would otherwise hold every row at
-    /// once, and the allocator keeps that peak); unreadable rows as `provider_records`.
+    /// Runs `sql` and decodes each provider row as it arrives, so only a few rows are held
+    /// at a time (a start with 100,000 providers would otherwise hold every row at once, and
+    /// the allocator keeps that peak); unreadable rows as `provider_records`.
     async fn streamed_provider_records(
         conn: &mut Self::Connection,
         sql: &'static str,
-        args: &[Arg<'_>],
         unreadable: &UnreadableRows,
     ) -> Result<Vec<ProviderRecord>, StoreError>;
 
@@ -223,10 +222,9 @@ where
     async fn streamed_provider_records(
         conn: &mut Self::Connection,
         sql: &'static str,
-        args: &[Arg<'_>],
         unreadable: &UnreadableRows,
     ) -> Result<Vec<ProviderRecord>, StoreError> {
-        let mut rows = statement(sql, args).fetch(conn);
+        let mut rows = sqlx::query(sql).fetch(conn);
         let mut records = Vec::new();
         while let Some(row) = rows.try_next().await? {
             records.extend(decode_rows(std::slice::from_ref(&row), unreadable));
