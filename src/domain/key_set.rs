@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use jsonwebtoken::jwk::Jwk;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -340,7 +341,7 @@ impl KeySetDocument {
                 });
                 continue;
             };
-            reject_oversized(object)?;
+            let json = serialized(object)?;
             reject_private_material(object)?;
             let kid = object.get("kid").and_then(Value::as_str);
             if let Some(kid) = kid
@@ -348,10 +349,10 @@ impl KeySetDocument {
             {
                 return Err(JwksError::DuplicateKid(kid.to_owned()));
             }
-            match publishable(object) {
+            match publishable(entry, object) {
                 Ok(()) => {
                     reject_weak_rsa(object)?;
-                    accepted.push(object.clone());
+                    accepted.push((object, json));
                 }
                 Err(reason) => skipped.push(SkippedKey {
                     kid: kid.map(str::to_owned),
@@ -365,17 +366,17 @@ impl KeySetDocument {
         })
     }
 
-    /// The document `{"keys": [...]}` of `objects`; each key's JSON is a slice of the
-    /// document's bytes, not a copy of its own.
-    fn from_objects(objects: Vec<Map<String, Value>>) -> Self {
+    /// The document `{"keys": [...]}` of `objects` (each with its serialized JSON); each
+    /// key's JSON is a slice of the document's bytes, not a copy of its own.
+    fn from_objects(objects: Vec<(&Map<String, Value>, Vec<u8>)>) -> Self {
         let mut json = b"{\"keys\":[".to_vec();
         let mut spans = Vec::with_capacity(objects.len());
-        for (i, object) in objects.iter().enumerate() {
+        for (i, (_, serialized)) in objects.iter().enumerate() {
             if i > 0 {
                 json.push(b',');
             }
             let start = json.len();
-            json.extend_from_slice(Value::Object(object.clone()).to_string().as_bytes());
+            json.extend_from_slice(serialized);
             spans.push(start..json.len());
         }
         json.extend_from_slice(b"]}");
@@ -383,7 +384,7 @@ impl KeySetDocument {
         let keys = objects
             .iter()
             .zip(spans)
-            .map(|(object, span)| public_key(object, json.slice(span)))
+            .map(|((object, _), span)| public_key(object, json.slice(span)))
             .collect();
         Self { json, keys }
     }
@@ -515,16 +516,17 @@ fn kid_of(object: &Map<String, Value>) -> String {
         .to_owned()
 }
 
-fn reject_oversized(object: &Map<String, Value>) -> Result<(), JwksError> {
-    let bytes = Value::Object(object.clone()).to_string().len();
-    if bytes > MAX_KEY_BYTES {
+/// The key serialized, as the document will hold it, unless it is larger than a key may be.
+fn serialized(object: &Map<String, Value>) -> Result<Vec<u8>, JwksError> {
+    let json = serde_json::to_vec(object).map_err(|err| JwksError::NotJson(err.to_string()))?;
+    if json.len() > MAX_KEY_BYTES {
         return Err(JwksError::KeyTooLarge {
             kid: kid_of(object),
-            bytes,
+            bytes: json.len(),
             limit: MAX_KEY_BYTES,
         });
     }
-    Ok(())
+    Ok(json)
 }
 
 fn reject_weak_rsa(object: &Map<String, Value>) -> Result<(), JwksError> {
@@ -566,8 +568,8 @@ fn reject_private_material(object: &Map<String, Value>) -> Result<(), JwksError>
 
 /// Whether keyrelay publishes this key: a type, curve and algorithm it knows, with members
 /// present and well-formed, that the `jsonwebtoken` JWK model (what the Rust SDK hands to
-/// verification) accepts. Otherwise, why not.
-fn publishable(object: &Map<String, Value>) -> Result<(), SkipReason> {
+/// verification) accepts. Otherwise, why not. `entry` is the key, `object` its members.
+fn publishable(entry: &Value, object: &Map<String, Value>) -> Result<(), SkipReason> {
     let text = |member: &str| object.get(member).and_then(Value::as_str);
     let shown = |member: &str| object.get(member).map_or_else(String::new, value_text);
     let missing = |member: &str| SkipReason::Malformed(format!("{member} is missing"));
@@ -622,8 +624,7 @@ fn publishable(object: &Map<String, Value>) -> Result<(), SkipReason> {
             "{member} is missing or not base64url"
         )));
     }
-    serde_json::from_value::<Jwk>(Value::Object(object.clone()))
-        .map_err(|err| SkipReason::Malformed(err.to_string()))?;
+    Jwk::deserialize(entry).map_err(|err| SkipReason::Malformed(err.to_string()))?;
     x509::check(object).map_err(SkipReason::Certificate)
 }
 
