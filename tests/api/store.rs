@@ -83,6 +83,23 @@ fn registration(provider: &str, url: &str) -> NewRegistration {
     }
 }
 
+/// `acme/okta`, registered by URL under `revision` at `now`: the record the store returns.
+async fn registered_okta(
+    store: &Arc<dyn Store>,
+    revision: i64,
+    now: chrono::DateTime<Utc>,
+) -> ProviderRecord {
+    store
+        .register_at(
+            &registration("okta", "https://idp.example.com/jwks"),
+            revision,
+            now,
+        )
+        .await
+        .unwrap()
+        .record
+}
+
 fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
     let now = Utc::now().trunc_subsecs(6);
     let response = http::Response::builder()
@@ -122,6 +139,22 @@ fn refreshed(record: &ProviderRecord, version: u64) -> ProviderRecord {
             next_refresh_at: Some(now + Duration::seconds(560)),
         },
     }
+}
+
+/// `read` holds what `written` held: registration, keys, status and validators.
+fn assert_reads_back(read: &ProviderRecord, written: &ProviderRecord) {
+    assert_eq!(read.registration, written.registration);
+    assert_eq!(read.keys, written.keys);
+    assert_eq!(read.status, written.status);
+    assert_eq!(read.validators.etag, written.validators.etag);
+    assert_eq!(
+        read.validators.last_modified,
+        written.validators.last_modified
+    );
+    assert_eq!(
+        read.validators.cached_response,
+        written.validators.cached_response
+    );
 }
 
 async fn registrations_are_created_then_updated(backend: Backend) {
@@ -172,15 +205,7 @@ async fn registrations_are_created_then_updated(backend: Backend) {
 async fn refresh_results_read_back_exactly(backend: Backend) {
     let opened = open(backend).await;
     let store = &opened.store;
-    let record = store
-        .register_at(
-            &registration("okta", "https://idp.example.com/jwks"),
-            1,
-            Utc::now().trunc_subsecs(6),
-        )
-        .await
-        .unwrap()
-        .record;
+    let record = registered_okta(store, 1, Utc::now().trunc_subsecs(6)).await;
     let written = refreshed(&record, 4);
     assert!(
         store
@@ -193,37 +218,18 @@ async fn refresh_results_read_back_exactly(backend: Backend) {
     let loaded = store.load_all().await.unwrap();
     assert_eq!(loaded.len(), 1);
     let read = &loaded[0];
-    assert_eq!(read.registration, written.registration);
     assert!(
         read.change_seq > record.change_seq,
         "every write takes a newer change sequence"
     );
-    assert_eq!(read.keys, written.keys);
-    assert_eq!(read.status, written.status);
-    assert_eq!(read.validators.etag, written.validators.etag);
-    assert_eq!(
-        read.validators.last_modified,
-        written.validators.last_modified
-    );
-    assert_eq!(
-        read.validators.cached_response,
-        written.validators.cached_response
-    );
+    assert_reads_back(read, &written);
 }
 
 async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backend) {
     let opened = open(backend).await;
     let store = &opened.store;
     let now = Utc::now().trunc_subsecs(6);
-    let record = store
-        .register_at(
-            &registration("okta", "https://idp.example.com/jwks"),
-            1,
-            now,
-        )
-        .await
-        .unwrap()
-        .record;
+    let record = registered_okta(store, 1, now).await;
     assert!(
         store
             .save_refresh(&refreshed(&record, 1), None, &[])
@@ -232,15 +238,7 @@ async fn changing_the_url_drops_the_validators_but_keeps_the_keys(backend: Backe
             .is_some()
     );
 
-    let same = store
-        .register_at(
-            &registration("okta", "https://idp.example.com/jwks"),
-            2,
-            now,
-        )
-        .await
-        .unwrap()
-        .record;
+    let same = registered_okta(store, 2, now).await;
     assert_eq!(same.validators.etag.as_deref(), Some("\"v\""));
     let moved = store
         .register_at(
@@ -267,15 +265,7 @@ async fn refresh_writes_are_fenced_by_the_registration_revision(backend: Backend
     let opened = open(backend).await;
     let store = &opened.store;
     let now = Utc::now().trunc_subsecs(6);
-    let old = store
-        .register_at(
-            &registration("okta", "https://idp.example.com/jwks"),
-            1,
-            now,
-        )
-        .await
-        .unwrap()
-        .record;
+    let old = registered_okta(store, 1, now).await;
     store
         .register_at(
             &registration("okta", "https://idp.example.com/jwks"),
@@ -350,29 +340,13 @@ async fn every_write_takes_a_newer_change_sequence(backend: Backend) {
     let store = &opened.store;
     let now = Utc::now().trunc_subsecs(6);
     let key = ProviderKey::parse("acme", "okta").unwrap();
-    let first = store
-        .register_at(
-            &registration("okta", "https://idp.example.com/jwks"),
-            1,
-            now,
-        )
-        .await
-        .unwrap()
-        .record;
+    let first = registered_okta(store, 1, now).await;
     let refreshed_seq = store
         .save_refresh(&refreshed(&first, 1), None, &[])
         .await
         .unwrap()
         .expect("written");
-    let again = store
-        .register_at(
-            &registration("okta", "https://idp.example.com/jwks"),
-            2,
-            now,
-        )
-        .await
-        .unwrap()
-        .record;
+    let again = registered_okta(store, 2, now).await;
     let removed = store
         .unregister(&key, Utc::now(), &Origin::service())
         .await
@@ -461,15 +435,7 @@ mod postgres_fleet {
             .await
             .unwrap()
             .store;
-        let record = store
-            .register_at(
-                &registration("okta", "https://idp.example.com/jwks"),
-                1,
-                Utc::now().trunc_subsecs(6),
-            )
-            .await
-            .unwrap()
-            .record;
+        let record = registered_okta(&store, 1, Utc::now().trunc_subsecs(6)).await;
         // A new fleet has 64 shards; the lease of this provider's shard fences its writes.
         let shard = ShardMap::new(64).shard_of(&record.registration.key);
         let fence = |holder, term| fence(shard, holder, term);
@@ -528,15 +494,7 @@ mod postgres_fleet {
         listener.listen(CHANGES_CHANNEL).await.unwrap();
         let key = ProviderKey::parse("acme", "okta").unwrap();
 
-        let record = store
-            .register_at(
-                &registration("okta", "https://idp.example.com/jwks"),
-                1,
-                Utc::now().trunc_subsecs(6),
-            )
-            .await
-            .unwrap()
-            .record;
+        let record = registered_okta(&store, 1, Utc::now().trunc_subsecs(6)).await;
         let seq = store
             .save_refresh(&refreshed(&record, 1), None, &[])
             .await
@@ -603,5 +561,119 @@ mod postgres_fleet {
                 .unwrap();
         let expected: Vec<(i32, String, i64)> = (0..100).map(|s| (s, String::new(), 0)).collect();
         assert_eq!(leases, expected, "every shard has a free lease row");
+    }
+}
+
+/// A store written before `providers` became a rowid table reads back the same after the
+/// migration rebuilds it, every column of every row.
+mod sqlite_upgrade {
+    use std::path::Path;
+
+    use sqlx::{
+        SqlitePool,
+        migrate::Migrator,
+        sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+    };
+
+    use super::*;
+    use keyrelay::domain::Issuer;
+
+    /// The first migration after which `providers` is a rowid table.
+    const ROWID_MIGRATION: &str = "20261205000001";
+
+    async fn pool(path: &Path) -> SqlitePool {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Brings the store at `path` up to the migration before `ROWID_MIGRATION`, from a copy of
+    /// the older migration files.
+    async fn migrate_to_before_rowid(path: &Path) {
+        let older = tempfile::tempdir().unwrap();
+        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(all).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().as_ref() < ROWID_MIGRATION {
+                std::fs::copy(entry.path(), older.path().join(entry.file_name())).unwrap();
+            }
+        }
+        let pool = pool(path).await;
+        Migrator::new(older.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+
+    async fn providers_table(path: &Path) -> String {
+        let pool = pool(path).await;
+        let sql: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'providers'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        sql
+    }
+
+    /// A provider of each kind: refreshed by URL (keys, validators, skipped keys, a failure),
+    /// registered by issuer, and pushed.
+    async fn write_one_of_each(store: &Arc<dyn Store>) {
+        let now = Utc::now().trunc_subsecs(6);
+        let fetched = registered_okta(store, 1, now).await;
+        store
+            .save_refresh(&refreshed(&fetched, 4), None, &[])
+            .await
+            .unwrap()
+            .expect("written");
+        let issuer = Issuer::parse("https://login.example.com", &EgressRules::default()).unwrap();
+        for (provider, source) in [
+            ("auth0", KeySource::Issuer(issuer)),
+            ("signer", KeySource::Pushed),
+        ] {
+            let registration = NewRegistration {
+                source,
+                ..registration(provider, "https://idp.example.com/jwks")
+            };
+            store.register_at(&registration, 2, now).await.unwrap();
+        }
+    }
+
+    fn assert_same(before: &[ProviderRecord], after: &[ProviderRecord]) {
+        assert_eq!(before.len(), after.len());
+        for (before, after) in before.iter().zip(after) {
+            assert_eq!(after.change_seq, before.change_seq);
+            assert_reads_back(after, before);
+            assert_eq!(after.dropped_version, before.dropped_version);
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_the_rowid_rebuild_read_back_whole_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(store::SQLITE_FILE);
+        migrate_to_before_rowid(&path).await;
+        assert!(providers_table(&path).await.contains("WITHOUT ROWID"));
+
+        let old = store::open(None, dir.path(), 1, true).await.unwrap().store;
+        write_one_of_each(&old).await;
+        let before = old.load_all().await.unwrap();
+        old.close().await;
+        assert_eq!(before.len(), 3);
+
+        let migrated = store::open(None, dir.path(), 1, false).await.unwrap().store;
+        let after = migrated.load_all().await.unwrap();
+        migrated.close().await;
+        assert!(!providers_table(&path).await.contains("WITHOUT ROWID"));
+        assert_same(&before, &after);
     }
 }
