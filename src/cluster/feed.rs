@@ -172,7 +172,7 @@ impl ChangeFeed {
         let stored: HashSet<ProviderKey> =
             records.iter().map(|r| r.registration.key.clone()).collect();
         for record in records {
-            self.parts.cache.apply(record);
+            self.parts.cache.apply(Arc::unwrap_or_clone(record));
         }
         for record in self.parts.cache.all() {
             let key = &record.registration.key;

@@ -150,12 +150,15 @@ impl KeyPolicy {
         if key.signs_with_any(allowed) {
             self.untrusted(key, at)
         } else {
-            let alg = key.alg.clone().unwrap_or_else(|| {
-                format!(
-                    "{} (it has no alg: what its key type fits)",
-                    key.fits().join(", ")
-                )
-            });
+            let alg = key.alg.as_deref().map_or_else(
+                || {
+                    format!(
+                        "{} (it has no alg: what its key type fits)",
+                        key.fits().join(", ")
+                    )
+                },
+                str::to_owned,
+            );
             Some(SkipReason::AlgorithmNotAllowed(alg))
         }
     }

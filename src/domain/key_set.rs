@@ -1,7 +1,7 @@
 //! JWKS guardrails: turns an identity provider's response body into a sanitized key set, or
 //! says exactly why the body must not replace the last good one. Nothing here does I/O.
 
-use std::collections::HashSet;
+use std::{borrow::Cow, collections::HashSet};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -263,12 +263,12 @@ impl SkipReason {
 pub struct PublicKey {
     /// `kid`, when the provider gave one.
     pub kid: Option<String>,
-    /// `kty`: RSA, EC or OKP.
-    pub kty: String,
+    /// `kty`: RSA, EC or OKP. Names keyrelay knows are shared, not allocated per key.
+    pub kty: Cow<'static, str>,
     /// `alg`, when the provider gave one.
-    pub alg: Option<String>,
+    pub alg: Option<Cow<'static, str>>,
     /// `use`, when the provider gave one.
-    pub key_use: Option<String>,
+    pub key_use: Option<Cow<'static, str>>,
     /// The key as a JSON object.
     pub json: Bytes,
     /// The signature algorithms its type and curve fit, whatever its `alg` says.
@@ -648,20 +648,28 @@ fn signature_algorithms_of(object: &Map<String, Value>) -> &'static [&'static st
 }
 
 fn public_key(object: &Map<String, Value>, json: Bytes) -> PublicKey {
-    let text = |member: &str| {
-        object
-            .get(member)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
+    let text = |member: &str| object.get(member).and_then(Value::as_str);
+    let key_types = REQUIRED_MEMBERS.iter().map(|(kty, _)| *kty);
+    let algorithms = SIGNATURE_ALGORITHMS
+        .iter()
+        .chain(&RSA_ENCRYPTION_ALGORITHMS)
+        .chain(&ECDH_ALGORITHMS)
+        .copied();
     PublicKey {
-        kid: text("kid"),
-        kty: text("kty").unwrap_or_default(),
-        alg: text("alg"),
-        key_use: text("use"),
+        kid: text("kid").map(str::to_owned),
+        kty: known_name(text("kty").unwrap_or_default(), key_types),
+        alg: text("alg").map(|alg| known_name(alg, algorithms)),
+        key_use: text("use").map(|key_use| known_name(key_use, ["sig", "enc"].into_iter())),
         json,
         fits: signature_algorithms_of(object),
     }
+}
+
+/// `name` as the one of `known` it equals, or as its own copy when it is none of them.
+fn known_name(name: &str, mut known: impl Iterator<Item = &'static str>) -> Cow<'static, str> {
+    known
+        .find(|known| *known == name)
+        .map_or_else(|| Cow::Owned(name.to_owned()), Cow::Borrowed)
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Refresh policies: the per-provider overrides given at registration and the effective
 //! policy (overrides merged with the server defaults) that the refresher obeys.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,19 @@ pub struct PolicyOverrides {
     /// Which of the served keys are published; no server default.
     #[serde(default, flatten)]
     pub keys: KeyPolicy,
+}
+
+impl PolicyOverrides {
+    /// The overrides behind a shared pointer: every registration without overrides (most
+    /// of them) holds the same one, instead of a copy each.
+    pub fn shared(self) -> Arc<Self> {
+        static NONE: LazyLock<Arc<PolicyOverrides>> = LazyLock::new(Arc::default);
+        if self == Self::default() {
+            Arc::clone(&NONE)
+        } else {
+            Arc::new(self)
+        }
+    }
 }
 
 /// The policy in force for one provider: every knob set.

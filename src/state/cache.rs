@@ -40,10 +40,10 @@ struct State {
 
 impl KeyCache {
     /// A cache holding `records`.
-    pub fn with_records(records: impl IntoIterator<Item = ProviderRecord>) -> Self {
+    pub fn with_records(records: impl IntoIterator<Item = Arc<ProviderRecord>>) -> Self {
         let providers = records
             .into_iter()
-            .map(|record| (record.registration.key.clone(), Arc::new(record)))
+            .map(|record| (record.registration.key.clone(), record))
             .collect();
         Self {
             state: RwLock::new(State {
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_removal_wins_over_older_states_and_loses_to_newer_ones() {
-        let cache = KeyCache::with_records([record("a", 5)]);
+        let cache = KeyCache::with_records([Arc::new(record("a", 5))]);
         cache.apply_removal(&key("a"), 4);
         assert!(
             cache.get(&key("a")).is_some(),
@@ -227,7 +227,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_for_a_newer_state_ends_when_it_arrives_or_times_out() {
-        let cache = Arc::new(KeyCache::with_records([record("a", 1)]));
+        let cache = Arc::new(KeyCache::with_records([Arc::new(record("a", 1))]));
         let waiter = {
             let cache = Arc::clone(&cache);
             tokio::spawn(async move {

@@ -21,7 +21,7 @@ pub struct Registration {
     /// Where the keys come from: a JWKS URL, or an issuer to discover it from.
     pub source: KeySource,
     /// The policy overrides given at registration.
-    pub overrides: PolicyOverrides,
+    pub overrides: Arc<PolicyOverrides>,
     /// Key ids withheld by an administrator, whatever the identity provider publishes.
     pub revoked: Revocations,
     /// Changes on every (re-)registration and revocation; refresh results are only written
@@ -311,7 +311,7 @@ pub(crate) fn sample(provider: &str, change_seq: u64) -> ProviderRecord {
             JwksUrl::parse("https://idp.example.com/jwks", &EgressRules::default())
                 .expect("valid test URL"),
         ),
-        overrides: PolicyOverrides::default(),
+        overrides: PolicyOverrides::default().shared(),
         revoked: Revocations::default(),
         revision: 1,
         created_at: now,

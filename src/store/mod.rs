@@ -114,8 +114,9 @@ pub struct Fence {
 pub trait Store: AccessStore + Send + Sync + 'static {
     /// Every stored record, in (tenant, provider) order. A row that cannot be read whole is
     /// reported and affects its own provider only (see `row`): left out when its
-    /// registration is unreadable, quarantined when its key set is.
-    async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+    /// registration is unreadable, quarantined when its key set is. Each record comes
+    /// behind the `Arc` a cache keeps it in.
+    async fn load_all(&self) -> Result<Vec<Arc<ProviderRecord>>, StoreError>;
 
     /// One stored record; `StoreError::Corrupt` when its registration is unreadable.
     async fn get(&self, key: &ProviderKey) -> Result<Option<ProviderRecord>, StoreError>;

@@ -3,6 +3,8 @@
 //! announces itself in the same transaction; refresh writes apply only for the registration
 //! revision they were fetched for and, on Postgres, only under the writer's lease.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -65,7 +67,7 @@ fn key_args(key: &ProviderKey) -> [Arg<'_>; 2] {
 
 #[async_trait]
 impl<B: Backend> Store for SqlStore<B> {
-    async fn load_all(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+    async fn load_all(&self) -> Result<Vec<Arc<ProviderRecord>>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         B::streamed_provider_records(&mut conn, SELECT_ALL, &self.unreadable).await
     }

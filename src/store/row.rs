@@ -19,7 +19,7 @@ use super::{
 use crate::{
     domain::key_set::{KeySetDocument, SkippedKey},
     domain::revocation::{Revocations, RevokedKey},
-    domain::{Issuer, JwksUrl, KeySource, ProviderKey},
+    domain::{Issuer, JwksUrl, KeySource, PolicyOverrides, ProviderKey},
     state::record::{
         CurrentKeys, ProviderRecord, Published, RefreshStatus, Registration, Validators, published,
     },
@@ -176,8 +176,21 @@ where
     for<'r> &'r str: ColumnIndex<R>,
 {
     rows.iter()
-        .filter_map(|row| StoredRow::decode(row, unreadable)?.into_record(unreadable))
+        .filter_map(|row| decode_row(row, unreadable))
         .collect()
+}
+
+/// Decodes one database row; `None` (reported) when it cannot be read at all.
+pub(super) fn decode_row<R>(row: &R, unreadable: &UnreadableRows) -> Option<ProviderRecord>
+where
+    R: Row,
+    for<'r> RegistrationColumns: FromRow<'r, R>,
+    for<'r> RefreshColumns: FromRow<'r, R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> &'r str: ColumnIndex<R>,
+{
+    StoredRow::decode(row, unreadable)?.into_record(unreadable)
 }
 
 impl StoredRow {
@@ -250,7 +263,9 @@ fn registration(columns: RegistrationColumns) -> Result<Registration, String> {
             KeySource::JwksUrl(JwksUrl::parse_stored(&columns.jwks_url).map_err(|e| e.to_string())?)
         }
     };
-    let overrides = serde_json::from_str(&columns.policy).map_err(|e| format!("policy: {e}"))?;
+    let overrides = serde_json::from_str::<PolicyOverrides>(&columns.policy)
+        .map_err(|e| format!("policy: {e}"))?
+        .shared();
     let revoked = revocations(columns.revoked_keys.as_deref())?;
     Ok(Registration {
         key,

@@ -3,6 +3,8 @@
 //! Written once, as a blanket implementation, so the store's logic is generic over the
 //! database and needs no bounds of its own.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -14,7 +16,7 @@ use sqlx::{
 use super::{
     StoreError, UnreadableRows,
     access::{AuditRow, TokenRow, active_tokens},
-    row::{RefreshColumns, RegistrationColumns, decode_rows},
+    row::{RefreshColumns, RegistrationColumns, decode_row, decode_rows},
 };
 use crate::{
     access::{AuditRecord, TokenRecord},
@@ -113,12 +115,13 @@ pub(super) trait Sql: Database {
 
     /// Runs `sql` and decodes each provider row as it arrives, so only a few rows are held
     /// at a time (a start with 100,000 providers would otherwise hold every row at once, and
-    /// the allocator keeps that peak); unreadable rows as `provider_records`.
+    /// the allocator keeps that peak); unreadable rows as `provider_records`. Each record
+    /// goes straight behind its own `Arc`, so no list of whole records is ever held either.
     async fn streamed_provider_records(
         conn: &mut Self::Connection,
         sql: &'static str,
         unreadable: &UnreadableRows,
-    ) -> Result<Vec<ProviderRecord>, StoreError>;
+    ) -> Result<Vec<Arc<ProviderRecord>>, StoreError>;
 
     /// The access tokens of `rows`; unreadable rows are reported and left out.
     fn readable_tokens(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<TokenRecord>;
@@ -223,11 +226,11 @@ where
         conn: &mut Self::Connection,
         sql: &'static str,
         unreadable: &UnreadableRows,
-    ) -> Result<Vec<ProviderRecord>, StoreError> {
+    ) -> Result<Vec<Arc<ProviderRecord>>, StoreError> {
         let mut rows = sqlx::query(sql).fetch(conn);
         let mut records = Vec::new();
         while let Some(row) = rows.try_next().await? {
-            records.extend(decode_rows(std::slice::from_ref(&row), unreadable));
+            records.extend(decode_row(&row, unreadable).map(Arc::new));
         }
         Ok(records)
     }

@@ -648,7 +648,7 @@ mod sqlite_upgrade {
         }
     }
 
-    fn assert_same(before: &[ProviderRecord], after: &[ProviderRecord]) {
+    fn assert_same(before: &[Arc<ProviderRecord>], after: &[Arc<ProviderRecord>]) {
         assert_eq!(before.len(), after.len());
         for (before, after) in before.iter().zip(after) {
             assert_eq!(after.change_seq, before.change_seq);

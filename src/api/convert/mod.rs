@@ -306,9 +306,9 @@ pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
             .iter()
             .map(|k| pb::Key {
                 kid: k.kid.clone().unwrap_or_default(),
-                kty: k.kty.clone(),
-                alg: k.alg.clone().unwrap_or_default(),
-                r#use: k.key_use.clone().unwrap_or_default(),
+                kty: k.kty.to_string(),
+                alg: k.alg.as_deref().unwrap_or_default().to_owned(),
+                r#use: k.key_use.as_deref().unwrap_or_default().to_owned(),
                 jwk_json: k.json.clone(),
             })
             .collect(),

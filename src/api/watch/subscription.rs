@@ -208,7 +208,7 @@ mod tests {
     }
 
     fn setup(records: Vec<ProviderRecord>, clock: &ManualClock) -> (Arc<KeyCache>, Arc<WatchHub>) {
-        let cache = Arc::new(KeyCache::with_records(records));
+        let cache = Arc::new(KeyCache::with_records(records.into_iter().map(Arc::new)));
         let hub = hub(&cache, clock, CancellationToken::new());
         (cache, hub)
     }
