@@ -165,22 +165,8 @@ impl RefreshColumns {
     }
 }
 
-/// Decodes database rows one by one: a row the driver cannot decode affects that row only.
-pub(super) fn decode_rows<R>(rows: &[R], unreadable: &UnreadableRows) -> Vec<ProviderRecord>
-where
-    R: Row,
-    for<'r> RegistrationColumns: FromRow<'r, R>,
-    for<'r> RefreshColumns: FromRow<'r, R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> &'r str: ColumnIndex<R>,
-{
-    rows.iter()
-        .filter_map(|row| decode_row(row, unreadable))
-        .collect()
-}
-
-/// Decodes one database row; `None` (reported) when it cannot be read at all.
+/// Decodes one database row; `None` (reported) when it cannot be read at all. A row the
+/// driver cannot decode affects that row only.
 pub(super) fn decode_row<R>(row: &R, unreadable: &UnreadableRows) -> Option<ProviderRecord>
 where
     R: Row,

@@ -16,7 +16,7 @@ use sqlx::{
 use super::{
     StoreError, UnreadableRows,
     access::{AuditRow, TokenRow, active_tokens},
-    row::{RefreshColumns, RegistrationColumns, decode_row, decode_rows},
+    row::{RefreshColumns, RegistrationColumns, decode_row},
 };
 use crate::{
     access::{AuditRecord, TokenRecord},
@@ -219,7 +219,9 @@ where
     }
 
     fn provider_records(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<ProviderRecord> {
-        decode_rows(rows, unreadable)
+        rows.iter()
+            .filter_map(|row| decode_row(row, unreadable))
+            .collect()
     }
 
     async fn streamed_provider_records(
