@@ -3,18 +3,20 @@
 //!
 //! The baseline is a minimal tonic server, a separate process (this binary, re-executed),
 //! that answers every Resolve with the very bytes keyrelay answers, doing no work. Both are
-//! driven by the same client from this process: closed loop (CONCURRENCY calls in flight over
-//! CONNECTIONS HTTP/2 connections) for saturation, then open loop at half of each server's
-//! saturated rate, latency measured from each call's scheduled start. Both processes share
-//! the machine's cores: the CPU each process used is reported next to the numbers.
+//! driven by the same client from this process, in PAIRS alternating pairs (the first server
+//! of a pair goes second in the next): closed loop (CONCURRENCY calls in flight over
+//! CONNECTIONS HTTP/2 connections, DURATION_SECS each) for saturation, then open loop for both
+//! at half of the lower of the two saturated rates, latency measured from each call's
+//! scheduled start. Each pair prints keyrelay's throughput and p99 over the baseline's, and the
+//! end their medians. Both processes share the machine's cores: the CPU each process used is
+//! reported next to the numbers.
 
 #[allow(dead_code)]
 mod support;
 
-use support::{Server, TOKEN, cpu_time, env_or, free_port};
+use support::{TOKEN, cpu_time, env_or, free_port};
 
 use std::{
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -173,46 +175,88 @@ fn summary(mut latencies: Vec<Duration>) -> String {
     )
 }
 
-struct Measured {
+/// One server's saturated run.
+struct Saturated {
     rate: f64,
-    saturated: String,
-    half: String,
+    latencies: Vec<Duration>,
     server_cpu: Duration,
     client_cpu: Duration,
 }
 
-async fn measure(endpoint: &str, pid: u32) -> Measured {
-    let connections = env_or("CONNECTIONS", 4);
+/// A server under test: its name, its connections and its process.
+struct Target {
+    name: &'static str,
+    channels: Vec<Channel>,
+    pid: u32,
+}
+
+async fn saturated(target: &Target) -> Saturated {
     let concurrency = env_or("CONCURRENCY", 64);
-    let seconds = Duration::from_secs(env_or("DURATION_SECS", 10));
-    let channels = channels(endpoint, connections).await;
-    saturate(&channels, concurrency, Duration::from_secs(2)).await;
-    let (server_before, client_before) = (cpu_time(&pid.to_string()), cpu_time("self"));
-    let (rate, latencies) = saturate(&channels, concurrency, seconds).await;
-    let (server_cpu, client_cpu) = (
-        cpu_time(&pid.to_string()) - server_before,
-        cpu_time("self") - client_before,
-    );
-    let half = paced(&channels, rate / 2.0, seconds).await;
-    Measured {
+    let seconds = Duration::from_secs(env_or("DURATION_SECS", 6));
+    saturate(&target.channels, concurrency, Duration::from_secs(2)).await;
+    let pid = target.pid.to_string();
+    let (server_before, client_before) = (cpu_time(&pid), cpu_time("self"));
+    let (rate, latencies) = saturate(&target.channels, concurrency, seconds).await;
+    Saturated {
         rate,
-        saturated: summary(latencies),
-        half: summary(half),
-        server_cpu,
-        client_cpu,
+        latencies,
+        server_cpu: cpu_time(&pid) - server_before,
+        client_cpu: cpu_time("self") - client_before,
     }
 }
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Ok(path) = std::env::var(BASELINE_ROLE) {
-        let port = env_or("KEYRELAY_BENCH_PORT", 0) as u16;
-        return runtime.block_on(baseline_server(path, port));
+fn p99(latencies: &mut [Duration]) -> Duration {
+    latencies.sort();
+    latencies[((latencies.len() as f64 - 1.0) * 0.99).round() as usize]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One alternating pair: both saturated in `order`, then both paced at half of the lower
+/// rate. Returns keyrelay's throughput and p99 at that load over the baseline's.
+async fn pair(number: usize, order: [&Target; 2]) -> (f64, f64) {
+    let mut runs = Vec::new();
+    for target in order {
+        let run = saturated(target).await;
+        println!(
+            "  pair {number}, {}: {:.0} calls/s saturated ({}); CPU server {:.2?}, load generator {:.2?}",
+            target.name,
+            run.rate,
+            summary(run.latencies.clone()),
+            run.server_cpu,
+            run.client_cpu
+        );
+        runs.push(run);
     }
-    runtime.block_on(run());
+    let rate = runs
+        .iter()
+        .map(|run| run.rate)
+        .fold(f64::INFINITY, f64::min)
+        / 2.0;
+    let seconds = Duration::from_secs(env_or("DURATION_SECS", 6));
+    let mut tails = Vec::new();
+    for target in order {
+        let mut half = paced(&target.channels, rate, seconds).await;
+        tails.push(p99(&mut half));
+        println!(
+            "  pair {number}, {} at {rate:.0}/s: {}",
+            target.name,
+            summary(half)
+        );
+    }
+    let keyrelay = usize::from(order[0].name != "keyrelay");
+    let baseline = 1 - keyrelay;
+    let throughput = runs[keyrelay].rate / runs[baseline].rate;
+    let tail = tails[keyrelay].as_secs_f64() / tails[baseline].as_secs_f64();
+    println!("  pair {number}: throughput {throughput:.3}x, p99 at {rate:.0}/s {tail:.3}x");
+    (throughput, tail)
+}
+
+fn main() {
+    support::main_or_baseline(BASELINE_ROLE, baseline_server, run);
 }
 
 async fn run() {
@@ -230,7 +274,7 @@ async fn run() {
 
     let port = free_port();
     let data_dir = tempfile::tempdir().unwrap();
-    let keyrelay = support::keyrelay(port, data_dir.path(), &[]);
+    let keyrelay_process = support::keyrelay(port, data_dir.path(), &[]);
     let endpoint = format!("http://127.0.0.1:{port}");
     let channel = channels(&endpoint, 1).await.remove(0);
     let mut admin =
@@ -257,44 +301,38 @@ async fn run() {
     std::fs::write(response_file.path(), answer.encode_to_vec()).unwrap();
 
     let baseline_port = free_port();
-    let baseline = Server(
-        Command::new(std::env::current_exe().unwrap())
-            .env(BASELINE_ROLE, response_file.path())
-            .env("KEYRELAY_BENCH_PORT", baseline_port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the baseline"),
-    );
+    let baseline_process = support::baseline(BASELINE_ROLE, response_file.path(), baseline_port);
     println!(
         "Resolve, {} byte response, key set of {} bytes:",
         answer.encoded_len(),
         document.len()
     );
-    let targets = [
-        (
-            "baseline tonic server",
-            format!("http://127.0.0.1:{baseline_port}"),
-            baseline.0.id(),
-        ),
-        ("keyrelay", endpoint.clone(), keyrelay.0.id()),
-    ];
-    let only = std::env::var("ONLY").ok();
-    for (name, endpoint, pid) in targets {
-        if only.as_deref().is_some_and(|only| !name.starts_with(only)) {
-            continue;
-        }
-        println!("  measuring {name} (pid {pid})");
-        let m = measure(&endpoint, pid).await;
-        println!(
-            "  {name}: {:.0} calls/s saturated ({}); at half load ({:.0}/s): {}",
-            m.rate,
-            m.saturated,
-            m.rate / 2.0,
-            m.half
-        );
-        println!(
-            "    CPU while saturated: server {:.2?}, load generator {:.2?}",
-            m.server_cpu, m.client_cpu
-        );
+    let connections = env_or("CONNECTIONS", 4);
+    let baseline = Target {
+        name: "baseline tonic server",
+        channels: channels(&format!("http://127.0.0.1:{baseline_port}"), connections).await,
+        pid: baseline_process.0.id(),
+    };
+    let keyrelay = Target {
+        name: "keyrelay",
+        channels: channels(&endpoint, connections).await,
+        pid: keyrelay_process.0.id(),
+    };
+    let (mut throughputs, mut tails) = (Vec::new(), Vec::new());
+    for number in 1..=env_or("PAIRS", 5) {
+        let order = if number % 2 == 1 {
+            [&baseline, &keyrelay]
+        } else {
+            [&keyrelay, &baseline]
+        };
+        let (throughput, tail) = pair(number, order).await;
+        throughputs.push(throughput);
+        tails.push(tail);
     }
+    println!(
+        "keyrelay over the baseline, medians of {} pairs: throughput {:.3}x, p99 at half of saturation {:.3}x",
+        throughputs.len(),
+        median(throughputs),
+        median(tails)
+    );
 }

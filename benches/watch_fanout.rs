@@ -9,6 +9,12 @@
 //! stream holds the set without (or again with) the key. Also reports the server's resident
 //! memory per idle stream.
 //!
+//! The baseline is a bare tonic server, a separate process (this binary, re-executed), that
+//! sends every stream the very key-set messages keyrelay sent during the rotations, one per
+//! call of its Resolve (the trigger), doing no other work. The same streams are opened to it
+//! and the same rotations measured, and keyrelay's p99 and memory per idle stream are printed
+//! over the baseline's.
+//!
 //! Environment: STREAMS (10000), CONNECTIONS (16; at most 1024 streams per connection),
 //! ROTATIONS (5), REVOCATIONS (6).
 
@@ -18,18 +24,26 @@ mod support;
 use support::{TOKEN, cpu_time, env_or, free_port, rss_kib};
 
 use std::{
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::{Router, routing::get};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use keyrelay::proto::v1::{
-    self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
-    watch_keys_response::Event,
+use futures::{Stream, StreamExt};
+use keyrelay::{
+    api::{encoded::EncodedEvent, grpc::key_service_server},
+    proto::v1::{
+        self as pb, admin_service_client::AdminServiceClient, key_service_client::KeyServiceClient,
+        watch_keys_response::Event,
+    },
 };
-use tokio::sync::mpsc;
-use tonic::{Request, transport::Channel};
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status, transport::Channel};
+
+const BASELINE_ROLE: &str = "KEYRELAY_BENCH_FANOUT_BASELINE";
 
 fn jwks(kid: &str) -> String {
     let modulus = |seed: u8| URL_SAFE_NO_PAD.encode([0x80 | seed; 256]);
@@ -69,13 +83,151 @@ async fn deliveries(
     latencies
 }
 
+/// The baseline: every WatchKeys stream gets `synced`, then each recorded key-set message as
+/// its Resolve (the trigger) is called.
+struct Baseline {
+    recorded: Mutex<std::vec::IntoIter<EncodedEvent>>,
+    sent: broadcast::Sender<EncodedEvent>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl key_service_server::KeyService for Baseline {
+    async fn resolve(
+        &self,
+        _request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<EncodedEvent>, Status> {
+        let next = self.recorded.lock().unwrap().next();
+        let event = next.ok_or_else(|| Status::out_of_range("no recorded event left"))?;
+        self.sent
+            .send(event)
+            .map_err(|_| Status::unavailable("no stream"))?;
+        Ok(Response::new(EncodedEvent::not_modified()))
+    }
+
+    type WatchKeysStream = EventStream;
+
+    async fn watch_keys(
+        &self,
+        _request: Request<pb::WatchKeysRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let changes = futures::stream::unfold(self.sent.subscribe(), |mut receiver| async move {
+            receiver
+                .recv()
+                .await
+                .ok()
+                .map(|event| (Ok(event), receiver))
+        });
+        let stream = futures::stream::once(async { Ok(EncodedEvent::synced()) }).chain(changes);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The baseline role: the length-delimited messages in the file named by the environment,
+/// served on `port`.
+async fn baseline_server(path: String, port: u16) {
+    let bytes = std::fs::read(path).expect("recorded events");
+    let mut buffer = bytes.as_slice();
+    let mut recorded = Vec::new();
+    while !buffer.is_empty() {
+        let message = pb::WatchKeysResponse::decode_length_delimited(&mut buffer).expect("event");
+        recorded.push(EncodedEvent::from_bytes(message.encode_to_vec().into()));
+    }
+    let baseline = Baseline {
+        recorded: Mutex::new(recorded.into_iter()),
+        sent: broadcast::Sender::new(16),
+    };
+    tonic::transport::Server::builder()
+        .add_service(key_service_server::KeyServiceServer::new(baseline))
+        .serve(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .expect("baseline serves");
+}
+
+async fn connect(endpoint: &str) -> Channel {
+    loop {
+        match Channel::from_shared(endpoint.to_owned())
+            .unwrap()
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Opens `streams` WatchKeys streams over `connections` connections to `endpoint`, each
+/// reporting the key sets it receives to `events`; the first stream also sends each key-set
+/// message it receives, encoded, to `recorder`. Returns once every stream is synced.
+async fn open_streams(
+    endpoint: &str,
+    streams: usize,
+    connections: usize,
+    events: &mpsc::UnboundedSender<Delivery>,
+    recorder: Option<mpsc::UnboundedSender<Vec<u8>>>,
+) -> Duration {
+    let (ready, mut all_ready) = mpsc::unbounded_channel::<()>();
+    let mut channels = Vec::new();
+    for _ in 0..connections {
+        channels.push(connect(endpoint).await);
+    }
+    let opened = Instant::now();
+    for index in 0..streams {
+        let mut client = KeyServiceClient::new(channels[index % connections].clone());
+        let events = events.clone();
+        let ready = ready.clone();
+        let recorder = recorder.clone().filter(|_| index == 0);
+        tokio::spawn(async move {
+            let request = pb::WatchKeysRequest {
+                selectors: vec![pb::WatchSelector {
+                    tenant: "bench".into(),
+                    provider: "idp".into(),
+                }],
+                known_versions: vec![pb::KnownVersion {
+                    tenant: "bench".into(),
+                    provider: "idp".into(),
+                    version: 1,
+                }],
+            };
+            let mut stream = client
+                .watch_keys(request)
+                .await
+                .expect("watch")
+                .into_inner();
+            while let Ok(Some(message)) = stream.message().await {
+                if let (Some(recorder), Some(Event::KeySet(_))) = (&recorder, &message.event) {
+                    drop(recorder.send(message.encode_length_delimited_to_vec()));
+                }
+                match message.event {
+                    Some(Event::Synced(_)) => drop(ready.send(())),
+                    Some(Event::KeySet(set)) => drop(events.send(Delivery {
+                        version: set.version,
+                        keys: set.keys.len(),
+                        at: Instant::now(),
+                    })),
+                    _ => {}
+                }
+            }
+        });
+    }
+    for _ in 0..streams {
+        all_ready.recv().await.expect("stream synced");
+    }
+    opened.elapsed()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    support::main_or_baseline(BASELINE_ROLE, baseline_server, run);
+}
+
+async fn run() {
     let streams = env_or("STREAMS", 10_000);
     let connections = env_or("CONNECTIONS", 16);
     let rotations = env_or("ROTATIONS", 5);
@@ -96,16 +248,7 @@ async fn main() {
     let server = support::keyrelay(port, data_dir.path(), &[]);
     let pid = server.0.id();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let channel = loop {
-        match Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(channel) => break channel,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let channel = connect(&endpoint).await;
     let mut admin = AdminServiceClient::with_interceptor(channel, |mut request: Request<()>| {
         request
             .metadata_mut()
@@ -125,56 +268,8 @@ async fn main() {
 
     let rss_before = rss_kib(pid);
     let (events, mut received) = mpsc::unbounded_channel::<Delivery>();
-    let (ready, mut all_ready) = mpsc::unbounded_channel::<()>();
-    let mut channels = Vec::new();
-    for _ in 0..connections {
-        channels.push(
-            Channel::from_shared(endpoint.clone())
-                .unwrap()
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    let opened = Instant::now();
-    for index in 0..streams {
-        let mut client = KeyServiceClient::new(channels[index % connections].clone());
-        let events = events.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let request = pb::WatchKeysRequest {
-                selectors: vec![pb::WatchSelector {
-                    tenant: "bench".into(),
-                    provider: "idp".into(),
-                }],
-                known_versions: vec![pb::KnownVersion {
-                    tenant: "bench".into(),
-                    provider: "idp".into(),
-                    version: 1,
-                }],
-            };
-            let mut stream = client
-                .watch_keys(request)
-                .await
-                .expect("watch")
-                .into_inner();
-            while let Ok(Some(message)) = stream.message().await {
-                match message.event {
-                    Some(Event::Synced(_)) => drop(ready.send(())),
-                    Some(Event::KeySet(set)) => drop(events.send(Delivery {
-                        version: set.version,
-                        keys: set.keys.len(),
-                        at: Instant::now(),
-                    })),
-                    _ => {}
-                }
-            }
-        });
-    }
-    for _ in 0..streams {
-        all_ready.recv().await.expect("stream synced");
-    }
-    let open_time = opened.elapsed();
+    let (recorder, mut recorded) = mpsc::unbounded_channel();
+    let open_time = open_streams(&endpoint, streams, connections, &events, Some(recorder)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = rss_kib(pid);
 
@@ -207,6 +302,10 @@ async fn main() {
     let server_cpu = cpu_time(&pid.to_string()) - server_cpu;
     let load_cpu = cpu_time("self") - load_cpu;
     latencies.sort();
+    let mut rotation_events = Vec::new();
+    while let Ok(event) = recorded.try_recv() {
+        rotation_events.extend(event);
+    }
 
     let kid = format!("rotating-{}", 1 + rotations);
     let mut revocation_latencies = Vec::new();
@@ -282,4 +381,58 @@ async fn main() {
         rss_before, rss_idle, per_stream
     );
     drop(server);
+
+    let baseline = bare_tonic(&rotation_events, streams, connections, rotations).await;
+    println!(
+        "  baseline tonic stream server: rotation -> all streams p99 {:.1?}; {:.0} bytes per idle stream",
+        baseline.p99, baseline.per_stream
+    );
+    println!(
+        "  keyrelay over the baseline: p99 {:.2}x, memory per idle stream {:.2}x",
+        percentile(&latencies, 0.99).as_secs_f64() / baseline.p99.as_secs_f64(),
+        per_stream / baseline.per_stream
+    );
+}
+
+/// The baseline's figures: p99 from trigger to every stream, and memory per idle stream.
+struct BaselineRun {
+    p99: Duration,
+    per_stream: f64,
+}
+
+/// Runs the bare tonic stream server on `recorded` (the rotations' messages, length-delimited)
+/// and measures it as keyrelay was measured.
+async fn bare_tonic(
+    recorded: &[u8],
+    streams: usize,
+    connections: usize,
+    rotations: usize,
+) -> BaselineRun {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), recorded).unwrap();
+    let port = free_port();
+    let server = support::baseline(BASELINE_ROLE, file.path(), port);
+    let pid = server.0.id();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut trigger = KeyServiceClient::new(connect(&endpoint).await);
+    let rss_before = rss_kib(pid);
+    let (events, mut received) = mpsc::unbounded_channel::<Delivery>();
+    open_streams(&endpoint, streams, connections, &events, None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_stream = rss_kib(pid).saturating_sub(rss_before) as f64 * 1024.0 / streams as f64;
+    let mut latencies = Vec::new();
+    for rotation in 1..=rotations {
+        let started = Instant::now();
+        trigger
+            .resolve(pb::ResolveRequest::default())
+            .await
+            .expect("trigger");
+        let version = 1 + rotation as u64;
+        latencies.extend(deliveries(&mut received, streams, version, 2, started).await);
+    }
+    latencies.sort();
+    BaselineRun {
+        p99: percentile(&latencies, 0.99),
+        per_stream,
+    }
 }

@@ -5,6 +5,7 @@
 pub mod fleet;
 
 use std::{
+    future::Future,
     net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
@@ -81,4 +82,35 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc status")
+}
+
+/// Runs `bench` on a multi-threaded runtime or, when this process is a bench's baseline server
+/// (`role` set in its environment, see `baseline`), `serve` with the role's value and port.
+pub fn main_or_baseline<S, B>(
+    role: &str,
+    serve: impl FnOnce(String, u16) -> S,
+    bench: impl FnOnce() -> B,
+) where
+    S: Future<Output = ()>,
+    B: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match std::env::var(role) {
+        Ok(value) => runtime.block_on(serve(value, env_or("KEYRELAY_BENCH_PORT", 0))),
+        Err(_) => runtime.block_on(bench()),
+    }
+}
+
+/// This bench binary again, as its baseline server on `port`, with `role` set to `path`.
+pub fn baseline(role: &str, path: &Path, port: u16) -> Server {
+    let child = Command::new(std::env::current_exe().expect("this bench binary"))
+        .env(role, path)
+        .env("KEYRELAY_BENCH_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the baseline");
+    Server(child)
 }
