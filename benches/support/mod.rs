@@ -1,13 +1,19 @@
 //! What the benches share: a `keyrelay serve` child process on a free loopback port, settings
-//! from the environment, a process's CPU time and memory from /proc, and (in `fleet`) replicas on
-//! Postgres. Each bench uses a part of it, hence `allow(dead_code)` where it is included.
+//! from the environment, a process's CPU time and memory from /proc, baseline servers (this
+//! binary, re-executed), replicas on Postgres (`fleet`), and the comparisons against the
+//! stack's own limit that both their own benches and `limits` run (`resolve`, `fanout`,
+//! `scale`). Each bench uses a part of it, hence `allow(dead_code)` where it is included.
 
+pub mod fanout;
 pub mod fleet;
+pub mod resolve;
+pub mod scale;
 
 use std::{
     future::Future,
     net::TcpListener,
     path::Path,
+    pin::Pin,
     process::{Child, Command, Stdio},
     str::FromStr,
     time::Duration,
@@ -84,30 +90,41 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc status")
 }
 
-/// Runs `bench` on a multi-threaded runtime or, when this process is a bench's baseline server
-/// (`role` set in its environment, see `baseline`), `serve` with the role's value and port.
-pub fn main_or_baseline<S, B>(
-    role: &str,
-    serve: impl FnOnce(String, u16) -> S,
-    bench: impl FnOnce() -> B,
-) where
-    S: Future<Output = ()>,
+/// A baseline server's run, as a future.
+pub type Serving = Pin<Box<dyn Future<Output = ()>>>;
+
+/// A baseline server: the environment variable that makes the bench binary one (its value is
+/// the file the server answers from), and how it serves that file on a port.
+pub struct BaselineRole {
+    pub env: &'static str,
+    pub serve: fn(String, u16) -> Serving,
+}
+
+/// Runs `bench` on a multi-threaded runtime or, when this process is one of `roles` (its
+/// variable set in the environment, see `baseline`), that baseline server.
+pub fn main_or_baseline<B>(roles: &[BaselineRole], bench: impl FnOnce() -> B)
+where
     B: Future<Output = ()>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match std::env::var(role) {
-        Ok(value) => runtime.block_on(serve(value, env_or("KEYRELAY_BENCH_PORT", 0))),
-        Err(_) => runtime.block_on(bench()),
+    let role = roles
+        .iter()
+        .find_map(|role| Some((role, std::env::var(role.env).ok()?)));
+    match role {
+        Some((role, path)) => {
+            runtime.block_on((role.serve)(path, env_or("KEYRELAY_BENCH_PORT", 0)));
+        }
+        None => runtime.block_on(bench()),
     }
 }
 
-/// This bench binary again, as its baseline server on `port`, with `role` set to `path`.
-pub fn baseline(role: &str, path: &Path, port: u16) -> Server {
+/// This bench binary again, as the `role` baseline server on `port`, answering from `path`.
+pub fn baseline(role: &BaselineRole, path: &Path, port: u16) -> Server {
     let child = Command::new(std::env::current_exe().expect("this bench binary"))
-        .env(role, path)
+        .env(role.env, path)
         .env("KEYRELAY_BENCH_PORT", port.to_string())
         .stdout(Stdio::null())
         .spawn()
