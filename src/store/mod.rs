@@ -7,6 +7,7 @@
 
 mod access;
 mod backend;
+mod batch_decode;
 mod change;
 mod discovery;
 mod providers;
@@ -70,6 +71,10 @@ pub enum StoreError {
         /// The I/O failure.
         source: std::io::Error,
     },
+    /// Decoding the stored rows on the blocking pool stopped: a bug, or the runtime shutting
+    /// down.
+    #[error("decoding stored rows stopped: {0}")]
+    Decoding(tokio::task::JoinError),
     /// `DATABASE_URL` names neither Postgres nor SQLite.
     #[error(
         "DATABASE_URL must start with postgres:// or postgresql:// (or sqlite: for an explicit file); got scheme {0:?}"

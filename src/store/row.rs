@@ -182,7 +182,7 @@ where
 impl StoredRow {
     /// Splits a database row into its column groups; `None` (reported) when even the
     /// registration columns cannot be decoded.
-    fn decode<R>(row: &R, unreadable: &UnreadableRows) -> Option<Self>
+    pub(super) fn decode<R>(row: &R, unreadable: &UnreadableRows) -> Option<Self>
     where
         R: Row,
         for<'r> RegistrationColumns: FromRow<'r, R>,

@@ -16,7 +16,8 @@ use sqlx::{
 use super::{
     StoreError, UnreadableRows,
     access::{AuditRow, TokenRow, active_tokens},
-    row::{RefreshColumns, RegistrationColumns, decode_row},
+    batch_decode::BatchDecoder,
+    row::{RefreshColumns, RegistrationColumns, StoredRow, decode_row},
 };
 use crate::{
     access::{AuditRecord, TokenRecord},
@@ -113,14 +114,15 @@ pub(super) trait Sql: Database {
     /// provider only.
     fn provider_records(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<ProviderRecord>;
 
-    /// Runs `sql` and decodes each provider row as it arrives, so only a few rows are held
+    /// Runs `sql` and decodes the provider rows as they arrive, so only a few rows are held
     /// at a time (a start with 100,000 providers would otherwise hold every row at once, and
-    /// the allocator keeps that peak); unreadable rows as `provider_records`. Each record
-    /// goes straight behind its own `Arc`, so no list of whole records is ever held either.
+    /// the allocator keeps that peak); unreadable rows as `provider_records`. The records
+    /// are built on the blocking pool while the next rows are read (`BatchDecoder`), each
+    /// straight behind its own `Arc`, so no list of whole records is ever held either.
     async fn streamed_provider_records(
         conn: &mut Self::Connection,
         sql: &'static str,
-        unreadable: &UnreadableRows,
+        unreadable: &Arc<UnreadableRows>,
     ) -> Result<Vec<Arc<ProviderRecord>>, StoreError>;
 
     /// The access tokens of `rows`; unreadable rows are reported and left out.
@@ -227,14 +229,16 @@ where
     async fn streamed_provider_records(
         conn: &mut Self::Connection,
         sql: &'static str,
-        unreadable: &UnreadableRows,
+        unreadable: &Arc<UnreadableRows>,
     ) -> Result<Vec<Arc<ProviderRecord>>, StoreError> {
         let mut rows = sqlx::query(sql).fetch(conn);
-        let mut records = Vec::new();
+        let mut decoder = BatchDecoder::new(unreadable);
         while let Some(row) = rows.try_next().await? {
-            records.extend(decode_row(&row, unreadable).map(Arc::new));
+            if let Some(stored) = StoredRow::decode(&row, unreadable) {
+                decoder.push(stored).await?;
+            }
         }
-        Ok(records)
+        decoder.finish().await
     }
 
     fn readable_tokens(rows: &[Self::Row], unreadable: &UnreadableRows) -> Vec<TokenRecord> {
