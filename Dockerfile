@@ -5,6 +5,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# Build settings: the embedded SQLite's compile options.
+COPY .cargo .cargo
 COPY proto proto
 COPY migrations migrations
 COPY src src

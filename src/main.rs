@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of the system allocator: it returns freed memory to the system and
 /// frees across threads cheaply (glibc kept about 420 MiB of a 100,000-provider start
-/// resident; see BENCHMARKS.md, "Scale of registrations").
+/// resident; see BENCHMARKS.md, "Scale of registrations"). The crate's `override` feature
+/// makes it the C libraries' `malloc` too, so the embedded SQLite's row values, allocated
+/// on its worker thread and freed on a runtime thread, no longer contend for glibc's arena.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
