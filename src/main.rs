@@ -43,6 +43,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: keyrelay::server::config::ServeConfig) -> anyhow::Result<()> {
     let telemetry = telemetry::init(config.log_format);
+    keep_to_small_pages();
     let served = async {
         let app = Application::build(config, Arc::new(SystemClock)).await?;
         let shutdown = CancellationToken::new();
@@ -52,6 +53,18 @@ async fn serve(config: keyrelay::server::config::ServeConfig) -> anyhow::Result<
     .await;
     telemetry.shutdown().await;
     Ok(served?)
+}
+
+/// Transparent huge pages off for this process: mimalloc asks for them on its arenas, and
+/// then every touched byte commits a whole 2 MiB page, while the cache is hundreds of
+/// thousands of small objects. With 100,000 providers this kept about 20 MiB more resident
+/// and made the start slower (BENCHMARKS.md, "Small pages"). The same as mimalloc's
+/// `MIMALLOC_ALLOW_THP=0`, without needing it in the environment.
+fn keep_to_small_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %err, "transparent huge pages stay on; expect more resident memory");
+    }
 }
 
 async fn migrate(database_url: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<()> {
