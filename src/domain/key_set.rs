@@ -1,7 +1,11 @@
 //! JWKS guardrails: turns an identity provider's response body into a sanitized key set, or
 //! says exactly why the body must not replace the last good one. Nothing here does I/O.
 
-use std::{borrow::Cow, collections::HashSet};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    sync::{Arc, LazyLock},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -187,6 +191,19 @@ pub struct SkippedKey {
     pub reason: SkipReason,
 }
 
+impl SkippedKey {
+    /// `list` as a shared slice; an empty one is a single slice every provider shares, not
+    /// an allocation each (most providers skip no key).
+    pub fn shared_list(list: Vec<SkippedKey>) -> Arc<[SkippedKey]> {
+        static NONE: LazyLock<Arc<[SkippedKey]>> = LazyLock::new(|| Arc::from([]));
+        if list.is_empty() {
+            Arc::clone(&NONE)
+        } else {
+            list.into()
+        }
+    }
+}
+
 /// Why a key was left out of the published set.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "value")]
@@ -369,7 +386,7 @@ impl KeySetDocument {
     /// The document `{"keys": [...]}` of `objects` (each with its serialized JSON); each
     /// key's JSON is a slice of the document's bytes, not a copy of its own.
     fn from_objects(objects: Vec<(&Map<String, Value>, Vec<u8>)>) -> Self {
-        let mut json = b"{\"keys\":[".to_vec();
+        let mut json = document_buffer(objects.iter().map(|(_, serialized)| serialized.len()));
         let mut spans = Vec::with_capacity(objects.len());
         for (i, (_, serialized)) in objects.iter().enumerate() {
             if i > 0 {
@@ -379,7 +396,7 @@ impl KeySetDocument {
             json.extend_from_slice(serialized);
             spans.push(start..json.len());
         }
-        json.extend_from_slice(b"]}");
+        json.extend_from_slice(DOCUMENT_END);
         let json = Bytes::from(json);
         let keys = objects
             .iter()
@@ -408,14 +425,14 @@ impl KeySetDocument {
             .filter(|(_, kept)| **kept)
             .map(|(key, _)| key.clone())
             .collect();
-        let mut json = b"{\"keys\":[".to_vec();
+        let mut json = document_buffer(keys.iter().map(|key| key.json.len()));
         for (i, key) in keys.iter().enumerate() {
             if i > 0 {
                 json.push(b',');
             }
             json.extend_from_slice(&key.json);
         }
-        json.extend_from_slice(b"]}");
+        json.extend_from_slice(DOCUMENT_END);
         Some(Self {
             json: Bytes::from(json),
             keys,
@@ -494,6 +511,20 @@ impl KeySetDocument {
         }
         digest.finalize().into()
     }
+}
+
+const DOCUMENT_START: &[u8] = b"{\"keys\":[";
+const DOCUMENT_END: &[u8] = b"]}";
+
+/// A buffer holding `{"keys":[` and room for exactly the rest of a document of keys this
+/// long: the document is kept for as long as its provider, so it carries no spare capacity,
+/// and `Bytes` takes it over without allocating.
+fn document_buffer(key_lengths: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
+    let commas = key_lengths.len().saturating_sub(1);
+    let length = DOCUMENT_START.len() + key_lengths.sum::<usize>() + commas + DOCUMENT_END.len();
+    let mut json = Vec::with_capacity(length);
+    json.extend_from_slice(DOCUMENT_START);
+    json
 }
 
 /// The key material of a serialized key, in a canonical order.
@@ -685,6 +716,30 @@ mod tests {
 
     fn rsa(kid: &str) -> Value {
         json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": modulus(0xc5, 256), "e": "AQAB"})
+    }
+
+    #[test]
+    fn a_document_buffer_has_room_for_exactly_its_keys() {
+        let keys: [&[u8]; 3] = [b"{\"a\":1}", b"{\"bb\":22}", b"{}"];
+        let mut json = document_buffer(keys.iter().map(|key| key.len()));
+        let room = json.capacity();
+        json.extend_from_slice(&keys.join(&b","[..]));
+        json.extend_from_slice(DOCUMENT_END);
+        assert_eq!(json.len(), room);
+        assert_eq!(json.capacity(), room);
+        assert!(serde_json::from_slice::<Value>(&json).is_ok());
+    }
+
+    #[test]
+    fn skipping_no_key_shares_one_empty_list() {
+        let first = SkippedKey::shared_list(Vec::new());
+        let second = SkippedKey::shared_list(Vec::new());
+        assert!(Arc::ptr_eq(&first, &second));
+        let one = SkippedKey::shared_list(vec![SkippedKey {
+            kid: Some("k".into()),
+            reason: SkipReason::NotAnObject,
+        }]);
+        assert_eq!(one.len(), 1);
     }
 
     fn parse(doc: Value) -> Result<Parsed, JwksError> {

@@ -128,7 +128,12 @@ pub fn versioned(
         Some(prev) if parsed.document.same_keys_as(&prev.fetched) => Arc::clone(&prev.fetched),
         _ => Arc::new(parsed.document),
     };
-    published_version(current, fetched, Arc::from(parsed.skipped), now)
+    published_version(
+        current,
+        fetched,
+        SkippedKey::shared_list(parsed.skipped),
+        now,
+    )
 }
 
 /// The held keys confirmed again at `now` (a 304): the same version unless what they

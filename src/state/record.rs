@@ -284,7 +284,7 @@ pub fn published(
     let document = fetched
         .retain(|i, key| verdicts[i].is_none() && !revoked.withholds(key))
         .map_or_else(|| Arc::clone(fetched), Arc::new);
-    let withheld = KeyPolicy::left_out(fetched.keys(), verdicts).into();
+    let withheld = SkippedKey::shared_list(KeyPolicy::left_out(fetched.keys(), verdicts));
     Published { document, withheld }
 }
 

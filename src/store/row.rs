@@ -335,7 +335,7 @@ fn current_keys(
         fetched,
         fetched_at,
         fresh_until,
-        skipped: Arc::from([]),
+        skipped: SkippedKey::shared_list(Vec::new()),
         withheld,
     }))
 }
@@ -374,10 +374,10 @@ pub(super) fn revocations_json(revoked: &Revocations) -> Result<Option<String>, 
 
 fn skipped_keys(json: Option<&str>) -> Result<Arc<[SkippedKey]>, String> {
     let Some(json) = json else {
-        return Ok(Arc::from([]));
+        return Ok(SkippedKey::shared_list(Vec::new()));
     };
     serde_json::from_str::<Vec<SkippedKey>>(json)
-        .map(Arc::from)
+        .map(SkippedKey::shared_list)
         .map_err(|e| format!("skipped keys: {e}"))
 }
 
