@@ -4,6 +4,7 @@
 use std::{
     borrow::Cow,
     collections::HashSet,
+    ops::Range,
     sync::{Arc, LazyLock},
 };
 
@@ -386,17 +387,8 @@ impl KeySetDocument {
     /// The document `{"keys": [...]}` of `objects` (each with its serialized JSON); each
     /// key's JSON is a slice of the document's bytes, not a copy of its own.
     fn from_objects(objects: Vec<(&Map<String, Value>, Vec<u8>)>) -> Self {
-        let mut json = document_buffer(objects.iter().map(|(_, serialized)| serialized.len()));
-        let mut spans = Vec::with_capacity(objects.len());
-        for (i, (_, serialized)) in objects.iter().enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            let start = json.len();
-            json.extend_from_slice(serialized);
-            spans.push(start..json.len());
-        }
-        json.extend_from_slice(DOCUMENT_END);
+        let serialized: Vec<&[u8]> = objects.iter().map(|(_, json)| json.as_slice()).collect();
+        let (json, spans) = document_of(&serialized);
         let json = Bytes::from(json);
         let keys = objects
             .iter()
@@ -418,25 +410,25 @@ impl KeySetDocument {
         if kept.iter().all(|kept| *kept) {
             return None;
         }
-        let keys: Vec<PublicKey> = self
+        let keys: Vec<&PublicKey> = self
             .keys
             .iter()
             .zip(&kept)
             .filter(|(_, kept)| **kept)
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| key)
             .collect();
-        let mut json = document_buffer(keys.iter().map(|key| key.json.len()));
-        for (i, key) in keys.iter().enumerate() {
-            if i > 0 {
-                json.push(b',');
-            }
-            json.extend_from_slice(&key.json);
-        }
-        json.extend_from_slice(DOCUMENT_END);
-        Some(Self {
-            json: Bytes::from(json),
-            keys,
-        })
+        let serialized: Vec<&[u8]> = keys.iter().map(|key| &key.json[..]).collect();
+        let (json, spans) = document_of(&serialized);
+        let json = Bytes::from(json);
+        let keys = keys
+            .into_iter()
+            .zip(spans)
+            .map(|(key, span)| PublicKey {
+                json: json.slice(span),
+                ..key.clone()
+            })
+            .collect();
+        Some(Self { json, keys })
     }
 
     /// The sanitized document, `{"keys": [...]}`.
@@ -516,15 +508,26 @@ impl KeySetDocument {
 const DOCUMENT_START: &[u8] = b"{\"keys\":[";
 const DOCUMENT_END: &[u8] = b"]}";
 
-/// A buffer holding `{"keys":[` and room for exactly the rest of a document of keys this
-/// long: the document is kept for as long as its provider, so it carries no spare capacity,
-/// and `Bytes` takes it over without allocating.
-fn document_buffer(key_lengths: impl ExactSizeIterator<Item = usize>) -> Vec<u8> {
-    let commas = key_lengths.len().saturating_sub(1);
-    let length = DOCUMENT_START.len() + key_lengths.sum::<usize>() + commas + DOCUMENT_END.len();
-    let mut json = Vec::with_capacity(length);
+/// The document `{"keys":[...]}` of these serialized keys, and each key's span in it. The
+/// buffer has no spare capacity: a document is kept as long as its provider, and `Bytes`
+/// takes an exactly sized buffer over without allocating.
+fn document_of(keys: &[&[u8]]) -> (Vec<u8>, Vec<Range<usize>>) {
+    let commas = keys.len().saturating_sub(1);
+    let keys_length: usize = keys.iter().map(|key| key.len()).sum();
+    let mut json =
+        Vec::with_capacity(DOCUMENT_START.len() + keys_length + commas + DOCUMENT_END.len());
     json.extend_from_slice(DOCUMENT_START);
-    json
+    let mut spans = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        if i > 0 {
+            json.push(b',');
+        }
+        let start = json.len();
+        json.extend_from_slice(key);
+        spans.push(start..json.len());
+    }
+    json.extend_from_slice(DOCUMENT_END);
+    (json, spans)
 }
 
 /// The key material of a serialized key, in a canonical order.
@@ -719,15 +722,14 @@ mod tests {
     }
 
     #[test]
-    fn a_document_buffer_has_room_for_exactly_its_keys() {
+    fn a_document_holds_its_keys_in_order_with_no_spare_capacity() {
         let keys: [&[u8]; 3] = [b"{\"a\":1}", b"{\"bb\":22}", b"{}"];
-        let mut json = document_buffer(keys.iter().map(|key| key.len()));
-        let room = json.capacity();
-        json.extend_from_slice(&keys.join(&b","[..]));
-        json.extend_from_slice(DOCUMENT_END);
-        assert_eq!(json.len(), room);
-        assert_eq!(json.capacity(), room);
-        assert!(serde_json::from_slice::<Value>(&json).is_ok());
+        let (json, spans) = document_of(&keys);
+        assert_eq!(json, b"{\"keys\":[{\"a\":1},{\"bb\":22},{}]}");
+        assert_eq!(json.capacity(), json.len());
+        let sliced: Vec<&[u8]> = spans.into_iter().map(|span| &json[span]).collect();
+        assert_eq!(sliced, keys);
+        assert_eq!(document_of(&[]).0, b"{\"keys\":[]}");
     }
 
     #[test]

@@ -93,6 +93,21 @@ async fn serve(data: &str) -> (Server, String) {
     (server, format!("http://{listen}"))
 }
 
+/// The README's memory limits assume small pages: the server turns transparent huge pages
+/// off for its process whatever the host's setting (the kernel shows it in `THP_enabled`).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_server_runs_with_transparent_huge_pages_off() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let (server, _) = serve(data_dir.path().to_str().unwrap()).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
+
 // Multi-threaded: the CLI runs as blocking child processes while the mock IdP must answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_runs_the_server_adds_a_provider_and_resolves_it() {
