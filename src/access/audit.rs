@@ -102,8 +102,8 @@ impl AuditEvent {
             at,
             origin,
             action,
-            tenant: Some(key.tenant.clone()),
-            provider: Some(key.provider.as_str().to_owned()),
+            tenant: Some(key.tenant().clone()),
+            provider: Some(key.provider().as_str().to_owned()),
             before: None,
             after: None,
         }

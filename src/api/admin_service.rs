@@ -60,7 +60,7 @@ fn caller<T>(request: &Request<T>) -> Result<(Principal, Origin), Status> {
 
 /// A provider outside the caller's scope is reported as absent: its existence is not told.
 fn ensure_visible(caller: &Principal, key: &ProviderKey) -> Result<(), Error> {
-    if caller.administers(&key.tenant) {
+    if caller.administers(key.tenant()) {
         Ok(())
     } else {
         Err(Error::ProviderNotFound(key.clone()))
@@ -106,7 +106,7 @@ impl AdminService for AdminApi {
         let registration =
             convert::new_registration(request.into_inner(), &self.egress).map_err(Error::from)?;
         super::record_key(&registration.key);
-        ensure_administers(&caller, &registration.key.tenant)?;
+        ensure_administers(&caller, registration.key.tenant())?;
         let (snapshot, created) = self.providers.register(registration, &origin).await?;
         Ok(Response::new(pb::RegisterProviderResponse {
             provider: Some(convert::provider(&snapshot)),

@@ -51,8 +51,8 @@ impl EncodedEvent {
     /// `removed`: the client should drop the provider it held at `version`.
     pub fn removed(key: &ProviderKey, version: u64) -> Self {
         Self::encode(Event::Removed(pb::ProviderRemoved {
-            tenant: key.tenant.as_str().to_owned(),
-            provider: key.provider.as_str().to_owned(),
+            tenant: key.tenant().as_str().to_owned(),
+            provider: key.provider().as_str().to_owned(),
             version,
         }))
     }

@@ -59,7 +59,7 @@ impl KeyService for KeyApi {
         let caller = super::auth::caller_of(&request).cloned();
         let request = request.into_inner();
         let key = super::request_key(&request.tenant, &request.provider)?;
-        if !self.access.may_read(caller.as_ref(), &key.tenant) {
+        if !self.access.may_read(caller.as_ref(), key.tenant()) {
             return Err(Error::ProviderNotFound(key).into());
         }
         let kid = request

@@ -98,11 +98,11 @@ async fn provider_set(
     let served = ProviderKey::parse(&tenant, &provider)
         .map_err(Error::from)
         .and_then(|key| {
-            if !mirror.may_read(&request, &key.tenant)? {
+            if !mirror.may_read(&request, key.tenant())? {
                 return Err(Error::ProviderNotFound(key));
             }
             let served = single(&mirror.providers.usable(&key)?)?;
-            Ok((served, mirror.cacheability(&key.tenant)))
+            Ok((served, mirror.cacheability(key.tenant())))
         });
     respond(served, &request.headers)
 }

@@ -42,8 +42,8 @@ fn request_key(tenant: &str, provider: &str) -> Result<ProviderKey, Status> {
 /// Records a parsed tenant and provider on the call's span.
 fn record_key(key: &ProviderKey) {
     let span = tracing::Span::current();
-    span.record("keyrelay.tenant", key.tenant.as_str());
-    span.record("keyrelay.provider", key.provider.as_str());
+    span.record("keyrelay.tenant", key.tenant().as_str());
+    span.record("keyrelay.provider", key.provider().as_str());
 }
 
 /// The address of the client of an HTTP request, on the gRPC listener (plain or TLS) and on

@@ -63,8 +63,8 @@ impl RefreshRequest {
         let trace = self.trace_parent.as_deref().unwrap_or_default();
         format!(
             "{kind}/{}/{}/{}/{trace}",
-            key.tenant.as_str(),
-            key.provider.as_str(),
+            key.tenant().as_str(),
+            key.provider().as_str(),
             self.id
         )
     }

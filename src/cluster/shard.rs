@@ -28,9 +28,9 @@ impl ShardMap {
     /// big-endian integer, modulo the count.
     pub fn shard_of(&self, key: &ProviderKey) -> u32 {
         let digest = Sha256::new()
-            .chain_update(key.tenant.as_str())
+            .chain_update(key.tenant().as_str())
             .chain_update("/")
-            .chain_update(key.provider.as_str())
+            .chain_update(key.provider().as_str())
             .finalize();
         let mut prefix = [0; 8];
         prefix.copy_from_slice(&digest[..8]);

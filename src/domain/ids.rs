@@ -26,8 +26,7 @@ fn parse_identifier(field: &'static str, value: &str) -> Result<String, Validati
     Ok(value.to_owned())
 }
 
-/// A tenant identifier: 1-64 characters of `[a-z0-9._-]`. Shared, not copied, when cloned:
-/// every provider's key is held by the cache, the scheduler and the staleness timer.
+/// A tenant identifier: 1-64 characters of `[a-z0-9._-]`. Shared, not copied, when cloned.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TenantId(Arc<str>);
 
@@ -60,28 +59,42 @@ impl ProviderId {
     }
 }
 
-/// The identity of one registration: a provider within a tenant.
+/// The identity of one registration: a provider within a tenant. Every holder of a provider's
+/// key (the cache, the refresh scheduler, the staleness timer, change notices) shares one
+/// allocation: a clone is a reference count, and each holder keeps a pointer, not the pair.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProviderKey {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The provider within the tenant.
-    pub provider: ProviderId,
+pub struct ProviderKey(Arc<KeyParts>);
+
+/// Ordered by tenant, then provider.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct KeyParts {
+    tenant: TenantId,
+    provider: ProviderId,
 }
 
 impl ProviderKey {
     /// Parses the `tenant` and `provider` fields of a request.
     pub fn parse(tenant: &str, provider: &str) -> Result<Self, ValidationError> {
-        Ok(Self {
+        Ok(Self(Arc::new(KeyParts {
             tenant: TenantId::parse("tenant", tenant)?,
             provider: ProviderId::parse("provider", provider)?,
-        })
+        })))
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &TenantId {
+        &self.0.tenant
+    }
+
+    /// The provider within the tenant.
+    pub fn provider(&self) -> &ProviderId {
+        &self.0.provider
     }
 }
 
 impl fmt::Display for ProviderKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.tenant.as_str(), self.provider.as_str())
+        write!(f, "{}/{}", self.tenant().as_str(), self.provider().as_str())
     }
 }
 
@@ -121,6 +134,20 @@ mod tests {
     fn identifiers_accept_the_documented_alphabet() {
         assert!(ProviderKey::parse("acme-prod.eu_1", "okta").is_ok());
         assert!(TenantId::parse("tenant", &"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn keys_order_by_tenant_then_provider_and_clones_share_one_allocation() {
+        let key = |tenant, provider| ProviderKey::parse(tenant, provider).unwrap();
+        let mut keys = vec![key("b", "a"), key("a-b", "a"), key("a", "z"), key("a", "b")];
+        keys.sort();
+        let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["a/b", "a/z", "a-b/a", "b/a"]);
+        let original = key("t", "p");
+        let copy = original.clone();
+        assert!(Arc::ptr_eq(&original.0, &copy.0));
+        assert_eq!(copy.tenant().as_str(), "t");
+        assert_eq!(copy.provider().as_str(), "p");
     }
 
     #[test]

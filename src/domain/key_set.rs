@@ -363,7 +363,7 @@ impl KeySetDocument {
             reject_private_material(object)?;
             let kid = object.get("kid").and_then(Value::as_str);
             if let Some(kid) = kid
-                && !seen_kids.insert(kid.to_owned())
+                && !seen_kids.insert(kid)
             {
                 return Err(JwksError::DuplicateKid(kid.to_owned()));
             }

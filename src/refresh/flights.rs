@@ -217,8 +217,8 @@ impl Refresher {
         let this = Arc::clone(self);
         let span = tracing::info_span!(
             "keyrelay.refresh.serve",
-            keyrelay.tenant = request.key.tenant.as_str(),
-            keyrelay.provider = request.key.provider.as_str(),
+            keyrelay.tenant = request.key.tenant().as_str(),
+            keyrelay.provider = request.key.provider().as_str(),
         );
         if let Some(parent) = &request.trace_parent {
             let _ = span.set_parent(crate::cluster::context_from_traceparent(parent));
@@ -251,7 +251,7 @@ impl Refresher {
 
     /// Asks the owner, waits for its answer, then for the state it names to arrive through
     /// the change feed, all within `owner_wait`. The request carries this trace's context.
-    #[tracing::instrument(name = "keyrelay.refresh.forward", skip(self), fields(keyrelay.tenant = key.tenant.as_str(), keyrelay.provider = key.provider.as_str()))]
+    #[tracing::instrument(name = "keyrelay.refresh.forward", skip(self), fields(keyrelay.tenant = key.tenant().as_str(), keyrelay.provider = key.provider().as_str()))]
     async fn ask_owner(&self, key: &ProviderKey, kind: RefreshKind) -> FlightResult {
         let cache = &self.parts.cache;
         let wait = self.parts.owner_wait;
@@ -303,8 +303,8 @@ impl Refresher {
         }
         let span = tracing::info_span!(
             "keyrelay.refresh",
-            keyrelay.tenant = key.tenant.as_str(),
-            keyrelay.provider = key.provider.as_str(),
+            keyrelay.tenant = key.tenant().as_str(),
+            keyrelay.provider = key.provider().as_str(),
             keyrelay.refresh.trigger = trigger.as_str(),
             keyrelay.refresh.outcome = Empty,
             keyrelay.key_set.version = Empty,

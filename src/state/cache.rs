@@ -19,9 +19,10 @@ use crate::{
 /// Changes a watcher may fall behind by before it must resynchronise from the cache.
 const CHANGE_BUFFER: usize = 4096;
 
-/// A provider whose record, or whose staleness, changed. Only the key travels: readers look
-/// the current record up, so a watcher that falls behind skips straight to the latest state.
-pub type ChangeNotice = Arc<ProviderKey>;
+/// A provider whose record, or whose staleness, changed. Only the key travels (a shared
+/// pointer, not a copy): readers look the current record up, so a watcher that falls behind
+/// skips straight to the latest state.
+pub type ChangeNotice = ProviderKey;
 
 /// Current records by (tenant, provider), and the feed of their changes.
 #[derive(Debug)]
@@ -66,7 +67,7 @@ impl KeyCache {
 
     fn announce(&self, key: &ProviderKey) {
         // An error only means nobody is watching.
-        let _ = self.changes.send(Arc::new(key.clone()));
+        let _ = self.changes.send(key.clone());
     }
 
     /// The current record of a provider.
@@ -156,8 +157,8 @@ impl KeyCache {
             .providers
             .range((start, Bound::Unbounded))
             .map(|(_, record)| record)
-            .skip_while(|record| tenant.is_some_and(|t| &record.registration.key.tenant < t))
-            .take_while(|record| tenant.is_none_or(|t| &record.registration.key.tenant == t))
+            .skip_while(|record| tenant.is_some_and(|t| record.registration.key.tenant() < t))
+            .take_while(|record| tenant.is_none_or(|t| record.registration.key.tenant() == t))
             .take(limit)
             .cloned()
             .collect()

@@ -132,8 +132,8 @@ fn encode_per_provider<'k>(
     let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for (value, key) in series.take(MAX_PROVIDER_SERIES) {
         let labels = ProviderLabels {
-            tenant: key.tenant.as_str().to_owned(),
-            provider: key.provider.as_str().to_owned(),
+            tenant: key.tenant().as_str().to_owned(),
+            provider: key.provider().as_str().to_owned(),
         };
         ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
     }

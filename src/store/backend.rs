@@ -96,8 +96,8 @@ async fn registration<B: Sql>(
     key: &ProviderKey,
 ) -> Result<Option<StoredRegistration>, StoreError> {
     let args = [
-        Arg::text(key.tenant.as_str()),
-        Arg::text(key.provider.as_str()),
+        Arg::text(key.tenant().as_str()),
+        Arg::text(key.provider().as_str()),
     ];
     match B::row(conn, sql, &args).await? {
         Some(row) => Ok(Some(StoredRegistration {

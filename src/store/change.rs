@@ -28,8 +28,8 @@ impl Change {
         };
         format!(
             "{kind}/{}/{}/{seq}",
-            key.tenant.as_str(),
-            key.provider.as_str()
+            key.tenant().as_str(),
+            key.provider().as_str()
         )
     }
 

@@ -60,8 +60,8 @@ WHERE tenant = $1 AND provider = $2 AND change_seq = $8";
 
 fn key_args(key: &ProviderKey) -> [Arg<'_>; 2] {
     [
-        Arg::text(key.tenant.as_str()),
-        Arg::text(key.provider.as_str()),
+        Arg::text(key.tenant().as_str()),
+        Arg::text(key.provider().as_str()),
     ]
 }
 
@@ -104,8 +104,8 @@ impl<B: Backend> Store for SqlStore<B> {
         let (mut before, mut change_seq) = B::begin_write(&mut tx, key).await?;
         let args = |change_seq| {
             [
-                Arg::text(key.tenant.as_str()),
-                Arg::text(key.provider.as_str()),
+                Arg::text(key.tenant().as_str()),
+                Arg::text(key.provider().as_str()),
                 Arg::text(&stored.jwks_url),
                 Arg::text(&stored.policy),
                 Arg::int(revision),
@@ -181,8 +181,8 @@ impl<B: Backend> Store for SqlStore<B> {
         let mut tx = self.pool.begin().await?;
         let (_, change_seq) = B::begin_write(&mut tx, key).await?;
         let mut args = vec![
-            Arg::text(key.tenant.as_str()),
-            Arg::text(key.provider.as_str()),
+            Arg::text(key.tenant().as_str()),
+            Arg::text(key.provider().as_str()),
             Arg::int(registration.revision),
         ];
         args.extend(columns.args());

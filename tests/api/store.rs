@@ -334,7 +334,7 @@ async fn load_all_returns_every_provider_in_key_order(backend: Backend) {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.registration.key.provider.as_str().to_owned())
+        .map(|r| r.registration.key.provider().as_str().to_owned())
         .collect();
     providers.sort();
     assert_eq!(names, providers);

@@ -251,8 +251,8 @@ pub(crate) fn provider(snapshot: &Snapshot) -> pb::Provider {
         discovery: record.discovery.as_deref().map(discovery_status),
     };
     pb::Provider {
-        tenant: registration.key.tenant.as_str().to_owned(),
-        provider: registration.key.provider.as_str().to_owned(),
+        tenant: registration.key.tenant().as_str().to_owned(),
+        provider: registration.key.provider().as_str().to_owned(),
         jwks_url: record
             .jwks_url()
             .map(ToString::to_string)
@@ -296,8 +296,8 @@ fn issuer(registration: &Registration) -> Option<String> {
 pub(crate) fn key_set(snapshot: &Snapshot, keys: &CurrentKeys) -> pb::KeySet {
     let key = &snapshot.record.registration.key;
     pb::KeySet {
-        tenant: key.tenant.as_str().to_owned(),
-        provider: key.provider.as_str().to_owned(),
+        tenant: key.tenant().as_str().to_owned(),
+        provider: key.provider().as_str().to_owned(),
         version: keys.version,
         jwks_json: keys.document.json().clone(),
         keys: keys

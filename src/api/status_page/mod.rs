@@ -135,7 +135,7 @@ impl Shared {
             .list(tenant, None, usize::MAX)
             .providers
             .into_iter()
-            .filter(|snapshot| caller.administers(&snapshot.record.registration.key.tenant))
+            .filter(|snapshot| caller.administers(snapshot.record.registration.key.tenant()))
             .collect();
         let fleet = match caller.administers_everything() {
             true => self.page.cluster.status(now).await.ok(),

@@ -193,7 +193,7 @@ fn provider(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
     let when =
         |at: Option<DateTime<Utc>>| at.map_or_else(|| "never".to_owned(), |at| relative(at, now));
     html! {
-        tr data-state=(state) data-tenant=(record.registration.key.tenant.as_str()) {
+        tr data-state=(state) data-tenant=(record.registration.key.tenant().as_str()) {
             td {
                 (record.registration.key) br; code.muted { (record.registration.source.redacted()) }
                 @if let Some(discovery) = record.discovery.as_deref() {

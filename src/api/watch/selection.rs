@@ -34,7 +34,7 @@ impl WatchRequest {
     /// Every tenant the request selects, whole or through one of its providers.
     pub fn selected_tenants(&self) -> BTreeSet<TenantId> {
         let mut tenants = self.tenants.clone();
-        tenants.extend(self.providers.iter().map(|key| key.tenant.clone()));
+        tenants.extend(self.providers.iter().map(|key| key.tenant().clone()));
         tenants
     }
 
@@ -42,8 +42,8 @@ impl WatchRequest {
     /// sees those providers as if they did not exist.
     pub fn retain_tenants(&mut self, mut keep: impl FnMut(&TenantId) -> bool) {
         self.tenants.retain(|tenant| keep(tenant));
-        self.providers.retain(|key| keep(&key.tenant));
-        self.known_versions.retain(|key, _| keep(&key.tenant));
+        self.providers.retain(|key| keep(key.tenant()));
+        self.known_versions.retain(|key, _| keep(key.tenant()));
     }
 
     /// Parses and bounds `request`; errors name the offending field.
@@ -106,7 +106,7 @@ impl WatchRequest {
 
     /// Whether the stream selects `key`.
     pub fn selects(&self, key: &ProviderKey) -> bool {
-        self.tenants.contains(&key.tenant) || self.providers.contains(key)
+        self.tenants.contains(key.tenant()) || self.providers.contains(key)
     }
 }
 
