@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn keys_order_by_tenant_then_provider_and_clones_share_one_allocation() {
         let key = |tenant, provider| ProviderKey::parse(tenant, provider).unwrap();
-        let mut keys = vec![key("b", "a"), key("a-b", "a"), key("a", "z"), key("a", "b")];
+        let mut keys = [key("b", "a"), key("a-b", "a"), key("a", "z"), key("a", "b")];
         keys.sort();
         let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
         assert_eq!(names, ["a/b", "a/z", "a-b/a", "b/a"]);
