@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use crate::domain::ProviderKey;
 
 /// An instant as nanoseconds since the Unix epoch: 8 bytes where a `DateTime<Utc>` takes
-/// 12, a sixth of every entry of the two queues every provider is in. Instants past 2262
-/// (or before 1677) are held as the last (first) one that fits; keyrelay computes none, as
-/// lifetimes are capped by `max_ttl`.
+/// 12, so an entry of the two queues every provider is in is 16 bytes with its key (a
+/// pointer), not 24. Instants past 2262 (or before 1677) are held as the last (first) one
+/// that fits; keyrelay computes none, as lifetimes are capped by `max_ttl`.
 type Nanos = i64;
 
 fn nanos(at: DateTime<Utc>) -> Nanos {
