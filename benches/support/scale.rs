@@ -28,7 +28,8 @@ use tonic_health::pb::{
 
 const ETAG: &str = "\"v1\"";
 
-fn jwks(i: u64) -> String {
+/// The key set of provider `i`: two RSA-2048 keys with kid, alg and use, about 1 KB.
+pub fn jwks(i: u64) -> String {
     use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
     let keys: Vec<_> = (0..2u8)
         .map(|k| serde_json::json!({"kty": "RSA", "kid": format!("p{i}-k{k}"), "alg": "RS256", "use": "sig", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode([0x80 | (k + 1); 256])}))
