@@ -10,7 +10,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
-use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::jwk::{CommonParameters, Jwk};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -658,8 +658,21 @@ fn publishable(entry: &Value, object: &Map<String, Value>) -> Result<(), SkipRea
             "{member} is missing or not base64url"
         )));
     }
-    Jwk::deserialize(entry).map_err(|err| SkipReason::Malformed(err.to_string()))?;
+    jwk_model_accepts(entry)?;
     x509::check(object).map_err(SkipReason::Certificate)
+}
+
+/// Whether the `jsonwebtoken` JWK model accepts the key. Of its two parts, the key-type
+/// parameters take any object (their last variant, `Other`, is a map of every member), so
+/// only the common parameters can refuse a key: they are read alone, and only a refusal
+/// pays for the whole model, whose error is the reason given.
+fn jwk_model_accepts(entry: &Value) -> Result<(), SkipReason> {
+    if CommonParameters::deserialize(entry).is_ok() {
+        return Ok(());
+    }
+    Jwk::deserialize(entry)
+        .map(drop)
+        .map_err(|err| SkipReason::Malformed(err.to_string()))
 }
 
 /// A member's value as text: strings as they are, anything else as JSON.
@@ -868,6 +881,51 @@ mod tests {
             SkipReason::NoKid,
         ];
         assert_eq!(skips.map(|s| s.kind()), SkipReason::KINDS);
+    }
+
+    /// What `jwk_model_accepts` rests on: of a key whose members are each in turn of a wrong
+    /// type, the whole model refuses exactly those refused by its common parameters, and the
+    /// reason given is the whole model's error.
+    #[test]
+    fn the_jwk_model_refuses_a_key_only_through_its_common_parameters() {
+        let common = [
+            ("use", json!(1)),
+            ("key_ops", json!("sign")),
+            ("key_ops", json!(["sign", 2])),
+            ("alg", json!(5)),
+            ("kid", json!(["k"])),
+            ("x5u", json!(true)),
+            ("x5c", json!("MII")),
+            ("x5t", json!(1)),
+            ("x5t#S256", json!({})),
+        ];
+        let key_type = [
+            ("kty", json!(7)),
+            ("n", json!(1)),
+            ("e", json!(null)),
+            ("crv", json!(1)),
+            ("x", json!([])),
+            ("alg", json!("not-an-algorithm")),
+            ("use", json!("neither")),
+        ];
+        for ((member, value), refused) in common
+            .into_iter()
+            .map(|case| (case, true))
+            .chain(key_type.into_iter().map(|case| (case, false)))
+        {
+            let mut entry = rsa("k");
+            entry[member] = value.clone();
+            let whole = Jwk::deserialize(&entry)
+                .map(drop)
+                .map_err(|err| SkipReason::Malformed(err.to_string()));
+            assert_eq!(whole.is_err(), refused, "{member}: {value}");
+            assert_eq!(
+                CommonParameters::deserialize(&entry).is_err(),
+                refused,
+                "{member}: {value}"
+            );
+            assert_eq!(jwk_model_accepts(&entry), whole, "{member}: {value}");
+        }
     }
 
     #[test]
