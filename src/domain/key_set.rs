@@ -349,6 +349,7 @@ impl KeySetDocument {
             });
         }
         let mut seen_kids = HashSet::new();
+        let mut document = DocumentWriter::with_capacity(body.len());
         let mut accepted = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
         for entry in entries {
@@ -359,43 +360,37 @@ impl KeySetDocument {
                 });
                 continue;
             };
-            let json = serialized(object)?;
-            reject_private_material(object)?;
-            let kid = object.get("kid").and_then(Value::as_str);
-            if let Some(kid) = kid
+            let members = Members::of(object);
+            let span = document.push(object, &members)?;
+            reject_private_material(&members)?;
+            if let Some(kid) = members.kid
                 && !seen_kids.insert(kid)
             {
                 return Err(JwksError::DuplicateKid(kid.to_owned()));
             }
-            match publishable(entry, object) {
+            match publishable(entry, object, &members) {
                 Ok(()) => {
-                    reject_weak_rsa(object)?;
-                    accepted.push((object, json));
+                    reject_weak_rsa(&members)?;
+                    accepted.push((members, span));
                 }
-                Err(reason) => skipped.push(SkippedKey {
-                    kid: kid.map(str::to_owned),
-                    reason,
-                }),
+                Err(reason) => {
+                    document.discard_last();
+                    skipped.push(SkippedKey {
+                        kid: members.kid.map(str::to_owned),
+                        reason,
+                    });
+                }
             }
         }
+        let json = document.finish();
+        let keys = accepted
+            .iter()
+            .map(|(members, span)| public_key(members, json.slice(span.clone())))
+            .collect();
         Ok(Parsed {
-            document: Self::from_objects(accepted),
+            document: Self { json, keys },
             skipped,
         })
-    }
-
-    /// The document `{"keys": [...]}` of `objects` (each with its serialized JSON); each
-    /// key's JSON is a slice of the document's bytes, not a copy of its own.
-    fn from_objects(objects: Vec<(&Map<String, Value>, Vec<u8>)>) -> Self {
-        let serialized: Vec<&[u8]> = objects.iter().map(|(_, json)| json.as_slice()).collect();
-        let (json, spans) = document_of(&serialized);
-        let json = Bytes::from(json);
-        let keys = objects
-            .iter()
-            .zip(spans)
-            .map(|((object, _), span)| public_key(object, json.slice(span)))
-            .collect();
-        Self { json, keys }
     }
 
     /// This set with only the keys `keep` accepts (given each key's position and the key);
@@ -542,34 +537,143 @@ fn material(json: &[u8]) -> Vec<u8> {
     Value::Object(members).to_string().into_bytes()
 }
 
-fn kid_of(object: &Map<String, Value>) -> String {
-    object
-        .get("kid")
-        .and_then(Value::as_str)
-        .unwrap_or("<none>")
-        .to_owned()
+/// Writes the sanitized document `{"keys":[...]}` as the keys are read, each serialized
+/// straight into it; a key that is skipped is taken back out.
+struct DocumentWriter {
+    json: Vec<u8>,
+    keys: usize,
+    /// Where the last key, with its separating comma, began.
+    last_start: usize,
 }
 
-/// The key serialized, as the document will hold it, unless it is larger than a key may be.
-fn serialized(object: &Map<String, Value>) -> Result<Vec<u8>, JwksError> {
-    let json = serde_json::to_vec(object).map_err(|err| JwksError::NotJson(err.to_string()))?;
-    if json.len() > MAX_KEY_BYTES {
-        return Err(JwksError::KeyTooLarge {
-            kid: kid_of(object),
-            bytes: json.len(),
-            limit: MAX_KEY_BYTES,
-        });
+impl DocumentWriter {
+    /// A writer for a document of about `capacity` bytes (its body's length: a stored,
+    /// already sanitized document is written back byte for byte).
+    fn with_capacity(capacity: usize) -> Self {
+        let mut json = Vec::with_capacity(capacity + DOCUMENT_END.len());
+        json.extend_from_slice(DOCUMENT_START);
+        Self {
+            json,
+            keys: 0,
+            last_start: DOCUMENT_START.len(),
+        }
     }
-    Ok(json)
+
+    /// Appends the key and returns its span, unless it is larger than a key may be.
+    fn push(
+        &mut self,
+        object: &Map<String, Value>,
+        members: &Members,
+    ) -> Result<Range<usize>, JwksError> {
+        self.last_start = self.json.len();
+        if self.keys > 0 {
+            self.json.push(b',');
+        }
+        let start = self.json.len();
+        serde_json::to_writer(&mut self.json, object)
+            .map_err(|err| JwksError::NotJson(err.to_string()))?;
+        self.keys += 1;
+        let bytes = self.json.len() - start;
+        if bytes > MAX_KEY_BYTES {
+            return Err(JwksError::KeyTooLarge {
+                kid: members.kid_or_none(),
+                bytes,
+                limit: MAX_KEY_BYTES,
+            });
+        }
+        Ok(start..self.json.len())
+    }
+
+    /// Takes the last key appended back out.
+    fn discard_last(&mut self) {
+        self.json.truncate(self.last_start);
+        self.keys -= 1;
+    }
+
+    /// The document, in a buffer with no spare capacity (see [`document_of`]).
+    fn finish(mut self) -> Bytes {
+        self.json.extend_from_slice(DOCUMENT_END);
+        self.json.shrink_to_fit();
+        Bytes::from(self.json)
+    }
 }
 
-fn reject_weak_rsa(object: &Map<String, Value>) -> Result<(), JwksError> {
-    if object.get("kty").and_then(Value::as_str) != Some("RSA") {
+/// The members of a key that the guardrails read, found in one pass over its object.
+#[derive(Default)]
+struct Members<'a> {
+    kty: Option<&'a Value>,
+    crv: Option<&'a Value>,
+    n: Option<&'a Value>,
+    e: Option<&'a Value>,
+    x: Option<&'a Value>,
+    y: Option<&'a Value>,
+    alg: Option<&'a Value>,
+    kid: Option<&'a str>,
+    key_use: Option<&'a str>,
+    /// Which of `PRIVATE_MEMBERS` the key carries, a bit for each in their order.
+    private: u8,
+}
+
+impl<'a> Members<'a> {
+    fn of(object: &'a Map<String, Value>) -> Self {
+        let mut members = Self::default();
+        for (name, value) in object {
+            match name.as_str() {
+                "kty" => members.kty = Some(value),
+                "crv" => members.crv = Some(value),
+                "n" => members.n = Some(value),
+                "e" => members.e = Some(value),
+                "x" => members.x = Some(value),
+                "y" => members.y = Some(value),
+                "alg" => members.alg = Some(value),
+                "kid" => members.kid = value.as_str(),
+                "use" => members.key_use = value.as_str(),
+                other => {
+                    if let Some(i) = PRIVATE_MEMBERS.iter().position(|member| *member == other) {
+                        members.private |= 1 << i;
+                    }
+                }
+            }
+        }
+        members
+    }
+
+    /// One of `MATERIAL_MEMBERS`, by name.
+    fn material(&self, name: &str) -> Option<&'a Value> {
+        match name {
+            "kty" => self.kty,
+            "crv" => self.crv,
+            "n" => self.n,
+            "e" => self.e,
+            "x" => self.x,
+            "y" => self.y,
+            _ => None,
+        }
+    }
+
+    /// A material member's text, if it is a string.
+    fn text(&self, name: &str) -> Option<&'a str> {
+        self.material(name).and_then(Value::as_str)
+    }
+
+    /// The first of `PRIVATE_MEMBERS`, in their order, that the key carries.
+    fn private_member(&self) -> Option<&'static str> {
+        PRIVATE_MEMBERS
+            .get(self.private.trailing_zeros() as usize)
+            .copied()
+    }
+
+    fn kid_or_none(&self) -> String {
+        self.kid.unwrap_or("<none>").to_owned()
+    }
+}
+
+fn reject_weak_rsa(members: &Members) -> Result<(), JwksError> {
+    if members.text("kty") != Some("RSA") {
         return Ok(());
     }
-    let modulus = object
-        .get("n")
-        .and_then(Value::as_str)
+    let modulus = members
+        .text("n")
         .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
         .unwrap_or_default();
     let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
@@ -580,20 +684,17 @@ fn reject_weak_rsa(object: &Map<String, Value>) -> Result<(), JwksError> {
     let bits = (significant * 8).saturating_sub(leading_zeros);
     if bits < MIN_RSA_BITS {
         return Err(JwksError::WeakRsaKey {
-            kid: kid_of(object),
+            kid: members.kid_or_none(),
             bits,
         });
     }
     Ok(())
 }
 
-fn reject_private_material(object: &Map<String, Value>) -> Result<(), JwksError> {
-    match PRIVATE_MEMBERS
-        .iter()
-        .find(|member| object.contains_key(**member))
-    {
+fn reject_private_material(members: &Members) -> Result<(), JwksError> {
+    match members.private_member() {
         Some(member) => Err(JwksError::PrivateMaterial {
-            kid: kid_of(object),
+            kid: members.kid_or_none(),
             member,
         }),
         None => Ok(()),
@@ -602,34 +703,37 @@ fn reject_private_material(object: &Map<String, Value>) -> Result<(), JwksError>
 
 /// Whether keyrelay publishes this key: a type, curve and algorithm it knows, with members
 /// present and well-formed, that the `jsonwebtoken` JWK model (what the Rust SDK hands to
-/// verification) accepts. Otherwise, why not. `entry` is the key, `object` its members.
-fn publishable(entry: &Value, object: &Map<String, Value>) -> Result<(), SkipReason> {
-    let text = |member: &str| object.get(member).and_then(Value::as_str);
-    let shown = |member: &str| object.get(member).map_or_else(String::new, value_text);
+/// verification) accepts. Otherwise, why not. `entry` is the key, `object` its members and
+/// `members` those the guardrails read.
+fn publishable(
+    entry: &Value,
+    object: &Map<String, Value>,
+    members: &Members,
+) -> Result<(), SkipReason> {
     let missing = |member: &str| SkipReason::Malformed(format!("{member} is missing"));
-    let kty = match object.get("kty") {
+    let kty = match members.kty {
         None => return Err(missing("kty")),
         Some(kty) => kty
             .as_str()
             .ok_or_else(|| SkipReason::UnsupportedKeyType(value_text(kty)))?,
     };
-    let Some((_, members)) = REQUIRED_MEMBERS.iter().find(|(t, _)| *t == kty) else {
+    let Some((_, required)) = REQUIRED_MEMBERS.iter().find(|(t, _)| *t == kty) else {
         return Err(SkipReason::UnsupportedKeyType(kty.to_owned()));
     };
     let curve_algorithms = match kty {
         "RSA" => &[][..],
         _ => {
-            object.get("crv").ok_or_else(|| missing("crv"))?;
+            let crv = members.crv.ok_or_else(|| missing("crv"))?;
             let curve = CURVES
                 .iter()
-                .find(|(t, crv, _)| *t == kty && Some(*crv) == text("crv"));
+                .find(|(t, curve, _)| *t == kty && Some(*curve) == crv.as_str());
             let Some((_, _, algorithms)) = curve else {
-                return Err(SkipReason::UnsupportedCurve(shown("crv")));
+                return Err(SkipReason::UnsupportedCurve(value_text(crv)));
             };
             algorithms
         }
     };
-    if let Some(alg) = object.get("alg") {
+    if let Some(alg) = members.alg {
         let fits = |name: &str| match kty {
             "RSA" => {
                 RSA_SIGNATURE_ALGORITHMS.contains(&name)
@@ -646,14 +750,16 @@ fn publishable(entry: &Value, object: &Map<String, Value>) -> Result<(), SkipRea
     // can use, and numbers do not survive re-serialization byte for byte.
     if let Some(member) = MATERIAL_MEMBERS
         .iter()
-        .find(|member| object.get(**member).is_some_and(|v| !v.is_string()))
+        .find(|member| members.material(member).is_some_and(|v| !v.is_string()))
     {
         return Err(SkipReason::Malformed(format!("{member} is not a string")));
     }
     let is_base64url = |member: &&str| {
-        text(member).is_some_and(|text| !text.is_empty() && URL_SAFE_NO_PAD.decode(text).is_ok())
+        members
+            .text(member)
+            .is_some_and(|text| !text.is_empty() && URL_SAFE_NO_PAD.decode(text).is_ok())
     };
-    if let Some(member) = members.iter().find(|member| !is_base64url(member)) {
+    if let Some(member) = required.iter().find(|member| !is_base64url(member)) {
         return Err(SkipReason::Malformed(format!(
             "{member} is missing or not base64url"
         )));
@@ -683,19 +789,17 @@ fn value_text(value: &Value) -> String {
 }
 
 /// The signature algorithms a publishable key's type and curve fit.
-fn signature_algorithms_of(object: &Map<String, Value>) -> &'static [&'static str] {
-    let text = |member: &str| object.get(member).and_then(Value::as_str);
-    match text("kty") {
+fn signature_algorithms_of(members: &Members) -> &'static [&'static str] {
+    match members.text("kty") {
         Some("RSA") => &RSA_SIGNATURE_ALGORITHMS,
         kty => CURVES
             .iter()
-            .find(|(t, crv, _)| Some(*t) == kty && Some(*crv) == text("crv"))
+            .find(|(t, crv, _)| Some(*t) == kty && Some(*crv) == members.text("crv"))
             .map_or(&[], |(_, _, algorithms)| algorithms),
     }
 }
 
-fn public_key(object: &Map<String, Value>, json: Bytes) -> PublicKey {
-    let text = |member: &str| object.get(member).and_then(Value::as_str);
+fn public_key(members: &Members, json: Bytes) -> PublicKey {
     let key_types = REQUIRED_MEMBERS.iter().map(|(kty, _)| *kty);
     let algorithms = SIGNATURE_ALGORITHMS
         .iter()
@@ -703,12 +807,17 @@ fn public_key(object: &Map<String, Value>, json: Bytes) -> PublicKey {
         .chain(&ECDH_ALGORITHMS)
         .copied();
     PublicKey {
-        kid: text("kid").map(str::to_owned),
-        kty: known_name(text("kty").unwrap_or_default(), key_types),
-        alg: text("alg").map(|alg| known_name(alg, algorithms)),
-        key_use: text("use").map(|key_use| known_name(key_use, ["sig", "enc"].into_iter())),
+        kid: members.kid.map(str::to_owned),
+        kty: known_name(members.text("kty").unwrap_or_default(), key_types),
+        alg: members
+            .alg
+            .and_then(Value::as_str)
+            .map(|alg| known_name(alg, algorithms)),
+        key_use: members
+            .key_use
+            .map(|key_use| known_name(key_use, ["sig", "enc"].into_iter())),
         json,
-        fits: signature_algorithms_of(object),
+        fits: signature_algorithms_of(members),
     }
 }
 
@@ -781,6 +890,27 @@ mod tests {
             let read: Value = serde_json::from_slice(&key.json).unwrap();
             assert_eq!(read, rsa(kid));
         }
+    }
+
+    #[test]
+    fn skipped_keys_leave_no_trace_in_the_document_wherever_they_stand() {
+        let unknown = |kid: &str| json!({"kty": "oct-like", "kid": kid});
+        let parsed = parse(json!({"keys": [
+            unknown("first"), rsa("a"), unknown("middle"), unknown("next"), rsa("b"), unknown("last")
+        ]}))
+        .unwrap();
+        assert_eq!(parsed.skipped.len(), 4);
+        let document = parsed.document;
+        assert_eq!(
+            document.json().as_ref(),
+            json!({"keys": [rsa("a"), rsa("b")]}).to_string().as_bytes()
+        );
+        for (key, kid) in document.keys().iter().zip(["a", "b"]) {
+            let read: Value = serde_json::from_slice(&key.json).unwrap();
+            assert_eq!(read, rsa(kid));
+        }
+        let none_published = parse(json!({"keys": [unknown("only")]})).unwrap();
+        assert_eq!(none_published.document.json().as_ref(), b"{\"keys\":[]}");
     }
 
     #[test]
