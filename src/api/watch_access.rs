@@ -2,7 +2,7 @@
 //! caller's token is revoked or expires, or a tenant it selects starts requiring a token the
 //! caller lacks. The client reconnects and sees what it may see now.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use tonic::Status;
@@ -24,7 +24,7 @@ pub struct WatchAccess {
     /// The caller, if it presented a token.
     pub caller: Option<Principal>,
     /// Every tenant the stream selects (all readable when it opened).
-    pub tenants: BTreeSet<TenantId>,
+    pub tenants: Box<[TenantId]>,
 }
 
 impl WatchAccess {

@@ -31,11 +31,12 @@ pub struct WatchRequest {
 }
 
 impl WatchRequest {
-    /// Every tenant the request selects, whole or through one of its providers.
-    pub fn selected_tenants(&self) -> BTreeSet<TenantId> {
+    /// Every tenant the request selects, whole or through one of its providers, each once,
+    /// in a slice of exactly their number (a stream holds it for its lifetime).
+    pub fn selected_tenants(&self) -> Box<[TenantId]> {
         let mut tenants = self.tenants.clone();
         tenants.extend(self.providers.iter().map(|key| key.tenant().clone()));
-        tenants
+        tenants.into_iter().collect()
     }
 
     /// Drops every selector and known version of a tenant `keep` refuses: the stream then

@@ -92,7 +92,7 @@ impl Subscription {
             return None;
         }
         loop {
-            while let Some(key) = self.pending.pop_first() {
+            while let Some(key) = self.next_pending() {
                 if let Some(event) = self.examine(&key) {
                     self.hub.metrics.watch_event_sent();
                     return Some(Ok(event));
@@ -121,6 +121,16 @@ impl Subscription {
                 },
             }
         }
+    }
+
+    /// The next provider to look at. The emptied set gives its node back, so an idle stream
+    /// holds none (a `BTreeSet` keeps its last node when its last key is removed).
+    fn next_pending(&mut self) -> Option<ProviderKey> {
+        let key = self.pending.pop_first();
+        if self.pending.is_empty() {
+            self.pending = BTreeSet::new();
+        }
+        key
     }
 
     fn end(&mut self) -> Option<Result<EncodedEvent, Status>> {
