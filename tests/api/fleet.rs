@@ -638,7 +638,9 @@ async fn a_killed_replicas_shards_are_taken_over_within_the_lease_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_replica_gets_its_share_and_a_stopped_one_hands_its_shards_over_at_once() {
     let database = TestDatabase::create().await;
-    let mut replicas = start_fleet(&database.url, &["j1", "j2"], &[]).await;
+    // Leases long enough that no take-over below can come from an expiry.
+    let long_leases = ["--lease-ttl", "30s", "--lease-renew", "1s"];
+    let mut replicas = start_fleet(&database.url, &["j1", "j2"], &long_leases).await;
     balanced(
         &replicas[0],
         &replicas.iter().collect::<Vec<_>>(),
@@ -646,7 +648,7 @@ async fn a_joining_replica_gets_its_share_and_a_stopped_one_hands_its_shards_ove
     )
     .await;
 
-    replicas.push(Replica::start("j3", &database.url, &[]).await);
+    replicas.push(Replica::start("j3", &database.url, &long_leases).await);
     balanced(
         &replicas[0],
         &replicas.iter().collect::<Vec<_>>(),
@@ -663,10 +665,10 @@ async fn a_joining_replica_gets_its_share_and_a_stopped_one_hands_its_shards_ove
         .wait_for_log("released the shard leases and left")
         .await;
     let released_at = Instant::now();
-    // Its leases were renewed at most a second before it stopped and would expire two seconds
-    // later at the earliest: taken within 1.5 s, they were handed over, not left to expire.
+    // Its leases were renewed at most a second before it stopped and would expire 29 s later
+    // at the earliest: taken within 10 s, they were handed over, not left to expire.
     let survivors: Vec<&Replica> = replicas.iter().collect();
-    balanced(&replicas[0], &survivors, Duration::from_millis(1500)).await;
+    balanced(&replicas[0], &survivors, Duration::from_secs(10)).await;
     eprintln!("shards taken {:?} after the release", released_at.elapsed());
     let status = replicas[0].status().await;
     assert!(
