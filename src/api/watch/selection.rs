@@ -19,13 +19,14 @@ pub mod limits {
     pub const MAX_KNOWN_VERSIONS: usize = 10_000;
 }
 
-/// A parsed WatchKeys request.
+/// A parsed WatchKeys request. A stream holds its selectors for its lifetime, so they are
+/// sorted slices of exactly their number rather than sets with spare room.
 #[derive(Debug, Clone, Default)]
 pub struct WatchRequest {
-    /// Every provider of these tenants, present and future.
-    pub tenants: BTreeSet<TenantId>,
-    /// These providers.
-    pub providers: BTreeSet<ProviderKey>,
+    /// Every provider of these tenants, present and future: sorted, each once.
+    pub tenants: Box<[TenantId]>,
+    /// These providers: sorted, each once.
+    pub providers: Box<[ProviderKey]>,
     /// Versions the client holds.
     pub known_versions: HashMap<ProviderKey, u64>,
 }
@@ -34,16 +35,17 @@ impl WatchRequest {
     /// Every tenant the request selects, whole or through one of its providers, each once,
     /// in a slice of exactly their number (a stream holds it for its lifetime).
     pub fn selected_tenants(&self) -> Box<[TenantId]> {
-        let mut tenants = self.tenants.clone();
-        tenants.extend(self.providers.iter().map(|key| key.tenant().clone()));
-        tenants.into_iter().collect()
+        let whole = self.tenants.iter();
+        let named = self.providers.iter().map(ProviderKey::tenant);
+        let tenants: BTreeSet<&TenantId> = whole.chain(named).collect();
+        tenants.into_iter().cloned().collect()
     }
 
     /// Drops every selector and known version of a tenant `keep` refuses: the stream then
     /// sees those providers as if they did not exist.
     pub fn retain_tenants(&mut self, mut keep: impl FnMut(&TenantId) -> bool) {
-        self.tenants.retain(|tenant| keep(tenant));
-        self.providers.retain(|key| keep(key.tenant()));
+        retain(&mut self.tenants, |tenant| keep(tenant));
+        retain(&mut self.providers, |key| keep(key.tenant()));
         self.known_versions.retain(|key, _| keep(key.tenant()));
     }
 
@@ -70,21 +72,19 @@ impl WatchRequest {
                 format!("at most {} per stream", limits::MAX_KNOWN_VERSIONS),
             ));
         }
-        let mut parsed = Self::default();
+        let mut tenants = BTreeSet::new();
+        let mut providers = BTreeSet::new();
         for (index, selector) in request.selectors.iter().enumerate() {
             let within = |err: ValidationError| err.within(&format!("selectors[{index}]"));
             if selector.provider.is_empty() {
-                parsed
-                    .tenants
-                    .insert(TenantId::parse("tenant", &selector.tenant).map_err(within)?);
+                tenants.insert(TenantId::parse("tenant", &selector.tenant).map_err(within)?);
             } else {
-                parsed.providers.insert(
+                providers.insert(
                     ProviderKey::parse(&selector.tenant, &selector.provider).map_err(within)?,
                 );
             }
         }
-        let unknown = parsed
-            .providers
+        let unknown = providers
             .iter()
             .filter(|key| cache.get(key).is_none())
             .count();
@@ -97,18 +97,31 @@ impl WatchRequest {
                 ),
             ));
         }
+        let mut known_versions = HashMap::new();
         for (index, known) in request.known_versions.iter().enumerate() {
             let key = ProviderKey::parse(&known.tenant, &known.provider)
                 .map_err(|err| err.within(&format!("known_versions[{index}]")))?;
-            parsed.known_versions.insert(key, known.version);
+            known_versions.insert(key, known.version);
         }
-        Ok(parsed)
+        Ok(Self {
+            tenants: tenants.into_iter().collect(),
+            providers: providers.into_iter().collect(),
+            known_versions,
+        })
     }
 
     /// Whether the stream selects `key`.
     pub fn selects(&self, key: &ProviderKey) -> bool {
-        self.tenants.contains(key.tenant()) || self.providers.contains(key)
+        self.tenants.binary_search(key.tenant()).is_ok()
+            || self.providers.binary_search(key).is_ok()
     }
+}
+
+/// Keeps the items of `items` that `keep` accepts, in order.
+fn retain<T>(items: &mut Box<[T]>, keep: impl FnMut(&T) -> bool) {
+    let mut kept = std::mem::take(items).into_vec();
+    kept.retain(keep);
+    *items = kept.into_boxed_slice();
 }
 
 #[cfg(test)]

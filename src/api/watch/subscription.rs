@@ -242,7 +242,7 @@ mod tests {
     fn tenant_wide(known: &[(&str, u64)]) -> WatchRequest {
         WatchRequest {
             tenants: [crate::domain::TenantId::parse("tenant", "acme").unwrap()].into(),
-            providers: BTreeSet::new(),
+            providers: Box::default(),
             known_versions: known
                 .iter()
                 .map(|(provider, version)| {
