@@ -84,6 +84,10 @@ impl WatchRequest {
                 );
             }
         }
+        let providers: Box<[ProviderKey]> = providers
+            .into_iter()
+            .map(|key| shared_key(cache, key))
+            .collect();
         let unknown = providers
             .iter()
             .filter(|key| cache.get(key).is_none())
@@ -101,11 +105,11 @@ impl WatchRequest {
         for (index, known) in request.known_versions.iter().enumerate() {
             let key = ProviderKey::parse(&known.tenant, &known.provider)
                 .map_err(|err| err.within(&format!("known_versions[{index}]")))?;
-            known_versions.insert(key, known.version);
+            known_versions.insert(shared_key(cache, key), known.version);
         }
         Ok(Self {
             tenants: tenants.into_iter().collect(),
-            providers: providers.into_iter().collect(),
+            providers,
             known_versions,
         })
     }
@@ -115,6 +119,14 @@ impl WatchRequest {
         self.tenants.binary_search(key.tenant()).is_ok()
             || self.providers.binary_search(key).is_ok()
     }
+}
+
+/// The cache's own copy of `key` when the provider is registered, so a stream shares its
+/// allocations instead of holding its own for its lifetime; `key` itself otherwise.
+fn shared_key(cache: &KeyCache, key: ProviderKey) -> ProviderKey {
+    cache
+        .get(&key)
+        .map_or(key, |record| record.registration.key.clone())
 }
 
 /// Keeps the items of `items` that `keep` accepts, in order.
