@@ -63,11 +63,15 @@ fn print_resolve(report: &resolve::Report) {
         ">= 0.95x",
         report.throughput >= 0.95,
     );
+    let compared = report.tails_compared;
     row(
-        &format!("Resolve p99 at half of saturation (median of {pairs} pairs)"),
-        format!("{:.3}x", report.tail),
+        &format!("Resolve p99 at half of saturation (median of {compared} pairs)"),
+        report.tail.map_or_else(
+            || format!("not compared: calls failed in all {pairs} pairs"),
+            |tail| format!("{tail:.3}x ({compared} of {pairs} pairs without failed calls)"),
+        ),
         "<= 1.2x",
-        report.tail <= 1.2,
+        report.tail.is_some_and(|tail| tail <= 1.2),
     );
 }
 

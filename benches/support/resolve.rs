@@ -73,6 +73,7 @@ async fn baseline_server(path: String, port: u16) {
     pb::ResolveResponse::decode(bytes.as_slice()).expect("a ResolveResponse");
     let response = EncodedEvent::from_bytes(bytes.into());
     tonic::transport::Server::builder()
+        .max_concurrent_streams(1024)
         .add_service(
             keyrelay::api::grpc::key_service_server::KeyServiceServer::new(Baseline(response)),
         )
@@ -136,12 +137,24 @@ async fn saturate(
     (latencies.len() as f64 / duration.as_secs_f64(), latencies)
 }
 
+/// An open-loop run: the latencies of the answered calls, and the calls that failed.
+#[derive(Default)]
+struct Paced {
+    latencies: Vec<Duration>,
+    failed: u64,
+    first_failure: Option<Status>,
+}
+
 /// Open loop at `rate` calls per second: every millisecond the calls that have fallen due are
-/// sent, each latency counted from the moment it was sent.
-async fn paced(channels: &[Channel], rate: f64, duration: Duration) -> Vec<Duration> {
+/// sent, each latency counted from the moment it was sent. A failed call is counted, not
+/// timed: a run with failures has no p99 to compare.
+async fn paced(channels: &[Channel], rate: f64, duration: Duration) -> Paced {
     let total = (rate * duration.as_secs_f64()) as u64;
     let start = Instant::now();
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let run = Arc::new(Mutex::new(Paced {
+        latencies: Vec::with_capacity(total as usize),
+        ..Paced::default()
+    }));
     let mut tasks = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut sent = 0;
@@ -151,17 +164,24 @@ async fn paced(channels: &[Channel], rate: f64, duration: Duration) -> Vec<Durat
         for call in sent..due {
             let mut client =
                 KeyServiceClient::new(channels[call as usize % channels.len()].clone());
-            let latencies = Arc::clone(&latencies);
+            let run = Arc::clone(&run);
             tasks.spawn(async move {
                 let started = Instant::now();
-                client.resolve(request()).await.expect("resolve");
-                latencies.lock().unwrap().push(started.elapsed());
+                let answer = client.resolve(request()).await;
+                let mut run = run.lock().unwrap();
+                match answer {
+                    Ok(_) => run.latencies.push(started.elapsed()),
+                    Err(status) => {
+                        run.failed += 1;
+                        run.first_failure.get_or_insert(status);
+                    }
+                }
             });
         }
         sent = due;
     }
     while tasks.join_next().await.is_some() {}
-    std::mem::take(&mut *latencies.lock().unwrap())
+    std::mem::take(&mut *run.lock().unwrap())
 }
 
 fn summary(mut latencies: Vec<Duration>) -> String {
@@ -216,8 +236,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// One alternating pair: both saturated in `order`, then both paced at half of the lower
-/// rate. Returns keyrelay's throughput and p99 at that load over the baseline's.
-async fn pair(number: usize, order: [&Target; 2]) -> (f64, f64) {
+/// rate. Returns keyrelay's throughput and p99 at that load over the baseline's, the latter
+/// only when no paced call failed.
+async fn pair(number: usize, order: [&Target; 2]) -> (f64, Option<f64>) {
     let mut runs = Vec::new();
     for target in order {
         let run = saturated(target).await;
@@ -240,18 +261,36 @@ async fn pair(number: usize, order: [&Target; 2]) -> (f64, f64) {
     let mut tails = Vec::new();
     for target in order {
         let mut half = paced(&target.channels, rate, seconds).await;
-        tails.push(p99(&mut half));
-        println!(
-            "  pair {number}, {} at {rate:.0}/s: {}",
-            target.name,
-            summary(half)
-        );
+        if let Some(status) = &half.first_failure {
+            println!(
+                "  pair {number}, {} at {rate:.0}/s: {} calls failed, the first with {status}",
+                target.name, half.failed
+            );
+            tails.push(None);
+        } else {
+            tails.push(Some(p99(&mut half.latencies)));
+            println!(
+                "  pair {number}, {} at {rate:.0}/s: {}",
+                target.name,
+                summary(half.latencies)
+            );
+        }
     }
     let keyrelay = usize::from(order[0].name != "keyrelay");
     let baseline = 1 - keyrelay;
     let throughput = runs[keyrelay].rate / runs[baseline].rate;
-    let tail = tails[keyrelay].as_secs_f64() / tails[baseline].as_secs_f64();
-    println!("  pair {number}: throughput {throughput:.3}x, p99 at {rate:.0}/s {tail:.3}x");
+    let tail = match (tails[keyrelay], tails[baseline]) {
+        (Some(ours), Some(theirs)) => Some(ours.as_secs_f64() / theirs.as_secs_f64()),
+        _ => None,
+    };
+    match tail {
+        Some(tail) => {
+            println!("  pair {number}: throughput {throughput:.3}x, p99 at {rate:.0}/s {tail:.3}x")
+        }
+        None => println!(
+            "  pair {number}: throughput {throughput:.3}x, p99 not compared (calls failed)"
+        ),
+    }
     (throughput, tail)
 }
 
@@ -259,7 +298,9 @@ async fn pair(number: usize, order: [&Target; 2]) -> (f64, f64) {
 pub struct Report {
     pub pairs: usize,
     pub throughput: f64,
-    pub tail: f64,
+    /// The pairs whose paced runs had no failed call, and the median of their p99 ratios.
+    pub tails_compared: usize,
+    pub tail: Option<f64>,
 }
 
 /// Runs the pairs, printing each, and returns their medians.
@@ -331,16 +372,22 @@ pub async fn run() -> Report {
         };
         let (throughput, tail) = pair(number, order).await;
         throughputs.push(throughput);
-        tails.push(tail);
+        tails.extend(tail);
     }
     let report = Report {
         pairs: throughputs.len(),
         throughput: median(throughputs),
-        tail: median(tails),
+        tails_compared: tails.len(),
+        tail: (!tails.is_empty()).then(|| median(tails)),
     };
     println!(
-        "keyrelay over the baseline, medians of {} pairs: throughput {:.3}x, p99 at half of saturation {:.3}x",
-        report.pairs, report.throughput, report.tail
+        "keyrelay over the baseline, medians of {} pairs: throughput {:.3}x; p99 at half of saturation, {} pairs without failed calls: {}",
+        report.pairs,
+        report.throughput,
+        report.tails_compared,
+        report
+            .tail
+            .map_or("not compared".to_owned(), |tail| format!("{tail:.3}x"))
     );
     report
 }
