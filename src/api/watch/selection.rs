@@ -84,14 +84,16 @@ impl WatchRequest {
                 );
             }
         }
+        let mut unknown = 0;
         let providers: Box<[ProviderKey]> = providers
             .into_iter()
-            .map(|key| shared_key(cache, key))
+            .map(|key| {
+                registered_key(cache, &key).unwrap_or_else(|| {
+                    unknown += 1;
+                    key
+                })
+            })
             .collect();
-        let unknown = providers
-            .iter()
-            .filter(|key| cache.get(key).is_none())
-            .count();
         if unknown > limits::MAX_UNKNOWN_PROVIDERS {
             return Err(ValidationError::new(
                 "selectors",
@@ -105,7 +107,8 @@ impl WatchRequest {
         for (index, known) in request.known_versions.iter().enumerate() {
             let key = ProviderKey::parse(&known.tenant, &known.provider)
                 .map_err(|err| err.within(&format!("known_versions[{index}]")))?;
-            known_versions.insert(shared_key(cache, key), known.version);
+            let key = registered_key(cache, &key).unwrap_or(key);
+            known_versions.insert(key, known.version);
         }
         Ok(Self {
             tenants: tenants.into_iter().collect(),
@@ -121,12 +124,10 @@ impl WatchRequest {
     }
 }
 
-/// The cache's own copy of `key` when the provider is registered, so a stream shares its
-/// allocations instead of holding its own for its lifetime; `key` itself otherwise.
-fn shared_key(cache: &KeyCache, key: ProviderKey) -> ProviderKey {
-    cache
-        .get(&key)
-        .map_or(key, |record| record.registration.key.clone())
+/// The cache's own copy of `key` if the provider is registered: a stream holding it shares
+/// the cache's allocations instead of keeping its own for its lifetime.
+fn registered_key(cache: &KeyCache, key: &ProviderKey) -> Option<ProviderKey> {
+    cache.get(key).map(|record| record.registration.key.clone())
 }
 
 /// Keeps the items of `items` that `keep` accepts, in order.
@@ -164,6 +165,27 @@ mod tests {
     }
 
     #[test]
+    fn selectors_in_any_order_and_repeated_select_exactly_what_they_name() {
+        let names = ["m", "c", "x", "c", "a", "m"];
+        let mut selectors: Vec<_> = names.iter().map(|p| selector("acme", p)).collect();
+        selectors.extend(["zeta", "beta", "zeta"].map(|t| selector(t, "")));
+        let mut request = parse(selectors).unwrap();
+        assert_eq!(request.providers.len(), 4);
+        assert_eq!(request.tenants.len(), 2);
+        for name in names {
+            assert!(request.selects(&ProviderKey::parse("acme", name).unwrap()));
+        }
+        assert!(!request.selects(&ProviderKey::parse("acme", "b").unwrap()));
+        assert!(request.selects(&ProviderKey::parse("beta", "any").unwrap()));
+        assert!(request.selects(&ProviderKey::parse("zeta", "any").unwrap()));
+
+        request.retain_tenants(|tenant| tenant.as_str() != "beta");
+        assert!(!request.selects(&ProviderKey::parse("beta", "any").unwrap()));
+        assert!(request.selects(&ProviderKey::parse("zeta", "any").unwrap()));
+        assert!(request.selects(&ProviderKey::parse("acme", "x").unwrap()));
+    }
+
+    #[test]
     fn malformed_selectors_name_their_index() {
         let err = parse(vec![selector("acme", ""), selector("Bad", "")]).unwrap_err();
         assert_eq!(err.field, "selectors[1].tenant");
@@ -183,6 +205,23 @@ mod tests {
             .map(|i| selector("acme", &format!("p{i}")))
             .collect();
         assert!(parse(enough).is_ok());
+    }
+
+    #[test]
+    fn registered_providers_do_not_count_as_unknown() {
+        let cache = KeyCache::with_records([std::sync::Arc::new(crate::state::record::sample(
+            "known", 1,
+        ))]);
+        let mut selectors: Vec<_> = (0..limits::MAX_UNKNOWN_PROVIDERS)
+            .map(|i| selector("acme", &format!("p{i}")))
+            .collect();
+        selectors.push(selector("acme", "known"));
+        let request = pb::WatchKeysRequest {
+            selectors,
+            known_versions: Vec::new(),
+        };
+        let parsed = WatchRequest::parse(&request, &cache).unwrap();
+        assert!(parsed.selects(&ProviderKey::parse("acme", "known").unwrap()));
     }
 
     #[test]
